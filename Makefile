@@ -1,0 +1,45 @@
+# The targets are the commands the README shows.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck format bench bench-quick explain soak clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gen-durable demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy src/gen_durable
+
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
+
+explain: $(STAMP)
+	$(PY) bench/explain.py
+
+soak: $(STAMP)
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
+clean:
+	rm -rf $(VENV) .pgdata build dist src/*.egg-info

@@ -1,0 +1,66 @@
+"""gen_durable — a durable finite-state-machine engine backed by PostgreSQL.
+
+Each machine instance is one row; an asyncio runtime claims runnable rows with
+``SKIP LOCKED``, runs one step, and commits the step's outcome before anything
+proceeds. See the README for a tour and ``docs/`` for guides.
+"""
+
+from __future__ import annotations
+
+from . import embedded, telemetry
+from .client import Instance, SyncClient
+from .engine import Engine
+from .errors import (
+    Cancel,
+    ConfigurationError,
+    Duplicate,
+    EncodingError,
+    GenDurableError,
+    InvalidMachine,
+    InvalidOutcome,
+    NoSuchInstance,
+    NotFound,
+    SchemaError,
+)
+from .machine import FSM, Child, Context, Job, Signal, State
+from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
+from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Spec, Stop
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FSM",
+    "LATEST_VERSION",
+    "Await",
+    "Cancel",
+    "Child",
+    "ConfigurationError",
+    "Context",
+    "Done",
+    "Duplicate",
+    "EncodingError",
+    "Engine",
+    "GenDurableError",
+    "Instance",
+    "InvalidMachine",
+    "InvalidOutcome",
+    "Job",
+    "Next",
+    "NoSuchInstance",
+    "NotFound",
+    "Outcome",
+    "Replay",
+    "ScheduleChilds",
+    "SchemaError",
+    "Signal",
+    "Spec",
+    "State",
+    "Stop",
+    "SyncClient",
+    "embedded",
+    "migrate",
+    "migrate_down",
+    "migrate_sync",
+    "migration_sql",
+    "telemetry",
+]

@@ -1,0 +1,1 @@
+"""Private database machinery: the schema's DDL, every runtime statement, JSON codec."""

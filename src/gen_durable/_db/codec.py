@@ -1,0 +1,71 @@
+"""JSON and text encoding at the boundary (SPEC §15, §18.3).
+
+Values are encoded to JSON *text* here and cast to ``jsonb`` inside the statement
+(``$1::text::jsonb``), so PostgreSQL stores real objects and never a jsonb string
+holding encoded JSON. Everything PostgreSQL would refuse (NUL characters, NaN) is
+refused here first, with an :class:`EncodingError`, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..errors import EncodingError
+
+# An escaped NUL that is not itself an escaped backslash followed by "u0000".
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def dumps(value: Any, what: str = "value") -> str:
+    """Encode a JSON value (or a pydantic model) to compact JSON text."""
+    try:
+        if isinstance(value, BaseModel):
+            text = value.model_dump_json()
+        else:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EncodingError(f"{what} cannot be encoded as JSON: {exc}") from exc
+    except Exception as exc:  # pydantic serialisation errors
+        raise EncodingError(f"{what} cannot be encoded as JSON: {exc}") from exc
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise EncodingError(f"{what} contains a NUL character (\\u0000), which jsonb cannot store")
+    if "NaN" in text or "Infinity" in text:
+        # pydantic writes NaN/Infinity as JSON null by default, json.dumps refuses them;
+        # this catches only literal tokens, which jsonb would reject.
+        try:
+            json.loads(text, parse_constant=_refuse_constant)
+        except ValueError as exc:
+            raise EncodingError(f"{what} contains {exc}, which JSON cannot store") from exc
+    return text
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def check_text(value: str, what: str) -> str:
+    """A text column value: PostgreSQL text cannot hold NUL characters."""
+    if not isinstance(value, str):
+        raise EncodingError(f"{what} must be a str, not {type(value).__name__}")
+    if "\x00" in value:
+        raise EncodingError(f"{what} contains a NUL character, which PostgreSQL text cannot store")
+    return value
+
+
+def key_bytes(value: bytes | str | None) -> bytes | None:
+    """``unique_key`` accepts bytes (verbatim) or str (its UTF-8 bytes) — SPEC §11."""
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise EncodingError(f"unique_key must be bytes or str, not {type(value).__name__}")

@@ -1,0 +1,569 @@
+"""Every SQL statement the engine runs, one method per statement (SPEC §4–§10, §17, §18).
+
+A :class:`Queries` object is built once per schema: it renders each statement with the
+schema-qualified names (so nothing depends on the server's ``search_path``) and keeps
+it as bytes, which psycopg prepares on first use. A method returns a :class:`Stmt`
+(query + parameters); the caller runs it on an async or a sync connection, so the
+sync client shares every statement with the async core.
+
+Shapes that matter, once:
+
+* Batches travel as parallel arrays through ``unnest`` — one statement for any
+  number of rows and no 65,535-parameter ceiling (§18.6).
+* Every write to a claimed row is a compare-and-set on the *claim token*
+  (``locked_by``, which carries a per-pick sequence number, so a node re-claiming the
+  same row after the reaper still holds a different token) plus
+  ``status = 'executing'`` (§18.2). A guard miss matches no row, and every side effect
+  (inbox delete, children insert, parent decrement) hangs off the rows the guarded
+  UPDATE returned, so a miss changes nothing at all.
+* Claims lock with ``FOR NO KEY UPDATE`` so they neither wait on nor block the
+  ``KEY SHARE`` lock a signal insert takes on its target (§18.8).
+* JSON arrives as text and is cast to ``jsonb`` in SQL (§18.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .schema import quote_ident
+
+TERMINAL = ("done", "failed")
+NON_TERMINAL = ("runnable", "executing", "awaiting_signal", "awaiting_children")
+STATUSES = (*NON_TERMINAL, *TERMINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    """One statement ready to run: the query bytes and its parameters."""
+
+    query: bytes
+    params: dict[str, Any]
+
+
+# Columns of a new row, in the order of the insert arrays.
+_INSERT_ARRAYS = """
+    unnest(
+        %(fsm)s::text[], %(fsm_version)s::int[], %(step)s::text[], %(state)s::text[],
+        %(queue)s::text[], %(priority)s::int2[], %(partition_key)s::text[],
+        %(eligible_at)s::timestamptz[], %(delay)s::float8[], %(unique_key)s::bytea[],
+        %(unique_scope)s::text[], %(parent_id)s::int8[]
+    ) WITH ORDINALITY AS x(fsm, fsm_version, step, state, queue, priority, partition_key,
+                           eligible_at, delay, unique_key, unique_scope, parent_id, ord)
+"""
+
+# Insert in unique-key order: two batches carrying the same new keys then take the
+# index's tuple locks in one global order and cannot deadlock (§18.7). Rows without a
+# key keep their input order. Duplicates, against stored rows or within the batch,
+# are dropped by ON CONFLICT whose inference predicate matches the index (§10).
+_INSERT_BODY = """
+INSERT INTO {s}.gen_durable AS g
+    (fsm, fsm_version, step, state, queue, priority, partition_key, eligible_at,
+     unique_key, unique_scope, parent_id)
+SELECT x.fsm, x.fsm_version, x.step, coalesce(x.state::jsonb, '{{}}'::jsonb), x.queue,
+       x.priority, x.partition_key,
+       coalesce(x.eligible_at, now() + make_interval(secs => coalesce(x.delay, 0))),
+       x.unique_key, coalesce(x.unique_scope::{s}.durable_status[], '{{}}'), x.parent_id
+FROM {source}
+ORDER BY x.unique_key NULLS LAST, x.ord
+ON CONFLICT (unique_guard) WHERE unique_guard IS NOT NULL DO NOTHING
+RETURNING g.id, g.queue
+"""
+
+
+class Queries:
+    """The engine's statements rendered for one schema."""
+
+    def __init__(self, schema: str = "public") -> None:
+        self.schema = schema
+        s = quote_ident(schema)
+        self._s = s
+
+        def render(text: str, **extra: str) -> bytes:
+            return text.format(s=s, **extra).encode()
+
+        # LISTEN/NOTIFY is only a nudge for idle schedulers (polling is the truth):
+        # one notification per queue touched, never one per row.
+        self.channel = f"gen_durable.{schema}"
+        self._insert = render(
+            "WITH ins AS ("
+            + _INSERT_BODY
+            + """), nudge AS (
+    SELECT pg_notify(%(channel)s, q.queue) FROM (SELECT DISTINCT queue FROM ins) q
+)
+SELECT array_agg(id ORDER BY id), (SELECT count(*) FROM nudge) FROM ins""",
+            source=_INSERT_ARRAYS,
+        )
+
+        # -- pick (§8, §9) ---------------------------------------------------------
+        # `cand` walks gen_durable_pick in (priority, eligible_at) order for one queue
+        # (equality, so the index order is the scan order) and stops after `limit`
+        # lockable rows. Keys that already have an executing row are skipped by a
+        # probe of gen_durable_partition_active. `chosen` keeps the most urgent row
+        # per key; the others were only locked for this statement and stay runnable.
+        # The UNIQUE index on executing keys is the cross-node guard: a concurrent
+        # pick that slipped past the probe fails on it and is retried by the caller.
+        # Inbox and children ride along in RETURNING (§17: no extra round trip).
+        self._pick = render(
+            """
+WITH cand AS (
+    SELECT g.id, g.partition_key, g.priority, g.eligible_at
+    FROM {s}.gen_durable g
+    WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.eligible_at <= now()
+      AND (g.partition_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM {s}.gen_durable e
+            WHERE e.partition_key = g.partition_key AND e.status = 'executing'))
+    ORDER BY g.priority, g.eligible_at
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE OF g SKIP LOCKED
+), chosen AS (
+    SELECT c.id FROM (
+        SELECT id, partition_key, row_number() OVER (
+            PARTITION BY partition_key ORDER BY priority, eligible_at, id) AS rn
+        FROM cand) c
+    WHERE c.partition_key IS NULL OR c.rn = 1
+)
+UPDATE {s}.gen_durable g
+SET status = 'executing', locked_by = %(token)s,
+    lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
+FROM chosen
+WHERE g.id = chosen.id
+RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text, g.attempt, g.awaits,
+    g.priority, g.partition_key,
+    (SELECT json_agg(json_build_array(s.id, s.name, s.payload) ORDER BY s.id)::text
+       FROM {s}.signals s WHERE s.target_id = g.id),
+    (SELECT json_agg(json_build_array(c.id, c.fsm, c.status, c.state, c.result,
+                                      c.last_error) ORDER BY c.id)::text
+       FROM {s}.gen_durable c WHERE c.parent_id = g.id)
+"""
+        )
+
+        # -- lease maintenance (§8) ----------------------------------------------
+        # Heartbeat and reaper skip rows locked by someone else (an outcome being
+        # committed, a delivery): waiting would stall every other lease behind one
+        # row, and a skipped row is either finishing now or caught next interval.
+        self._heartbeat = render(
+            """
+WITH h AS (
+    SELECT g.id FROM {s}.gen_durable g
+    JOIN unnest(%(ids)s::int8[], %(tokens)s::text[]) AS h(id, token)
+      ON g.id = h.id AND g.locked_by = h.token
+    WHERE g.status = 'executing'
+    ORDER BY g.id
+    FOR NO KEY UPDATE OF g SKIP LOCKED
+)
+UPDATE {s}.gen_durable g SET lease_expires_at = now() + make_interval(secs => %(ttl)s)
+FROM h WHERE g.id = h.id
+RETURNING g.id
+"""
+        )
+        # Reads only gen_durable_lease below now(): cost follows the expired set.
+        # Bounded per call; the caller loops while a full batch comes back.
+        self._reap = render(
+            """
+WITH x AS (
+    SELECT id FROM {s}.gen_durable
+    WHERE status = 'executing' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE {s}.gen_durable g
+SET status = 'runnable', attempt = g.attempt + 1, locked_by = NULL,
+    lease_expires_at = NULL, eligible_at = now(), updated_at = now()
+FROM x WHERE g.id = x.id
+RETURNING g.id
+"""
+        )
+        # Hand claimed-but-unstarted rows back: drain, unknown machine (§13),
+        # partition contention. Attempt unchanged: the step never ran. Locks in id
+        # order so two releases cannot deadlock each other.
+        self._release = render(
+            """
+WITH r AS (
+    SELECT g.id FROM {s}.gen_durable g
+    JOIN unnest(%(ids)s::int8[], %(tokens)s::text[]) AS r(id, token)
+      ON g.id = r.id AND g.locked_by = r.token
+    WHERE g.status = 'executing'
+    ORDER BY g.id
+    FOR NO KEY UPDATE OF g
+)
+UPDATE {s}.gen_durable g
+SET status = 'runnable', locked_by = NULL, lease_expires_at = NULL, updated_at = now(),
+    attempt = g.attempt + %(bump)s,
+    eligible_at = CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s)
+                       ELSE g.eligible_at END
+FROM r WHERE g.id = r.id
+RETURNING g.id
+"""
+        )
+
+        # -- outcomes (§4) ---------------------------------------------------------
+        # Locks the rows about to park, in id order, in a statement of its own. The
+        # `complete` statement that follows in the same transaction then takes a new
+        # READ COMMITTED snapshot, which includes every signal whose delivery held the
+        # row lock before us (§18.1): a check in the same statement as the wait for
+        # the lock would use the older snapshot and miss it.
+        self._lock_claimed = render(
+            """
+SELECT g.id FROM {s}.gen_durable g
+JOIN unnest(%(ids)s::int8[], %(tokens)s::text[]) AS l(id, token)
+  ON g.id = l.id AND g.locked_by = l.token
+WHERE g.status = 'executing'
+ORDER BY g.id
+FOR NO KEY UPDATE OF g
+"""
+        )
+        # Next, Replay, Await, Done and Stop for any number of rows in one statement.
+        # `u` is the guarded compare-and-set; `consumed` deletes the inbox rows the
+        # step saw under the name it was woken by (§6); `decrement` is the join of
+        # §7, taking parent locks in id order so sibling batches on two nodes cannot
+        # deadlock; concurrent decrements serialize on the parent row and the one that
+        # reaches zero while the parent waits flips it to runnable.
+        self._complete = render(
+            """
+WITH o AS (
+    SELECT * FROM unnest(
+        %(ids)s::int8[], %(tokens)s::text[], %(kinds)s::text[], %(steps)s::text[],
+        %(states)s::text[], %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
+        %(awaits)s::text[], %(consume)s::text[], %(seen)s::text[]
+    ) AS o(id, token, kind, step, state, result, error, delay, awaits, consume, seen)
+), u AS (
+    UPDATE {s}.gen_durable g SET
+        status = (CASE o.kind
+            WHEN 'next' THEN 'runnable'
+            WHEN 'replay' THEN 'runnable'
+            WHEN 'done' THEN 'done'
+            WHEN 'stop' THEN 'failed'
+            ELSE CASE WHEN EXISTS (
+                    SELECT 1 FROM {s}.signals s
+                    WHERE s.target_id = g.id AND s.name = o.awaits
+                      AND s.id <> ALL (o.seen::int8[]))
+                 THEN 'runnable' ELSE 'awaiting_signal' END
+            END)::{s}.durable_status,
+        step = coalesce(o.step, g.step),
+        state = coalesce(o.state::jsonb, g.state),
+        result = CASE WHEN o.kind = 'done' THEN o.result::jsonb ELSE g.result END,
+        last_error = CASE WHEN o.kind = 'stop' THEN o.error ELSE g.last_error END,
+        attempt = CASE o.kind WHEN 'replay' THEN g.attempt + 1
+                              WHEN 'done' THEN g.attempt
+                              WHEN 'stop' THEN g.attempt
+                              ELSE 0 END,
+        eligible_at = CASE o.kind WHEN 'replay' THEN now() + make_interval(secs => o.delay)
+                                  WHEN 'done' THEN g.eligible_at
+                                  WHEN 'stop' THEN g.eligible_at
+                                  ELSE now() END,
+        awaits = CASE WHEN o.kind = 'await' THEN o.awaits END,
+        locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM o
+    WHERE g.id = o.id AND g.locked_by = o.token AND g.status = 'executing'
+    RETURNING g.id, g.parent_id, g.status
+), consumed AS (
+    DELETE FROM {s}.signals s
+    USING u JOIN o ON o.id = u.id
+    WHERE o.kind <> 'await' AND s.target_id = u.id AND s.name = o.consume
+      AND s.id = ANY (o.seen::int8[])
+), joined AS (
+    SELECT parent_id, count(*)::int AS n FROM u
+    WHERE status IN ('done', 'failed') AND parent_id IS NOT NULL
+    GROUP BY parent_id
+), parents AS (
+    SELECT p.id, j.n FROM {s}.gen_durable p JOIN joined j ON p.id = j.parent_id
+    ORDER BY p.id
+    FOR NO KEY UPDATE OF p
+), decrement AS (
+    UPDATE {s}.gen_durable p SET
+        children_pending = greatest(p.children_pending - j.n, 0),
+        status = CASE WHEN p.status = 'awaiting_children' AND p.children_pending - j.n <= 0
+                      THEN 'runnable' ELSE p.status END,
+        eligible_at = CASE WHEN p.status = 'awaiting_children'
+                            AND p.children_pending - j.n <= 0
+                           THEN now() ELSE p.eligible_at END,
+        updated_at = now()
+    FROM parents j WHERE p.id = j.id
+    RETURNING p.queue, p.status
+), nudge AS (
+    SELECT pg_notify(%(channel)s, d.queue)
+    FROM (SELECT DISTINCT queue FROM decrement WHERE status = 'runnable') d
+)
+SELECT u.id, u.status::text FROM u WHERE (SELECT count(*) FROM nudge) >= 0
+"""
+        )
+        # ScheduleChilds (§7): children insert, inbox consume and the parent's park, as
+        # one statement behind the parent's claim guard (`p`): a stale parent inserts
+        # no children. The parent goes straight to runnable when none were inserted.
+        self._schedule_childs = render(
+            """
+WITH p AS (
+    SELECT g.id FROM {s}.gen_durable g
+    WHERE g.id = %(id)s AND g.locked_by = %(token)s AND g.status = 'executing'
+    FOR NO KEY UPDATE
+), ins AS ("""
+            + _INSERT_BODY
+            + """), n AS (
+    SELECT count(*)::int AS n FROM ins
+), consumed AS (
+    DELETE FROM {s}.signals s USING p
+    WHERE s.target_id = p.id AND s.name = %(consume)s AND s.id = ANY (%(seen)s::int8[])
+), u AS (
+    UPDATE {s}.gen_durable g SET
+        status = (CASE WHEN n.n = 0 THEN 'runnable'
+                       ELSE 'awaiting_children' END)::{s}.durable_status,
+        children_pending = n.n, step = %(next_step)s,
+        state = coalesce(%(new_state)s::jsonb, g.state), attempt = 0, eligible_at = now(),
+        awaits = NULL, locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM p, n WHERE g.id = p.id
+    RETURNING g.id, g.status
+), nudge AS (
+    SELECT pg_notify(%(channel)s, q.queue) FROM (SELECT DISTINCT queue FROM ins) q
+)
+SELECT u.id, u.status::text, (SELECT array_agg(id ORDER BY id) FROM ins),
+       (SELECT count(*) FROM nudge)
+FROM u
+""",
+            source=_INSERT_ARRAYS + " JOIN p ON true",
+        )
+
+        # -- signals (§6, §18.1, §18.9) -------------------------------------------
+        # `t` locks the target whatever its status, so a delivery racing a park is
+        # serialised with it, and reads the latest committed version of the row.
+        # The insert is refused for a terminal target and the flip happens only for
+        # an instance parked on this very name — all decided under that lock.
+        self._signal = render(
+            """
+WITH t AS (
+    SELECT id, status, awaits FROM {s}.gen_durable WHERE id = %(id)s FOR NO KEY UPDATE
+), ins AS (
+    INSERT INTO {s}.signals (target_id, name, payload, dedup_key)
+    SELECT t.id, %(name)s, %(payload)s::jsonb, %(dedup_key)s FROM t
+    WHERE t.status NOT IN ('done', 'failed')
+    ON CONFLICT (target_id, dedup_key) DO NOTHING
+    RETURNING id
+), wake AS (
+    UPDATE {s}.gen_durable g SET status = 'runnable', eligible_at = now(), updated_at = now()
+    FROM t
+    WHERE g.id = t.id AND t.status = 'awaiting_signal' AND t.awaits = %(name)s
+    RETURNING g.id, g.queue
+), nudge AS (
+    SELECT pg_notify(%(channel)s, wake.queue) FROM wake
+)
+SELECT t.status::text, (SELECT id FROM ins), (SELECT count(*) FROM nudge) > 0 FROM t
+"""
+        )
+
+        # -- reads -------------------------------------------------------------------
+        self._get = render(
+            """
+SELECT id, fsm, fsm_version, step, status::text, state, result, awaits, queue, priority,
+       partition_key, eligible_at, attempt, last_error, locked_by, lease_expires_at,
+       parent_id, children_pending, unique_key, unique_scope::text[], unique_guard,
+       inserted_at, updated_at
+FROM {s}.gen_durable WHERE id = %(id)s
+"""
+        )
+        self._inbox = render(
+            """
+SELECT id, name, payload, dedup_key, inserted_at FROM {s}.signals
+WHERE target_id = %(id)s ORDER BY id
+"""
+        )
+        self._children = render(
+            """
+SELECT id, fsm, status::text, state, result, last_error FROM {s}.gen_durable
+WHERE parent_id = %(id)s ORDER BY id
+"""
+        )
+
+    # -- statement builders ----------------------------------------------------------
+
+    def insert(self, rows: InsertRows) -> Stmt:
+        """Insert any number of instances in one statement; returns inserted ids."""
+        params = rows.params()
+        params["channel"] = self.channel
+        return Stmt(self._insert, params)
+
+    def pick(self, queue: str, limit: int, token: str, ttl: float) -> Stmt:
+        """Claim up to ``limit`` runnable rows of one queue for ``token``."""
+        return Stmt(self._pick, {"queue": queue, "limit": limit, "token": token, "ttl": ttl})
+
+    def heartbeat(self, ids: list[int], tokens: list[str], ttl: float) -> Stmt:
+        """Extend the lease of every (id, token) still held."""
+        return Stmt(self._heartbeat, {"ids": ids, "tokens": tokens, "ttl": ttl})
+
+    def reap(self, limit: int) -> Stmt:
+        """Return up to ``limit`` expired executing rows to runnable, attempt + 1."""
+        return Stmt(self._reap, {"limit": limit})
+
+    def release(
+        self, ids: list[int], tokens: list[str], delay: float = 0.0, *, bump: bool = False
+    ) -> Stmt:
+        """Hand claimed rows back to runnable; ``bump`` counts an interrupted attempt."""
+        return Stmt(
+            self._release, {"ids": ids, "tokens": tokens, "delay": delay, "bump": int(bump)}
+        )
+
+    def lock_claimed(self, ids: list[int], tokens: list[str]) -> Stmt:
+        """Lock claimed rows in id order before a park re-checks the inbox (§18.1)."""
+        return Stmt(self._lock_claimed, {"ids": ids, "tokens": tokens})
+
+    def complete(self, batch: CompleteBatch) -> Stmt:
+        """Apply Next/Replay/Await/Done/Stop outcomes; returns (id, new status)."""
+        params = batch.params()
+        params["channel"] = self.channel
+        return Stmt(self._complete, params)
+
+    def schedule_childs(
+        self,
+        *,
+        parent_id: int,
+        token: str,
+        next_step: str,
+        state: str | None,
+        consume: str | None,
+        seen: list[int],
+        children: InsertRows,
+    ) -> Stmt:
+        """Insert children and park the parent at ``next_step`` (one atomic unit)."""
+        params = children.params()
+        params.update(
+            id=parent_id,
+            token=token,
+            next_step=next_step,
+            new_state=state,
+            consume=consume,
+            seen=seen,
+            channel=self.channel,
+        )
+        return Stmt(self._schedule_childs, params)
+
+    def signal(self, target: int, name: str, payload: str, dedup_key: str | None) -> Stmt:
+        """Store a signal and wake its target if parked on ``name``."""
+        return Stmt(
+            self._signal,
+            {
+                "id": target,
+                "name": name,
+                "payload": payload,
+                "dedup_key": dedup_key,
+                "channel": self.channel,
+            },
+        )
+
+    def listen_sql(self) -> bytes:
+        return b"LISTEN " + quote_ident(self.channel).encode()
+
+    def get(self, instance_id: int) -> Stmt:
+        return Stmt(self._get, {"id": instance_id})
+
+    def inbox(self, instance_id: int) -> Stmt:
+        return Stmt(self._inbox, {"id": instance_id})
+
+    def children(self, instance_id: int) -> Stmt:
+        return Stmt(self._children, {"id": instance_id})
+
+
+@dataclass(slots=True)
+class InsertRows:
+    """Column arrays for a batch insert (already validated and encoded)."""
+
+    fsm: list[str]
+    fsm_version: list[int]
+    step: list[str]
+    state: list[str | None]
+    queue: list[str]
+    priority: list[int]
+    partition_key: list[str | None]
+    eligible_at: list[Any]
+    delay: list[float | None]
+    unique_key: list[bytes | None]
+    unique_scope: list[str | None]
+    parent_id: list[int | None]
+
+    @classmethod
+    def empty(cls) -> InsertRows:
+        return cls([], [], [], [], [], [], [], [], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.fsm)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "fsm": self.fsm,
+            "fsm_version": self.fsm_version,
+            "step": self.step,
+            "state": self.state,
+            "queue": self.queue,
+            "priority": self.priority,
+            "partition_key": self.partition_key,
+            "eligible_at": self.eligible_at,
+            "delay": self.delay,
+            "unique_key": self.unique_key,
+            "unique_scope": self.unique_scope,
+            "parent_id": self.parent_id,
+        }
+
+
+@dataclass(slots=True)
+class CompleteBatch:
+    """Column arrays for :meth:`Queries.complete`, one entry per outcome."""
+
+    ids: list[int]
+    tokens: list[str]
+    kinds: list[str]
+    steps: list[str | None]
+    states: list[str | None]
+    results: list[str | None]
+    errors: list[str | None]
+    delays: list[float]
+    awaits: list[str | None]
+    consume: list[str | None]
+    seen: list[str]
+
+    @classmethod
+    def empty(cls) -> CompleteBatch:
+        return cls([], [], [], [], [], [], [], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(
+        self,
+        *,
+        id: int,
+        token: str,
+        kind: str,
+        step: str | None = None,
+        state: str | None = None,
+        result: str | None = None,
+        error: str | None = None,
+        delay: float = 0.0,
+        awaits: str | None = None,
+        consume: str | None = None,
+        seen: list[int] | tuple[int, ...] = (),
+    ) -> None:
+        self.ids.append(id)
+        self.tokens.append(token)
+        self.kinds.append(kind)
+        self.steps.append(step)
+        self.states.append(state)
+        self.results.append(result)
+        self.errors.append(error)
+        self.delays.append(delay)
+        self.awaits.append(awaits)
+        self.consume.append(consume)
+        self.seen.append("{" + ",".join(map(str, seen)) + "}")
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "ids": self.ids,
+            "tokens": self.tokens,
+            "kinds": self.kinds,
+            "steps": self.steps,
+            "states": self.states,
+            "results": self.results,
+            "errors": self.errors,
+            "delays": self.delays,
+            "awaits": self.awaits,
+            "consume": self.consume,
+            "seen": self.seen,
+        }

@@ -1,0 +1,119 @@
+"""The DDL of each schema version (SPEC §2, §16).
+
+Each version is an (up, down) pair of SQL scripts with a ``{s}`` placeholder for the
+quoted schema name. The installed version is recorded in ``COMMENT ON TABLE
+gen_durable`` as ``gen_durable schema version N``; that marker is also how a foreign
+table that merely shares our name is told apart from ours.
+"""
+
+from __future__ import annotations
+
+import re
+
+MARKER = "gen_durable schema version"
+MARKER_RE = re.compile(r"^gen_durable schema version (\d+)$")
+
+# Version 1: the whole SPEC §2 data model.
+#
+# Choices worth knowing:
+# - `unique_scope` is an array of the enum (not text[]): the generated column must be
+#   IMMUTABLE and enum→text casts are only STABLE.
+# - `gen_durable_partition_active` is UNIQUE: at most one executing row per
+#   partition_key, enforced by the database itself. It is the cross-node guard of
+#   SPEC §9 that needs no pinned connection and releases the instant the row leaves
+#   `executing` (outcome, reaper, or release), including when its worker died.
+# - fillfactor 80 leaves room on each page for HOT updates: the hot columns
+#   (status, step, lease) are rewritten on every step and only the partial indexes
+#   whose predicate changes have to be touched.
+V1_UP = """
+CREATE TYPE {s}.durable_status AS ENUM (
+    'runnable', 'executing', 'awaiting_signal', 'awaiting_children', 'done', 'failed'
+);
+
+CREATE TABLE {s}.gen_durable (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    fsm              text NOT NULL,
+    fsm_version      int NOT NULL DEFAULT 1,
+    step             text NOT NULL,
+    status           {s}.durable_status NOT NULL DEFAULT 'runnable',
+    state            jsonb NOT NULL DEFAULT '{}',
+    result           jsonb,
+    awaits           text,
+    queue            text NOT NULL DEFAULT 'default',
+    priority         smallint NOT NULL DEFAULT 0,
+    partition_key    text,
+    eligible_at      timestamptz NOT NULL DEFAULT now(),
+    attempt          int NOT NULL DEFAULT 0,
+    last_error       text,
+    locked_by        text,
+    lease_expires_at timestamptz,
+    parent_id        bigint REFERENCES {s}.gen_durable (id) ON DELETE SET NULL,
+    children_pending int NOT NULL DEFAULT 0,
+    unique_key       bytea,
+    unique_scope     {s}.durable_status[] NOT NULL DEFAULT '{}',
+    unique_guard     bytea GENERATED ALWAYS AS (
+                         CASE WHEN status = ANY (unique_scope) THEN unique_key END
+                     ) STORED,
+    inserted_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT gen_durable_attempt_nonneg CHECK (attempt >= 0),
+    CONSTRAINT gen_durable_children_nonneg CHECK (children_pending >= 0),
+    CONSTRAINT gen_durable_lease_iff_executing CHECK (
+        (status = 'executing') = (locked_by IS NOT NULL AND lease_expires_at IS NOT NULL)
+    )
+) WITH (fillfactor = 80);
+
+CREATE INDEX gen_durable_pick ON {s}.gen_durable (queue, priority, eligible_at)
+    WHERE status = 'runnable';
+CREATE INDEX gen_durable_lease ON {s}.gen_durable (lease_expires_at)
+    WHERE status = 'executing';
+CREATE UNIQUE INDEX gen_durable_unique ON {s}.gen_durable (unique_guard)
+    WHERE unique_guard IS NOT NULL;
+CREATE INDEX gen_durable_parent ON {s}.gen_durable (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE UNIQUE INDEX gen_durable_partition_active ON {s}.gen_durable (partition_key)
+    WHERE status = 'executing' AND partition_key IS NOT NULL;
+
+CREATE TABLE {s}.signals (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    target_id   bigint NOT NULL REFERENCES {s}.gen_durable (id) ON DELETE CASCADE,
+    name        text NOT NULL,
+    payload     jsonb NOT NULL DEFAULT '{}',
+    dedup_key   text,
+    inserted_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT signals_dedup UNIQUE (target_id, dedup_key)
+);
+CREATE INDEX signals_target ON {s}.signals (target_id, name);
+"""
+
+V1_DOWN = """
+DROP TABLE IF EXISTS {s}.signals;
+DROP TABLE IF EXISTS {s}.gen_durable;
+DROP TYPE IF EXISTS {s}.durable_status;
+"""
+
+VERSIONS: list[tuple[str, str]] = [(V1_UP, V1_DOWN)]
+LATEST = len(VERSIONS)
+
+
+def comment_for(version: int) -> str:
+    return f"{MARKER} {version}"
+
+
+def parse_comment(comment: str | None) -> int | None:
+    """The version recorded in the table comment, or None when it is not ours."""
+    if comment is None:
+        return None
+    m = MARKER_RE.match(comment.strip())
+    return int(m.group(1)) if m else None
+
+
+def render(script: str, schema: str) -> str:
+    """Fill the schema placeholder with the quoted identifier."""
+    return script.replace("{s}", quote_ident(schema))
+
+
+def quote_ident(name: str) -> str:
+    if not name or "\x00" in name:
+        raise ValueError(f"invalid schema name {name!r}")
+    return '"' + name.replace('"', '""') + '"'

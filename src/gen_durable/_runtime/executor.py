@@ -1,0 +1,286 @@
+"""Running one claimed step and turning whatever happens into one outcome (SPEC §4, §5, §15).
+
+The pipeline for a claim: resolve the machine (a miss hands the row back, §13) → load
+the state → build the context → call ``step``/``perform`` (async on the loop, sync in
+the thread pool) → validate and encode the outcome. Everything from the call to the
+encoding is the *guarded region*: any ``Exception`` in it — a user error, a bad outcome,
+unencodable state — goes through ``handle`` (§5), and a failure there ends the
+instance ``failed`` with the error recorded (§18.4). Nothing in it can crash the
+engine or leave the row for the reaper to re-run forever. ``BaseException``s that are
+not ``Exception``s (cancellation, ``SystemExit``) are crashes: they propagate, no
+outcome is written, and the lease decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .. import outcomes as oc
+from .. import telemetry
+from .._db import codec
+from ..client import build_insert
+from ..errors import Cancel, EncodingError, InvalidOutcome
+from ..machine import Child, Context, Job, Machine, Signal
+from .completer import Completer, Completion
+
+log = logging.getLogger("gen_durable")
+
+_KIND = {
+    oc.Next: "next",
+    oc.Replay: "replay",
+    oc.Await: "await",
+    oc.ScheduleChilds: "schedule_childs",
+    oc.Done: "done",
+    oc.Stop: "stop",
+}
+
+
+@dataclass(slots=True)
+class Claim:
+    """A row claimed by a pick, as the executor needs it."""
+
+    id: int
+    fsm: str
+    fsm_version: int
+    step: str
+    state_text: str
+    attempt: int
+    awaits: str | None
+    priority: int
+    partition_key: str | None
+    inbox_text: str | None
+    childs_text: str | None
+    token: str
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...], token: str) -> Claim:
+        return cls(*row, token)  # type: ignore[call-arg]  # the pick's RETURNING order
+
+    def signals(self) -> tuple[Signal, ...]:
+        if not self.inbox_text:
+            return ()
+        return tuple(Signal(i, n, p) for i, n, p in codec.loads(self.inbox_text))
+
+    def childs(self) -> tuple[Child, ...]:
+        if not self.childs_text:
+            return ()
+        return tuple(Child(*c) for c in codec.loads(self.childs_text))
+
+
+def describe_error(error: BaseException) -> str:
+    """A readable one-line error for ``last_error`` (NUL-free: it goes in a text column)."""
+    text = str(error)
+    out = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return out.replace("\x00", "\\x00")
+
+
+def reason_text(reason: Any) -> str:
+    """``Stop(reason)`` records ``str(reason)`` (SPEC §4)."""
+    text = str(reason)
+    if isinstance(reason, BaseException) and not text:
+        text = type(reason).__name__
+    return text.replace("\x00", "\\x00")
+
+
+class Executor:
+    """Runs claims; shared by every queue scheduler of one engine."""
+
+    def __init__(
+        self,
+        completer: Completer,
+        threads: ThreadPoolExecutor,
+    ) -> None:
+        self._completer = completer
+        self._threads = threads
+
+    async def run(self, claim: Claim, machine: type[Machine]) -> str | None:
+        """Run one step to a committed outcome; returns the new status (None: stale)."""
+        started = time.perf_counter()
+        try:
+            state = machine.load_state(claim.state_text)
+        except Exception as exc:
+            # The stored state no longer fits the model (the schema changed under
+            # stored rows): deterministic, so retrying cannot help.
+            log.error("instance %s: cannot load state of %s: %s", claim.id, machine.describe(), exc)
+            completion = Completion(
+                claim.id,
+                claim.token,
+                "stop",
+                error=f"cannot load state of {machine.describe()}: {describe_error(exc)}",
+            )
+            return await self._commit(claim, completion, "stop", started)
+        signals = claim.signals()
+        ctx: Context[Any] = Context(
+            id=claim.id,
+            fsm=claim.fsm,
+            fsm_version=claim.fsm_version,
+            step=claim.step,
+            attempt=claim.attempt,
+            state=state,
+            signals=signals,
+            childs=claim.childs(),
+        )
+        instance = machine()
+        try:
+            outcome = await self._call_step(instance, machine, ctx)
+            completion = encode(outcome, claim, machine, signals)
+        except Exception as exc:
+            if telemetry.listening("step.exception"):
+                telemetry.emit(
+                    "step.exception",
+                    {"duration": time.perf_counter() - started},
+                    {"id": claim.id, "fsm": claim.fsm, "step": claim.step, "error": exc},
+                )
+            completion = await self._handle(instance, machine, ctx, exc, claim, signals)
+        return await self._commit(claim, completion, completion.kind, started)
+
+    async def _commit(
+        self, claim: Claim, completion: Completion, kind: str, started: float
+    ) -> str | None:
+        status = await self._completer.commit(completion)
+        if status is None:
+            log.warning(
+                "instance %s: %s outcome dropped, its claim was lost (lease expired)",
+                claim.id,
+                kind,
+            )
+            if telemetry.listening("outcome.stale"):
+                telemetry.emit(
+                    "outcome.stale", {"count": 1}, {"id": claim.id, "fsm": claim.fsm, "kind": kind}
+                )
+        elif telemetry.listening("step.stop"):
+            telemetry.emit(
+                "step.stop",
+                {"duration": time.perf_counter() - started},
+                {"id": claim.id, "fsm": claim.fsm, "step": claim.step, "kind": kind},
+            )
+        return status
+
+    async def _call_step(self, instance: Machine, machine: type[Machine], ctx: Context[Any]) -> Any:
+        if isinstance(instance, Job):
+            perform: Callable[..., Any] = getattr(instance, "perform")  # noqa: B009
+            args = (
+                (ctx.state, ctx)
+                if machine.__dict__.get(
+                    "__gd_perform_takes_ctx__", instance.__gd_perform_takes_ctx__
+                )
+                else (ctx.state,)
+            )
+            try:
+                value = await self._call(perform, machine.__gd_async_step__, *args)
+            except Cancel as exc:
+                return oc.Stop(exc.reason)
+            return oc.Done(value)
+        step: Callable[..., Any] = getattr(instance, "step")  # noqa: B009
+        return await self._call(step, machine.__gd_async_step__, ctx.step, ctx)
+
+    async def _call(self, fn: Callable[..., Any], is_async: bool, *args: Any) -> Any:
+        if is_async:
+            return await fn(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, fn, *args)
+
+    async def _handle(
+        self,
+        instance: Machine,
+        machine: type[Machine],
+        ctx: Context[Any],
+        error: Exception,
+        claim: Claim,
+        signals: tuple[Signal, ...],
+    ) -> Completion:
+        # In handle, ctx.signals and ctx.childs are empty (SPEC §5).
+        bare: Context[Any] = Context(
+            ctx.id, ctx.fsm, ctx.fsm_version, ctx.step, ctx.attempt, ctx.state
+        )
+        handle: Callable[..., Any] = getattr(instance, "handle")  # noqa: B009
+        try:
+            outcome = await self._call(handle, machine.__gd_async_handle__, error, bare)
+            return encode(outcome, claim, machine, signals)
+        except Exception as exc:
+            log.error(
+                "instance %s (%s): handle failed on %s: %s",
+                claim.id,
+                machine.describe(),
+                describe_error(error),
+                describe_error(exc),
+            )
+            return Completion(
+                claim.id,
+                claim.token,
+                "stop",
+                error=f"handle failed: {describe_error(exc)} "
+                f"(while handling {describe_error(error)})",
+                consume=claim.awaits,
+                seen=_seen(signals),
+            )
+
+
+def _seen(signals: tuple[Signal, ...]) -> tuple[int, ...]:
+    return tuple(s.id for s in signals)
+
+
+def _state_text(outcome_state: Any, machine: type[Machine], keep_none: bool = True) -> str | None:
+    if outcome_state is None and keep_none:
+        return None  # keep the stored state
+    value = machine.coerce_state(outcome_state, "outcome state")
+    return codec.dumps(value, f"state of {machine.__gd_name__}")
+
+
+def encode(
+    outcome: Any, claim: Claim, machine: type[Machine], signals: tuple[Signal, ...]
+) -> Completion:
+    """Validate an outcome and encode it for the completer (raises inside the guard)."""
+    kind = _KIND.get(type(outcome))
+    if kind is None:
+        raise InvalidOutcome(
+            f"{machine.describe()} step {claim.step!r} returned {outcome!r}; a step must "
+            "return one of gd.Next, gd.Replay, gd.Await, gd.ScheduleChilds, gd.Done, gd.Stop"
+        )
+    seen = _seen(signals)
+    base = Completion(claim.id, claim.token, kind, consume=claim.awaits, seen=seen)
+    if isinstance(outcome, oc.Next):
+        base.step = _step_name(outcome.step)
+        base.state = _state_text(outcome.state, machine)
+    elif isinstance(outcome, oc.Replay):
+        base.state = _state_text(outcome.state, machine)
+        try:
+            base.delay = oc.seconds(outcome.delay, "Replay delay")
+        except (TypeError, ValueError) as exc:
+            raise InvalidOutcome(str(exc)) from exc
+    elif isinstance(outcome, oc.Await):
+        base.awaits = codec.check_text(_nonempty(outcome.signal, "Await signal"), "Await signal")
+        base.state = _state_text(outcome.state, machine)
+        base.consume = None
+    elif isinstance(outcome, oc.ScheduleChilds):
+        base.step = _step_name(outcome.step)
+        base.state = _state_text(outcome.state, machine)
+        if isinstance(outcome.children, str | bytes) or not hasattr(outcome.children, "__iter__"):
+            raise InvalidOutcome("ScheduleChilds children must be a list of machines or gd.Spec")
+        try:
+            base.children = build_insert(outcome.children, parent_id=claim.id)
+        except EncodingError:
+            raise
+        except Exception as exc:
+            raise InvalidOutcome(f"ScheduleChilds: {exc}") from exc
+    elif isinstance(outcome, oc.Done):
+        base.result = codec.dumps(outcome.result, f"result of {machine.__gd_name__}")
+    else:
+        base.error = reason_text(outcome.reason)
+    return base
+
+
+def _nonempty(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidOutcome(f"{what} must be a non-empty str, got {value!r}")
+    return value
+
+
+def _step_name(value: Any) -> str:
+    return codec.check_text(_nonempty(value, "step name"), "step name")

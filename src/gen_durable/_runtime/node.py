@@ -1,0 +1,188 @@
+"""One node's runtime: schedulers, executor, completer and the lease services (SPEC §8).
+
+Services share one lifecycle. ``start`` opens them in dependency order; ``stop`` drains
+the schedulers (buffered rows released at once, running steps given ``drain_timeout``),
+flushes the completer, then stops the heartbeat, reaper and listener. Each background
+loop catches and logs its own errors and backs off, so a lost database connection
+never kills the node; if a loop dies anyway it is logged and restarted.
+
+Claim tokens: every pick gets a fresh ``locked_by`` value ``<node id>:<pick sequence>``.
+The outcome guard compares it (§18.2), so even this node re-claiming a row after the
+reaper holds a different token than the stale step that still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from .. import telemetry
+from .._db.queries import Queries
+from ..registry import Registry
+from .completer import Completer
+from .config import Config
+from .executor import Claim, Executor
+from .scheduler import QueueScheduler
+from .stats import Stats
+
+log = logging.getLogger("gen_durable")
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        pool: AsyncConnectionPool[Any],
+        queries: Queries,
+        registry: Registry,
+        stats: Stats,
+        node_id: str,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.queries = queries
+        self.registry = registry
+        self.stats = stats
+        self.node_id = node_id
+        self._seq = itertools.count(1)
+        total = sum(config.queues.values()) or 1
+        self.threads = ThreadPoolExecutor(max_workers=total, thread_name_prefix="gen_durable-step")
+        self.completer = Completer(pool, queries, stats, retry_for=config.lease_ttl / 2)
+        self.executor = Executor(self.completer, self.threads)
+        self.schedulers = {q: QueueScheduler(self, q, n) for q, n in config.queues.items()}
+        self._services: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    def next_token(self) -> str:
+        return f"{self.node_id}:{next(self._seq)}"
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        for sched in self.schedulers.values():
+            sched.start()
+        self._spawn("heartbeat", self._heartbeat_loop)
+        self._spawn("reaper", self._reaper_loop)
+        if self.config.listen:
+            self._spawn("listener", self._listen_loop)
+
+    def _spawn(self, name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        task = asyncio.create_task(factory(), name=f"gen_durable.{name}")
+        self._services[name] = task
+
+        def supervise(t: asyncio.Task[None]) -> None:
+            if self._stopping or t.cancelled():
+                return
+            log.critical("gen_durable %s service died: %r; restarting it", name, t.exception())
+            self._spawn(name, factory)
+
+        task.add_done_callback(supervise)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        await asyncio.gather(
+            *(s.drain(self.config.drain_timeout) for s in self.schedulers.values())
+        )
+        await self.completer.drain()
+        for task in self._services.values():
+            task.cancel()
+        await asyncio.gather(*self._services.values(), return_exceptions=True)
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+    def held(self) -> list[Claim]:
+        return [c for s in self.schedulers.values() for c in s.held()]
+
+    async def release(self, claims: list[Claim], delay: float = 0.0, bump: bool = False) -> int:
+        """Hand claimed rows back to runnable (``bump``: count the attempt)."""
+        if not claims:
+            return 0
+        stmt = self.queries.release(
+            [c.id for c in claims], [c.token for c in claims], delay, bump=bump
+        )
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(stmt.query, stmt.params)
+                n = len(await cur.fetchall())
+        except psycopg.Error as exc:
+            log.warning("releasing %d rows failed (%s); their leases will expire", len(claims), exc)
+            return 0
+        self.stats.add(statements=1, commits=1, released=n)
+        return n
+
+    # -- lease services --------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            held = self.held()
+            if not held:
+                continue
+            stmt = self.queries.heartbeat(
+                [c.id for c in held], [c.token for c in held], self.config.lease_ttl
+            )
+            try:
+                async with self.pool.connection() as conn:
+                    await conn.execute(stmt.query, stmt.params)
+                self.stats.add(statements=1, commits=1, heartbeats=1)
+            except psycopg.Error as exc:
+                log.warning("heartbeat for %d rows failed: %s", len(held), exc)
+
+    async def _reaper_loop(self) -> None:
+        interval = self.config.reap_interval
+        limit = self.config.reap_batch
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                while True:
+                    stmt = self.queries.reap(limit)
+                    async with self.pool.connection() as conn:
+                        cur = await conn.execute(stmt.query, stmt.params)
+                        ids = [r[0] for r in await cur.fetchall()]
+                    self.stats.add(statements=1, commits=1, reaped=len(ids))
+                    if ids:
+                        log.warning("reaper: %d expired lease(s) returned to runnable", len(ids))
+                        if telemetry.listening("reaper.reaped"):
+                            telemetry.emit("reaper.reaped", {"count": len(ids)}, {"ids": ids})
+                        for sched in self.schedulers.values():
+                            sched.wake.set()
+                    if len(ids) < limit:
+                        break
+            except psycopg.Error as exc:
+                log.warning("reaper pass failed: %s", exc)
+
+    async def _listen_loop(self) -> None:
+        """LISTEN for inserts and wake-ups: a latency accelerator, never the truth."""
+        channel = self.queries.channel
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.config.dsn, autocommit=True)
+                async with conn:
+                    await conn.execute(self.queries.listen_sql())
+                    delay = 0.1
+                    # Anything inserted while we were not listening is found by polling;
+                    # nudge every queue once so a reconnect costs no latency either.
+                    for sched in self.schedulers.values():
+                        sched.wake.set()
+                    async for note in conn.notifies():
+                        if note.channel != channel:
+                            continue
+                        target = self.schedulers.get(note.payload)
+                        if target is not None:
+                            target.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as exc:
+                log.warning("listener connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.config.max_poll_interval)

@@ -1,0 +1,250 @@
+"""The per-queue feeder (SPEC §8, §9).
+
+One scheduler serves exactly one queue. It keeps at most ``concurrency`` steps running
+and at most ``concurrency + prefetch`` rows claimed (running + buffered), and picks
+only when at least ``min_demand`` of those slots are free — unless it is fully idle.
+A finished step sets ``wake`` so the next pick happens at once: throughput is bounded
+by concurrency and step time, not by the poll interval. An empty pick doubles the idle
+wait up to ``max_poll_interval``; any claimed work snaps it back. A LISTEN nudge (an
+insert or a wake-up in this queue) also sets ``wake``; polling stays the source of
+truth, so a lost notification only costs latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from .. import telemetry
+from ..registry import resolve
+from .executor import Claim
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("gen_durable")
+
+_KEY_RE = re.compile(r"Key \(partition_key\)=\((.*)\) already exists")
+
+
+class QueueScheduler:
+    def __init__(self, node: Node, queue: str, concurrency: int) -> None:
+        self.node = node
+        self.queue = queue
+        self.concurrency = concurrency
+        self.wake = asyncio.Event()
+        self.running: dict[int, Claim] = {}
+        self._buffer: list[tuple[int, int, Claim]] = []  # heap of (priority, seq, claim)
+        self._seq = 0
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name=f"gen_durable.queue.{self.queue}")
+
+    def held(self) -> list[Claim]:
+        """Every row this scheduler holds a claim on: running and buffered."""
+        return [*self.running.values(), *(c for _, _, c in self._buffer)]
+
+    async def drain(self, timeout: float) -> None:
+        """Stop picking, hand buffered rows back at once, give running steps ``timeout``."""
+        self._stopping = True
+        self.wake.set()
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        buffered = [c for _, _, c in self._buffer]
+        self._buffer.clear()
+        released = await self.node.release(buffered) if buffered else 0
+        if telemetry.listening("scheduler.drain"):
+            telemetry.emit(
+                "scheduler.drain",
+                {"released": released, "in_flight": len(self.running)},
+                {"queue": self.queue},
+            )
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            if pending:
+                stragglers = [c for c in self.running.values()]
+                log.warning(
+                    "queue %s: %d step(s) still running after drain_timeout=%ss; "
+                    "cancelling them (they will run again)",
+                    self.queue,
+                    len(pending),
+                    timeout,
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                # They were interrupted mid-step: count the attempt and hand them back
+                # now rather than making them wait for the lease to expire.
+                await self.node.release(stragglers, bump=True)
+
+    # -- the feeder ----------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        cfg = self.node.config
+        delay = cfg.poll_interval
+        error_delay = 0.1
+        while not self._stopping:
+            self._start_buffered()
+            held = len(self.running) + len(self._buffer)
+            capacity = self.concurrency + cfg.prefetch - held
+            idle = held == 0
+            if capacity <= 0 or (capacity < cfg.min_demand and not idle):
+                await self._wait(cfg.poll_interval)
+                continue
+            try:
+                got = await self._pick(capacity)
+                error_delay = 0.1
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+                log.warning(
+                    "queue %s: pick failed (%s); retrying in %.1fs", self.queue, exc, error_delay
+                )
+                await self._wait(error_delay)
+                error_delay = min(error_delay * 2, cfg.max_poll_interval)
+                continue
+            except Exception:
+                log.exception("queue %s: pick failed; retrying", self.queue)
+                await self._wait(error_delay)
+                error_delay = min(error_delay * 2, cfg.max_poll_interval)
+                continue
+            if got:
+                delay = cfg.poll_interval
+                continue
+            if await self._wait(delay):
+                continue
+            delay = min(delay * 2, cfg.max_poll_interval)
+
+    async def _wait(self, timeout: float) -> bool:
+        """Wait for a wake-up or ``timeout``; True when woken."""
+        if self._stopping:
+            return True
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout)
+            woken = True
+        except TimeoutError:
+            woken = False
+        self.wake.clear()
+        return woken
+
+    async def _pick(self, limit: int) -> int:
+        node = self.node
+        token = node.next_token()
+        started = time.perf_counter()
+        stmt = node.queries.pick(self.queue, limit, token, node.config.lease_ttl)
+        for attempt in range(3):
+            try:
+                async with node.pool.connection() as conn:
+                    cur = await conn.execute(stmt.query, stmt.params)
+                    rows = await cur.fetchall()
+                break
+            except pg_errors.UniqueViolation as exc:
+                # Two picks raced past the executing-key probe; the unique index on
+                # executing keys refused the second (SPEC §9). Nothing was claimed.
+                key = _contended_key(exc)
+                log.debug("queue %s: partition key %r contended; re-picking", self.queue, key)
+                if telemetry.listening("partition.contended"):
+                    telemetry.emit(
+                        "partition.contended",
+                        {"count": 1},
+                        {"id": None, "fsm": None, "partition_key": key},
+                    )
+                if attempt == 2:
+                    return 0
+        node.stats.add(statements=1, commits=1, picks=1, picked=len(rows))
+        if telemetry.listening("pick.stop"):
+            telemetry.emit(
+                "pick.stop",
+                {"count": len(rows), "demand": limit, "duration": time.perf_counter() - started},
+                {"queue": self.queue, "node": node.node_id},
+            )
+        if not rows:
+            return 0
+        unknown: list[Claim] = []
+        for row in rows:
+            claim = Claim.from_row(row, token)
+            machine = resolve(node.registry, claim.fsm, claim.fsm_version)
+            if machine is None:
+                unknown.append(claim)
+                continue
+            self._seq += 1
+            heapq.heappush(self._buffer, (claim.priority, self._seq, claim))
+        if unknown:
+            await self._hand_back_unknown(unknown)
+        if telemetry.listening("scheduler.saturation"):
+            telemetry.emit(
+                "scheduler.saturation",
+                {
+                    "in_flight": len(self.running),
+                    "buffer": len(self._buffer),
+                    "concurrency": self.concurrency,
+                    "prefetch": node.config.prefetch,
+                },
+                {"queue": self.queue},
+            )
+        return len(rows)
+
+    async def _hand_back_unknown(self, claims: list[Claim]) -> None:
+        # Not failed, not lost: another node (with the code) can run it (SPEC §13).
+        seen: dict[tuple[str, int], int] = {}
+        for c in claims:
+            seen[(c.fsm, c.fsm_version)] = seen.get((c.fsm, c.fsm_version), 0) + 1
+        for (fsm, version), count in seen.items():
+            log.error(
+                "no machine %s v%d on this node; %d instance(s) handed back for %ss",
+                fsm,
+                version,
+                count,
+                self.node.config.unknown_retry,
+            )
+            if telemetry.listening("registry.not_found"):
+                telemetry.emit(
+                    "registry.not_found", {"count": count}, {"fsm": fsm, "fsm_version": version}
+                )
+        try:
+            await self.node.release(claims, delay=self.node.config.unknown_retry)
+        except Exception:
+            log.exception("handing back %d unknown-machine rows failed", len(claims))
+
+    def _start_buffered(self) -> None:
+        while self._buffer and len(self.running) < self.concurrency and not self._stopping:
+            _, _, claim = heapq.heappop(self._buffer)
+            machine = resolve(self.node.registry, claim.fsm, claim.fsm_version)
+            assert machine is not None  # resolved when picked
+            self.running[claim.id] = claim
+            task = asyncio.create_task(
+                self._run(claim, machine), name=f"gen_durable.step.{claim.id}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, claim: Claim, machine: Any) -> None:
+        try:
+            await self.node.executor.run(claim, machine)
+            self.node.stats.steps += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Only the commit itself can fail here (the executor guards user code):
+            # the outcome is not committed, the lease will expire, the step re-runs.
+            log.exception("instance %s: outcome could not be committed", claim.id)
+        finally:
+            self.running.pop(claim.id, None)
+            self.wake.set()
+
+
+def _contended_key(exc: BaseException) -> str | None:
+    diag = getattr(exc, "diag", None)
+    detail = getattr(diag, "message_detail", None) or ""
+    m = _KEY_RE.search(detail)
+    return m.group(1) if m else None

@@ -1,0 +1,312 @@
+"""Inserting, signalling and reading instances — shared by ``Engine`` and ``SyncClient``.
+
+Validation and encoding happen here, before any statement runs, so bad input raises a
+typed error and writes nothing (SPEC §15). The statements come from the one SQL
+module; ``Engine`` runs them on an async connection, :class:`SyncClient` on a sync one.
+
+``SyncClient`` is for hosts without an event loop (Django, Flask, scripts)::
+
+    with gd.SyncClient(dsn) as client:
+        order_id = client.insert(Checkout, state={"order": 42})
+        client.signal(order_id, "payment_confirmed", {"amount": 10})
+        print(client.get(order_id).status)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from ._db import codec
+from ._db.queries import NON_TERMINAL, STATUSES, InsertRows, Queries
+from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
+from .machine import Machine
+from .outcomes import Spec, seconds
+
+INSERT_OPTIONS = frozenset(
+    {
+        "state",
+        "args",
+        "step",
+        "queue",
+        "priority",
+        "partition_key",
+        "unique_key",
+        "unique_scope",
+        "eligible_at",
+        "schedule_at",
+        "schedule_in",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """A frozen snapshot of one ``gen_durable`` row (SPEC §2 column names)."""
+
+    id: int
+    fsm: str
+    fsm_version: int
+    step: str
+    status: str
+    state: Any
+    result: Any
+    awaits: str | None
+    queue: str
+    priority: int
+    partition_key: str | None
+    eligible_at: dt.datetime
+    attempt: int
+    last_error: str | None
+    locked_by: str | None
+    lease_expires_at: dt.datetime | None
+    parent_id: int | None
+    children_pending: int
+    unique_key: bytes | None
+    unique_scope: tuple[str, ...]
+    unique_guard: bytes | None
+    inserted_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Instance:
+        values = list(row)
+        for i in (18, 20):  # bytea arrives as memoryview/bytes depending on the loader
+            if values[i] is not None:
+                values[i] = bytes(values[i])
+        values[19] = tuple(values[19] or ())
+        return cls(*values)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("done", "failed")
+
+
+def _machine_of(item: object) -> tuple[type[Machine], dict[str, Any]]:
+    if isinstance(item, Spec):
+        return _check_machine(item.machine), dict(item.options)
+    return _check_machine(item), {}
+
+
+def _check_machine(machine: object) -> type[Machine]:
+    if isinstance(machine, type) and issubclass(machine, Machine) and not machine.__gd_abstract__:
+        return machine
+    raise ConfigurationError(f"expected a gd.FSM/gd.Job subclass or gd.Spec, got {machine!r}")
+
+
+def _timestamp(value: Any, what: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise ConfigurationError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None:
+        raise ConfigurationError(
+            f"{what} must be timezone-aware (e.g. datetime.now(timezone.utc)); got {value}"
+        )
+    return value
+
+
+def _scope(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    statuses = list(value)
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown status(es) {unknown} in unique_scope; statuses are {list(STATUSES)}"
+        )
+    # Every non-terminal status leads back to every other one (a Next returns to
+    # runnable, a signal wakes a parked row), so a scope holding only some of them
+    # would let a row leave its key and later collide re-entering it. The scope is
+    # therefore all four non-terminal statuses, plus `done`/`failed` to keep the key
+    # after the instance finished.
+    if not set(NON_TERMINAL) <= set(statuses):
+        raise ConfigurationError(
+            f"unique_scope {statuses} must include every non-terminal status "
+            f"{list(NON_TERMINAL)}; add 'done' and/or 'failed' to keep the key after "
+            "the instance finishes"
+        )
+    return "{" + ",".join(dict.fromkeys(statuses)) + "}"
+
+
+def add_insert(
+    rows: InsertRows,
+    machine: type[Machine],
+    options: dict[str, Any],
+    parent_id: int | None = None,
+) -> None:
+    """Validate one instance's options and append it to ``rows`` (SPEC §11)."""
+    unknown = set(options) - INSERT_OPTIONS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown insert option(s) {sorted(unknown)}; options are {sorted(INSERT_OPTIONS)}"
+        )
+    state = options.get("state")
+    args = options.get("args")
+    if state is not None and args is not None:
+        raise ConfigurationError("pass state= or args=, not both (they are the same thing)")
+    value = args if args is not None else state
+    # The state model validates before anything is written (pydantic.ValidationError).
+    encoded = codec.dumps(machine.coerce_state(value), f"state of {machine.__gd_name__}")
+    step = options.get("step") or machine.__gd_initial__
+    queue = options.get("queue") or machine.__gd_queue__
+    priority = options.get("priority", 0)
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not (-32768 <= priority <= 32767)
+    ):
+        raise ConfigurationError(f"priority must be an int in -32768..32767, got {priority!r}")
+    pkey = options.get("partition_key")
+    if pkey is not None:
+        codec.check_text(pkey, "partition_key")
+    ukey = codec.key_bytes(options.get("unique_key"))
+    scope_given = options.get("unique_scope")
+    scope = _scope(scope_given)
+    if ukey is not None and scope is None:
+        scope = "{" + ",".join(NON_TERMINAL) + "}"
+    eligible_at: dt.datetime | None = None
+    delay: float | None = None
+    if options.get("eligible_at") is not None:
+        eligible_at = _timestamp(options["eligible_at"], "eligible_at")
+    elif options.get("schedule_at") is not None:
+        eligible_at = _timestamp(options["schedule_at"], "schedule_at")
+    elif options.get("schedule_in") is not None:
+        try:
+            delay = seconds(options["schedule_in"], "schedule_in")
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from exc
+    rows.fsm.append(machine.__gd_name__)
+    rows.fsm_version.append(machine.__gd_version__)
+    rows.step.append(codec.check_text(step, "step"))
+    rows.state.append(encoded)
+    rows.queue.append(codec.check_text(queue, "queue"))
+    rows.priority.append(priority)
+    rows.partition_key.append(pkey)
+    rows.eligible_at.append(eligible_at)
+    rows.delay.append(delay)
+    rows.unique_key.append(ukey)
+    rows.unique_scope.append(scope)
+    rows.parent_id.append(parent_id)
+
+
+def build_insert(items: Iterable[object], parent_id: int | None = None) -> InsertRows:
+    """Encode a batch of ``Spec``s / classes into insert arrays."""
+    rows = InsertRows.empty()
+    for item in items:
+        machine, options = _machine_of(item)
+        add_insert(rows, machine, options, parent_id)
+    return rows
+
+
+def build_one(machine: object, options: dict[str, Any]) -> InsertRows:
+    rows = InsertRows.empty()
+    add_insert(rows, _check_machine(machine), options)
+    return rows
+
+
+def inserted_ids(row: tuple[Any, ...] | None) -> list[int]:
+    return list(row[0] or []) if row else []
+
+
+def check_single(ids: list[int], rows: InsertRows) -> int:
+    if not ids:
+        raise Duplicate(rows.fsm[0], rows.unique_key[0] or b"")
+    return ids[0]
+
+
+def signal_params(
+    target_id: int, name: str, payload: Any, dedup_key: str | None
+) -> tuple[int, str, str, str | None]:
+    if isinstance(target_id, bool) or not isinstance(target_id, int):
+        raise ConfigurationError(f"target_id must be an int, not {target_id!r}")
+    codec.check_text(name, "signal name")
+    if not name:
+        raise EncodingError("signal name must be a non-empty str")
+    if dedup_key is not None:
+        codec.check_text(dedup_key, "dedup_key")
+    return target_id, name, codec.dumps({} if payload is None else payload, "payload"), dedup_key
+
+
+def signal_result(row: tuple[Any, ...] | None, target_id: int) -> bool:
+    """True when stored (or already stored under its dedup_key) for a live instance."""
+    if row is None:
+        raise NoSuchInstance(target_id)
+    status = row[0]
+    return status not in ("done", "failed")
+
+
+class SyncClient:
+    """The synchronous client: ``insert``, ``insert_all``, ``signal``, ``get``.
+
+    Each call takes ``conn=`` to run inside the caller's own open psycopg transaction
+    (transactional enqueue). Without it, calls run on the client's own autocommit
+    connection, opened lazily.
+    """
+
+    def __init__(self, dsn: str | None = None, *, schema: str = "public") -> None:
+        from .engine import resolve_dsn
+
+        self._dsn = resolve_dsn(dsn)
+        self._queries = Queries(schema)
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    def _connection(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
+        if conn is not None:
+            return conn
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._dsn, autocommit=True)
+        return self._conn
+
+    def _one(self, conn: psycopg.Connection[Any] | None, stmt: Any) -> tuple[Any, ...] | None:
+        cur = self._connection(conn).execute(stmt.query, stmt.params)
+        row: tuple[Any, ...] | None = cur.fetchone()
+        return row
+
+    def insert(
+        self, machine: type[Machine], *, conn: psycopg.Connection[Any] | None = None, **options: Any
+    ) -> int:
+        rows = build_one(machine, options)
+        return check_single(inserted_ids(self._one(conn, self._queries.insert(rows))), rows)
+
+    def insert_all(
+        self, specs: Iterable[object], *, conn: psycopg.Connection[Any] | None = None
+    ) -> list[int]:
+        rows = build_insert(specs)
+        if not len(rows):
+            return []
+        return inserted_ids(self._one(conn, self._queries.insert(rows)))
+
+    def signal(
+        self,
+        target_id: int,
+        name: str,
+        payload: Any = None,
+        *,
+        dedup_key: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> bool:
+        params = signal_params(target_id, name, payload, dedup_key)
+        return signal_result(self._one(conn, self._queries.signal(*params)), target_id)
+
+    def get(
+        self, instance_id: int, *, conn: psycopg.Connection[Any] | None = None
+    ) -> Instance | None:
+        row = self._one(conn, self._queries.get(instance_id))
+        return None if row is None else Instance.from_row(row)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

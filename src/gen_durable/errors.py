@@ -1,0 +1,87 @@
+"""Every error gen_durable raises, in one place (SPEC §11, §15).
+
+All derive from :class:`GenDurableError`, so ``except gd.GenDurableError`` catches
+anything the library itself decided to refuse. Database errors that reach a user are
+translated here once, keeping the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+
+class GenDurableError(Exception):
+    """Base class of every error raised by gen_durable."""
+
+
+class ConfigurationError(GenDurableError, ValueError):
+    """A bad option: an engine setting, an insert option, a missing DSN."""
+
+
+class Duplicate(GenDurableError):
+    """An insert was dropped because its ``unique_key`` is occupied (SPEC §10)."""
+
+    def __init__(self, fsm: str, unique_key: bytes) -> None:
+        self.fsm = fsm
+        self.unique_key = unique_key
+        super().__init__(
+            f"an instance of {fsm!r} already occupies unique_key {unique_key!r}; "
+            "nothing was inserted (pick another key, or widen/narrow unique_scope)"
+        )
+
+
+class NotFound(GenDurableError, LookupError):
+    """No machine is registered under a name and version (SPEC §13)."""
+
+    def __init__(self, fsm: str, version: int | None = None) -> None:
+        self.fsm = fsm
+        self.version = version
+        what = fsm if version is None else f"{fsm} v{version}"
+        super().__init__(
+            f"no machine registered as {what}; import the module that defines it, "
+            "or pass the class in Engine(fsms=[...])"
+        )
+
+
+class NoSuchInstance(GenDurableError, LookupError):
+    """A signal (or another call) named an instance id that does not exist."""
+
+    def __init__(self, instance_id: int) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"no instance with id {instance_id}")
+
+
+class InvalidOutcome(GenDurableError, TypeError):
+    """A step or ``handle`` returned something that is not a valid outcome (SPEC §15)."""
+
+
+class InvalidMachine(GenDurableError, TypeError):
+    """A machine class is defined wrongly (raised when the class is created)."""
+
+
+class EncodingError(GenDurableError, ValueError):
+    """State, result, payload or a text field cannot be stored in PostgreSQL."""
+
+
+class SchemaError(GenDurableError):
+    """The database schema is missing, foreign, or at an unknown version."""
+
+
+class Cancel(GenDurableError):
+    """Raised by a job's ``perform`` to fail it at once, without retry (SPEC §12)."""
+
+    def __init__(self, reason: object = "cancelled") -> None:
+        self.reason = reason
+        super().__init__(str(reason))
+
+
+__all__ = [
+    "Cancel",
+    "ConfigurationError",
+    "Duplicate",
+    "EncodingError",
+    "GenDurableError",
+    "InvalidMachine",
+    "InvalidOutcome",
+    "NoSuchInstance",
+    "NotFound",
+    "SchemaError",
+]

@@ -1,0 +1,196 @@
+"""Schema migrations (SPEC §16).
+
+``await gd.migrate(dsn_or_conn)`` brings a schema to the latest version,
+``gd.migrate(..., version=N)`` to version N, and ``gd.migrate_down(..., version=0)``
+back down. The installed version lives in ``COMMENT ON TABLE gen_durable`` and is read
+back, so only the missing increments run and migrating twice is a no-op. Every
+migration runs in one transaction under a transaction-level advisory lock keyed by the
+schema name, so concurrent migrators queue up instead of racing. A table named
+``gen_durable`` that carries no gen_durable marker is somebody else's: migration stops
+with :class:`~gen_durable.errors.SchemaError` and touches nothing.
+
+For Alembic or Django migrations, :func:`migration_sql` returns the SQL of one
+version step as text::
+
+    op.execute(gd.migration_sql(1, schema="public"))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ._db import schema as ddl
+from .errors import SchemaError
+
+LATEST_VERSION = ddl.LATEST
+
+ConnOrDsn = str | psycopg.AsyncConnection[Any] | psycopg.Connection[Any]
+
+
+def migration_sql(version: int, *, schema: str = "public", down: bool = False) -> str:
+    """The SQL that moves the schema from ``version - 1`` to ``version`` (or back).
+
+    The text includes the ``COMMENT ON TABLE`` that records the version, so running
+    it by hand (or from another migration tool) leaves a schema ``migrate`` recognises.
+    """
+    if not 1 <= version <= LATEST_VERSION:
+        raise SchemaError(f"unknown schema version {version}; versions are 1..{LATEST_VERSION}")
+    up, dn = ddl.VERSIONS[version - 1]
+    q = ddl.quote_ident(schema)
+    if down:
+        text = ddl.render(dn, schema)
+        if version > 1:
+            text += f"\nCOMMENT ON TABLE {q}.gen_durable IS '{ddl.comment_for(version - 1)}';\n"
+        return text
+    text = ""
+    if version == 1:
+        text += f"CREATE SCHEMA IF NOT EXISTS {q};\n"
+    text += ddl.render(up, schema)
+    text += f"\nCOMMENT ON TABLE {q}.gen_durable IS '{ddl.comment_for(version)}';\n"
+    return text
+
+
+async def installed_version(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> int:
+    """The schema version installed in ``schema`` (0 when there is none)."""
+    cur = await conn.execute(_VERSION_QUERY, (schema,))
+    row: Any = await cur.fetchone()
+    return _parse_version(row, schema)
+
+
+def installed_version_sync(conn: psycopg.Connection[Any], schema: str = "public") -> int:
+    cur = conn.execute(_VERSION_QUERY, (schema,))
+    row: Any = cur.fetchone()
+    return _parse_version(row, schema)
+
+
+_VERSION_QUERY = """
+SELECT obj_description(c.oid, 'pg_class')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = 'gen_durable' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+"""
+
+
+def _parse_version(row: tuple[object, ...] | None, schema: str) -> int:
+    if row is None:
+        return 0
+    comment = row[0]
+    version = ddl.parse_comment(comment if isinstance(comment, str) else None)
+    if version is None:
+        raise SchemaError(
+            f"{schema}.gen_durable exists but was not created by gen_durable "
+            "(its table comment carries no gen_durable version); nothing was changed. "
+            "Use another schema (schema=...) or rename that table."
+        )
+    if version > LATEST_VERSION:
+        raise SchemaError(
+            f"{schema}.gen_durable is at schema version {version}, newer than this "
+            f"gen_durable knows ({LATEST_VERSION}); upgrade the library"
+        )
+    return version
+
+
+def _plan(current: int, target: int) -> list[tuple[int, bool]]:
+    if target >= current:
+        return [(v, False) for v in range(current + 1, target + 1)]
+    return [(v, True) for v in range(current, target, -1)]
+
+
+def _lock_key(schema: str) -> sql.Composed:
+    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(
+        sql.Literal("gen_durable.migrate:" + schema)
+    )
+
+
+async def _run(conn_or_dsn: ConnOrDsn, schema: str, target: int | None, down: bool) -> int:
+    if isinstance(conn_or_dsn, psycopg.Connection):
+        return _run_sync(conn_or_dsn, schema, target, down)
+    if isinstance(conn_or_dsn, str):
+        async with await psycopg.AsyncConnection.connect(conn_or_dsn, autocommit=True) as conn:
+            return await _run_async(conn, schema, target, down)
+    return await _run_async(conn_or_dsn, schema, target, down)
+
+
+def _check_target(target: int | None, down: bool) -> int:
+    if target is None:
+        return 0 if down else LATEST_VERSION
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise SchemaError(f"version must be an int, not {target!r}")
+    if not 0 <= target <= LATEST_VERSION:
+        raise SchemaError(f"unknown schema version {target}; versions are 0..{LATEST_VERSION}")
+    return target
+
+
+def _direction_error(current: int, target: int, down: bool) -> SchemaError | None:
+    if down and target > current:
+        return SchemaError(
+            f"cannot migrate down to version {target}: version {current} is installed; "
+            "use migrate() to go up"
+        )
+    if not down and target < current:
+        return SchemaError(
+            f"version {current} is installed, above {target}; use migrate_down() to go down"
+        )
+    return None
+
+
+async def _run_async(
+    conn: psycopg.AsyncConnection[Any], schema: str, target: int | None, down: bool
+) -> int:
+    goal = _check_target(target, down)
+    async with conn.transaction():
+        await conn.execute(_lock_key(schema))
+        current = await installed_version(conn, schema)
+        err = _direction_error(current, goal, down)
+        if err:
+            raise err
+        for version, is_down in _plan(current, goal):
+            await conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+    return goal
+
+
+def _run_sync(conn: psycopg.Connection[Any], schema: str, target: int | None, down: bool) -> int:
+    goal = _check_target(target, down)
+    with conn.transaction():
+        conn.execute(_lock_key(schema))
+        current = installed_version_sync(conn, schema)
+        err = _direction_error(current, goal, down)
+        if err:
+            raise err
+        for version, is_down in _plan(current, goal):
+            conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+    return goal
+
+
+async def migrate(
+    dsn_or_connection: ConnOrDsn, schema: str = "public", version: int | None = None
+) -> int:
+    """Bring ``schema`` up to ``version`` (default: the latest). Returns the version.
+
+    Accepts a DSN, an async connection or a sync connection (a sync connection is
+    migrated synchronously, inside this coroutine).
+    """
+    return await _run(dsn_or_connection, schema, version, down=False)
+
+
+async def migrate_down(
+    dsn_or_connection: ConnOrDsn, schema: str = "public", version: int = 0
+) -> int:
+    """Take ``schema`` down to ``version`` (default 0: drop everything gen_durable owns)."""
+    return await _run(dsn_or_connection, schema, version, down=True)
+
+
+def migrate_sync(
+    dsn_or_connection: str | psycopg.Connection[Any],
+    schema: str = "public",
+    version: int | None = None,
+    *,
+    down: bool = False,
+) -> int:
+    """Synchronous :func:`migrate` / :func:`migrate_down` for scripts and Django."""
+    if isinstance(dsn_or_connection, str):
+        with psycopg.connect(dsn_or_connection, autocommit=True) as conn:
+            return _run_sync(conn, schema, version, down)
+    return _run_sync(dsn_or_connection, schema, version, down)

@@ -1,0 +1,111 @@
+"""The six outcomes a step returns, and the child/batch ``Spec`` (SPEC §4, §7, §11).
+
+Outcomes are frozen dataclasses: a step builds one and returns it; the engine commits
+its effect atomically. Anything else returned by a step is an ``InvalidOutcome``
+(SPEC §15), raised inside the step so that it goes through ``handle``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+Seconds = float | int | dt.timedelta
+
+
+def seconds(value: Seconds, what: str) -> float:
+    """Normalise a duration (seconds or ``timedelta``) and refuse negatives."""
+    if isinstance(value, dt.timedelta):
+        out = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be seconds (int/float) or a timedelta, not {value!r}")
+    else:
+        out = float(value)
+    if out < 0 or out != out:  # NaN is not a duration either
+        raise ValueError(f"{what} must be >= 0 seconds, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    """Go to ``step`` now, with ``state`` written (attempt resets to 0)."""
+
+    step: str
+    state: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Run the same step again after ``delay`` seconds, ``attempt + 1``."""
+
+    state: Any = None
+    delay: Seconds = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Await:
+    """Park until a signal named ``signal`` arrives (SPEC §6)."""
+
+    signal: str
+    state: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleChilds:
+    """Insert ``children`` and park at ``step`` until every child is terminal (SPEC §7)."""
+
+    step: str
+    children: Sequence[type[Machine] | Spec] = ()
+    state: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Finish successfully, recording ``result`` (state is not rewritten)."""
+
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Finish as ``failed`` with ``last_error = str(reason)``."""
+
+    reason: Any = "stopped"
+
+
+Outcome = Next | Replay | Await | ScheduleChilds | Done | Stop
+OUTCOME_TYPES = (Next, Replay, Await, ScheduleChilds, Done, Stop)
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Spec:
+    """A machine plus insert options, for ``insert_all`` and ``ScheduleChilds``.
+
+    ``gd.Spec(Pack, args={"sku": "A1"}, partition_key="customer-7")`` takes the same
+    keyword options as ``Engine.insert``.
+    """
+
+    machine: type[Machine]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, machine: type[Machine], **options: Any) -> None:
+        object.__setattr__(self, "machine", machine)
+        object.__setattr__(self, "options", options)
+
+
+__all__ = [
+    "OUTCOME_TYPES",
+    "Await",
+    "Done",
+    "Next",
+    "Outcome",
+    "Replay",
+    "ScheduleChilds",
+    "Spec",
+    "Stop",
+]
