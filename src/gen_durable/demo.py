@@ -1,0 +1,476 @@
+"""``gen-durable demo``: a small shop that uses every primitive, end to end.
+
+The scenario, per order (``demo.Order``, queue ``orders``):
+
+1. ``start`` → ``await_payment``: the order parks until a ``payment`` signal arrives
+   (durable await, SPEC §6). A third of the payments arrive *before* the order ever
+   runs, so those orders never park; some payment webhooks are delivered twice with
+   the same ``dedup_key`` and are stored once.
+2. ``charge``: a flaky payment gateway raises for some orders; ``handle`` answers with
+   ``Replay`` and an exponential backoff (SPEC §5) until it goes through.
+3. ``pack``: fans out one ``demo.Pack`` job per item (durable children, SPEC §7). Packs
+   of one customer share a ``partition_key`` so they never run at the same time
+   (SPEC §9). An out-of-stock item fails its pack job (``gd.Cancel``).
+4. ``ship``: the parent reads ``ctx.childs`` and decides: ship what was packed and
+   backorder the rest; then a one-step ``demo.SendReceipt`` job (a ``gd.Job`` that
+   is itself flaky and retried with its ``backoff``) sends the receipt.
+
+Orders are inserted with ``insert_all`` carrying a ``unique_key`` per order number, and
+a second insert of order 1 is refused (SPEC §10). The demo drops and recreates its
+own schema's tables on every run, shows live progress, checks that every instance
+ended as the scenario says it must, and prints a summary and the commands to inspect
+what is left. Exit code 0 when every check passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gen_durable as gd
+
+from ._db.admin_queries import AdminQueries
+from .engine import Engine
+from .migrate import migrate, migrate_down
+
+STATUSES = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
+OUT_OF_STOCK = "SKU-OUT-OF-STOCK"
+PACK_SECONDS = 0.02
+
+
+@dataclass
+class PartitionWatch:
+    """How many packs of one customer ran at the same moment (it must stay 1)."""
+
+    running: Counter[str] = field(default_factory=Counter)
+    peak: int = 0
+    packs: int = 0
+
+    def enter(self, key: str) -> None:
+        self.running[key] += 1
+        self.packs += 1
+        self.peak = max(self.peak, self.running[key])
+
+    def leave(self, key: str) -> None:
+        self.running[key] -= 1
+
+
+WATCH = PartitionWatch()
+
+
+class Order(gd.FSM, name="demo.Order", queue="orders"):
+    class State(gd.State):
+        number: int
+        customer: str
+        items: list[str]
+        flaky: int = 0  # times the payment gateway fails before it answers
+        parked: bool = False
+        payments_seen: int = 0
+        charge_attempts: int = 0
+        shipped: list[str] = []
+        backordered: list[str] = []
+
+    async def step(self, step: str, ctx: gd.Context[Order.State]) -> gd.Outcome:
+        s = ctx.state
+        match step:
+            case "start":
+                return gd.Next("await_payment", s)
+            case "await_payment":
+                paid = [sig for sig in ctx.signals if sig.name == "payment"]
+                if not paid:
+                    return gd.Await("payment", s.model_copy(update={"parked": True}))
+                return gd.Next("charge", s.model_copy(update={"payments_seen": len(paid)}))
+            case "charge":
+                if ctx.attempt < s.flaky:
+                    raise ConnectionError("payment gateway timed out")
+                return gd.Next("pack", s.model_copy(update={"charge_attempts": ctx.attempt + 1}))
+            case "pack":
+                packs = [
+                    gd.Spec(
+                        Pack,
+                        args={"order": s.number, "sku": sku, "customer": s.customer},
+                        partition_key=f"customer-{s.customer}",
+                    )
+                    for sku in s.items
+                ]
+                return gd.ScheduleChilds("ship", packs, s)
+            case "ship":
+                packed = [c.state["sku"] for c in ctx.childs if c.status == "done"]
+                missing = [c.state["sku"] for c in ctx.childs if c.status == "failed"]
+                if not packed:
+                    return gd.Stop("nothing could be packed")
+                receipt = gd.Spec(SendReceipt, args={"order": s.number, "items": packed})
+                update = {"shipped": packed, "backordered": missing}
+                return gd.ScheduleChilds("finish", [receipt], s.model_copy(update=update))
+            case "finish":
+                return gd.Done(
+                    {
+                        "shipped": s.shipped,
+                        "backordered": s.backordered,
+                        "parked": s.parked,
+                        "payments_seen": s.payments_seen,
+                        "charge_attempts": s.charge_attempts,
+                    }
+                )
+        raise ValueError(f"unknown step {step!r}")
+
+    def handle(self, error: Exception, ctx: gd.Context[Any]) -> gd.Outcome:
+        if isinstance(error, ConnectionError) and ctx.attempt < 5:
+            return gd.Replay(ctx.state, delay=0.05 * 2**ctx.attempt)
+        return gd.Stop(error)
+
+
+class Pack(gd.Job, name="demo.Pack", queue="packing"):
+    async def perform(self, args: dict[str, Any], ctx: gd.Context[Any]) -> dict[str, Any]:
+        if args["sku"] == OUT_OF_STOCK:
+            raise gd.Cancel(f"{args['sku']} is out of stock")
+        key = args["customer"]
+        WATCH.enter(key)
+        try:
+            await asyncio.sleep(PACK_SECONDS)  # the warehouse at work
+        finally:
+            WATCH.leave(key)
+        return {"sku": args["sku"], "box": f"box-{args['order']}"}
+
+
+class SendReceipt(gd.Job, name="demo.SendReceipt", queue="mail", max_attempts=5):
+    def perform(self, args: dict[str, Any], ctx: gd.Context[Any]) -> dict[str, Any]:
+        if ctx.attempt == 0 and args["order"] % 4 == 0:
+            raise ConnectionError("mail server busy")
+        return {"sent_to": f"order-{args['order']}", "attempts": ctx.attempt + 1}
+
+    def backoff(self, attempt: int) -> float:
+        return 0.1 * 2.0**attempt
+
+
+# -- the plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each order goes through, decided up front so the end state is checkable."""
+
+    size: int
+
+    def customer(self, n: int) -> str:
+        return f"c{n % max(3, self.size // 5):02d}"
+
+    def items(self, n: int) -> list[str]:
+        skus = [f"SKU-{n}-{i}" for i in range(1 + n % 3)]
+        return [*skus, OUT_OF_STOCK] if n % 7 == 3 else skus
+
+    def flaky(self, n: int) -> int:
+        return 2 if n % 5 == 1 else 0
+
+    def early(self, n: int) -> bool:
+        """The payment arrives before the order runs at all."""
+        return n % 3 == 0
+
+    def duplicated(self, n: int) -> bool:
+        """The payment webhook is delivered twice, with the same dedup_key."""
+        return n % 4 == 0 or n % 3 == 0
+
+    @property
+    def numbers(self) -> range:
+        return range(1, self.size + 1)
+
+    def order(self, n: int) -> gd.Spec:
+        state = {
+            "number": n,
+            "customer": self.customer(n),
+            "items": self.items(n),
+            "flaky": self.flaky(n),
+        }
+        return gd.Spec(Order, state=state, unique_key=self.key(n))
+
+    @staticmethod
+    def key(n: int) -> str:
+        # Zero-padded: insert_all takes unique keys in key order (SPEC §18.7), so the
+        # ids it returns follow the order numbers.
+        return f"order-{n:06d}"
+
+
+# -- output --------------------------------------------------------------------------
+
+
+class Progress:
+    """Instances by status: redrawn in place on a terminal, a line a second otherwise."""
+
+    def __init__(self, out: Any, size: int) -> None:
+        self.out = out
+        self.size = size
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.last_line = 0.0
+
+    def show(self, counts: dict[str, dict[str, int]], final: bool = False) -> None:
+        orders = counts.get("demo.Order", {})
+        finished = orders.get("done", 0) + orders.get("failed", 0)
+        totals = {s: sum(c.get(s, 0) for c in counts.values()) for s in STATUSES}
+        width = 30
+        filled = width * finished // max(self.size, 1)
+        bar = "#" * filled + "." * (width - filled)
+        parts = "  ".join(f"{s} {n}" for s, n in totals.items() if n)
+        line = f"orders [{bar}] {finished}/{self.size}   instances: {parts}"
+        now = time.monotonic()
+        if self.tty:
+            self.out.write("\r\033[K" + line + ("\n" if final else ""))
+            self.out.flush()
+        elif final or now - self.last_line >= 1.0:
+            self.out.write(line + "\n")
+            self.out.flush()
+            self.last_line = now
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    from .cli import table
+
+    return table(headers, rows)
+
+
+# -- the run -------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    checks: list[tuple[bool, str]] = field(default_factory=list)
+
+    def check(self, ok: bool, text: str) -> None:
+        self.checks.append((ok, text))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for ok, _ in self.checks)
+
+
+async def _counts(engine: Engine, admin: AdminQueries) -> dict[str, dict[str, int]]:
+    rows = await engine._all(admin.counts_by_fsm())
+    out: dict[str, dict[str, int]] = {}
+    for fsm, status, n in rows:
+        out.setdefault(fsm, {})[status] = n
+    return out
+
+
+async def _wait(
+    engine: Engine,
+    admin: AdminQueries,
+    progress: Progress,
+    condition: Callable[[dict[str, dict[str, int]]], bool],
+    deadline: float,
+) -> dict[str, dict[str, int]]:
+    while True:
+        counts = await _counts(engine, admin)
+        progress.show(counts)
+        if condition(counts) or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.1)
+
+
+def _active(counts: dict[str, dict[str, int]]) -> int:
+    return sum(n for c in counts.values() for s, n in c.items() if s not in ("done", "failed"))
+
+
+async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome, dict[str, Any]]:
+    plan = Plan(size)
+    admin = AdminQueries(schema)
+    WATCH.__init__()  # type: ignore[misc]  # a fresh watch per run (tests run it twice)
+    # A fresh start every run: our tables go down and come back up.
+    await migrate_down(dsn, schema=schema, version=0)
+    await migrate(dsn, schema=schema)
+
+    result = Outcome()
+    client = Engine(dsn, queues={}, schema=schema, pool_size=2)
+    worker = Engine(
+        dsn,
+        queues={"orders": 8, "packing": 4, "mail": 2},
+        schema=schema,
+        poll_interval=0.05,
+        max_poll_interval=0.2,
+        lease_ttl=30,
+        heartbeat_interval=5,
+        reap_interval=5,
+        drain_timeout=2,
+    )
+    async with client:
+        ids = await client.insert_all([plan.order(n) for n in plan.numbers])
+        id_of = dict(zip(plan.numbers, ids, strict=True))
+        try:
+            await client.insert(Order, state=plan.order(1).options["state"], unique_key=plan.key(1))
+            result.check(False, "a second order 1 was accepted despite its unique_key")
+        except gd.Duplicate:
+            result.check(True, "a second insert of order 1 was refused by its unique_key")
+
+        duplicates = 0
+        for n in plan.numbers:  # payments that arrive before the order first runs
+            if plan.early(n):
+                for _ in range(2 if plan.duplicated(n) else 1):
+                    await client.signal(
+                        id_of[n], "payment", {"amount": 10 * n}, dedup_key=f"pay-{n}"
+                    )
+                duplicates += plan.duplicated(n)
+
+        late = [n for n in plan.numbers if not plan.early(n)]
+        progress = Progress(out, size)
+        started = time.monotonic()
+        deadline = started + 50
+        async with worker:
+            counts = await _wait(
+                client,
+                admin,
+                progress,
+                lambda c: c.get("demo.Order", {}).get("awaiting_signal", 0) >= len(late),
+                deadline,
+            )
+            random.Random(size).shuffle(late)  # webhooks arrive in any order
+            for n in late:
+                for _ in range(2 if plan.duplicated(n) else 1):
+                    await client.signal(
+                        id_of[n], "payment", {"amount": 10 * n}, dedup_key=f"pay-{n}"
+                    )
+                duplicates += plan.duplicated(n)
+            counts = await _wait(client, admin, progress, lambda c: _active(c) == 0, deadline)
+            elapsed = time.monotonic() - started
+            progress.show(counts, final=True)
+        steps = worker.stats.steps
+
+        orders = {n: await client.get(id_of[n]) for n in plan.numbers}
+        kids = {n: await client.children(id_of[n]) for n in plan.numbers}
+
+    _verify(result, plan, orders, kids, counts, duplicates)
+    partial = [id_of[n] for n in plan.numbers if OUT_OF_STOCK in plan.items(n)]
+    facts = {
+        "counts": counts,
+        "steps": steps,
+        "elapsed": elapsed,
+        "example": partial[0] if partial else id_of[1],
+    }
+    return result, facts
+
+
+def _verify(
+    result: Outcome,
+    plan: Plan,
+    orders: dict[int, Any],
+    kids: dict[int, list[tuple[Any, ...]]],
+    counts: dict[str, dict[str, int]],
+    duplicates: int,
+) -> None:
+    res: dict[int, dict[str, Any]] = {
+        n: o.result for n, o in orders.items() if o is not None and o.status == "done"
+    }
+    done = sorted(res)
+    result.check(
+        len(done) == plan.size and _active(counts) == 0,
+        f"{len(done)}/{plan.size} orders done, no instance left unfinished",
+    )
+    if len(done) != plan.size:
+        return
+    partial = [n for n in plan.numbers if OUT_OF_STOCK in plan.items(n)]
+    good = all(res[n]["backordered"] == ([OUT_OF_STOCK] if n in partial else []) for n in done)
+    failed_packs = counts.get("demo.Pack", {}).get("failed", 0)
+    result.check(
+        good and failed_packs == len(partial),
+        f"{len(partial)} pack job(s) failed (out of stock); each parent shipped the rest "
+        "and backordered the item",
+    )
+    result.check(
+        all(res[n]["payments_seen"] == 1 for n in done),
+        f"{duplicates} duplicate payment webhook(s) stored once each (dedup_key)",
+    )
+    early = [n for n in plan.numbers if plan.early(n)]
+    result.check(
+        all(res[n]["parked"] == (n not in early) for n in done),
+        f"{len(early)} payment(s) arrived before their order parked: those never waited",
+    )
+    flaky = [n for n in plan.numbers if plan.flaky(n)]
+    result.check(
+        all(res[n]["charge_attempts"] == plan.flaky(n) + 1 for n in done),
+        f"{len(flaky)} flaky charge(s) retried with backoff (Replay), then went through",
+    )
+    receipts = [r for rows in kids.values() for r in rows if r[1] == "demo.SendReceipt"]
+    retried = sum(1 for r in receipts if r[4] and r[4]["attempts"] > 1)
+    expected = sum(1 for n in plan.numbers if n % 4 == 0)
+    result.check(
+        len(receipts) == plan.size
+        and all(r[2] == "done" for r in receipts)
+        and retried == expected,
+        f"{len(receipts)} receipts sent by a one-step gd.Job; {retried} retried after an error",
+    )
+    result.check(
+        WATCH.peak == 1,
+        f"{WATCH.packs} packs for {len({plan.customer(n) for n in plan.numbers})} customers: "
+        f"never two at once for one customer (partition_key; peak {WATCH.peak})",
+    )
+
+
+def _report(out: Any, result: Outcome, facts: dict[str, Any], wall: float) -> None:
+    counts: dict[str, dict[str, int]] = facts["counts"]
+    rows = [[fsm, *(c.get(s, 0) for s in STATUSES), sum(c.values())] for fsm, c in counts.items()]
+    totals = [sum(c.get(s, 0) for c in counts.values()) for s in STATUSES]
+    rows.append(["total", *totals, sum(totals)])
+    print("\nInstances by status", file=out)
+    print(_table(["machine", *STATUSES, "total"], rows), file=out)
+    steps, elapsed = facts["steps"], facts["elapsed"]
+    print(
+        f"\nsteps run: {steps} in {elapsed:.1f}s ({steps / max(elapsed, 1e-9):.0f} steps/s); "
+        f"wall time {wall:.1f}s",
+        file=out,
+    )
+    print("\nChecks", file=out)
+    for ok, text in result.checks:
+        print(f"  [{'ok' if ok else 'FAILED'}] {text}", file=out)
+
+
+def _inspect_hints(out: Any, target: str, schema: str, dsn: str | None, example: int) -> None:
+    print("\nInspect what is left", file=out)
+    print(f"  gen-durable status {target} --schema {schema}", file=out)
+    print(
+        f"  gen-durable show {example} {target} --schema {schema}"
+        "    # an order with a backordered item",
+        file=out,
+    )
+    sql = f"SELECT fsm, status, count(*) FROM {schema}.gen_durable GROUP BY 1, 2 ORDER BY 1, 2"
+    if dsn is not None:
+        print(f"  psql {shlex.quote(dsn)} -c {shlex.quote(sql)}", file=out)
+    else:
+        print(
+            "  (the embedded server stops with the demo; each --embedded command starts it "
+            "again. For psql, rerun the demo with --dsn on a server of yours.)",
+            file=out,
+        )
+
+
+def run_demo(
+    *, dsn: str | None, schema: str, size: int, embedded: bool = False, out: Any = None
+) -> int:
+    """Run the demo; returns the exit code (0 when the scenario ended as it must)."""
+    out = out or sys.stdout
+    t0 = time.monotonic()
+    if schema == "public":
+        from .cli import UsageError
+
+        raise UsageError("the demo drops and recreates its tables: give it its own --schema")
+    dsn = dsn or os.environ.get("GEN_DURABLE_DSN") or os.environ.get("DATABASE_URL")
+    given = dsn
+    if embedded or dsn is None:
+        data = Path.cwd() / ".pgdata"
+        print(f"Starting the embedded PostgreSQL server in {data} ...", file=out, flush=True)
+        dsn = gd.embedded.start(data)
+        given = None
+    target = "--embedded" if given is None else f"--dsn {shlex.quote(given)}"
+    print(f"Running {size} orders in schema {schema!r} ...", file=out, flush=True)
+    result, facts = asyncio.run(_scenario(dsn, schema, size, out))
+    _report(out, result, facts, time.monotonic() - t0)
+    _inspect_hints(out, target, schema, given, facts["example"])
+    if not result.ok:
+        print("\nThe demo did not reach its expected end state.", file=sys.stderr)
+        return 1
+    return 0

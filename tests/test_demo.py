@@ -1,0 +1,77 @@
+"""``gen-durable demo`` on the test database: it must reach its end state, print the
+summary and the inspection commands, and be runnable again on the same schema."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gen_durable", "demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def demo_schema(dsn: str) -> Iterator[str]:
+    name = "t_demo_" + uuid.uuid4().hex[:10]
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def counts(dsn: str, schema: str) -> dict[tuple[str, str], int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            f'SELECT fsm, status::text, count(*) FROM "{schema}".gen_durable GROUP BY 1, 2'
+        ).fetchall()
+    return {(fsm, status): n for fsm, status, n in rows}
+
+
+def test_demo_reaches_its_end_state_and_runs_again(dsn: str, demo_schema: str) -> None:
+    for _ in range(2):  # a second run starts from fresh tables
+        proc = demo("--dsn", dsn, "--schema", demo_schema, "--size", "12")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = proc.stdout
+        assert "Instances by status" in out and "FAILED" not in out
+        assert out.count("[ok]") == 8
+        assert "12/12 orders done, no instance left unfinished" in out
+        assert re.search(r"steps run: \d+ in [\d.]+s \(\d+ steps/s\)", out)
+        assert f"gen-durable status --dsn {dsn} --schema {demo_schema}" in out
+        assert re.search(
+            rf"gen-durable show \d+ --dsn {re.escape(dsn)} --schema {demo_schema}", out
+        )
+        assert f"psql {dsn} -c " in out
+        # Orders 3 and 10 each hold one out-of-stock item (order n with n % 7 == 3).
+        assert counts(dsn, demo_schema) == {
+            ("demo.Order", "done"): 12,
+            ("demo.Pack", "done"): sum(1 + n % 3 for n in range(1, 13)),
+            ("demo.Pack", "failed"): 2,
+            ("demo.SendReceipt", "done"): 12,
+        }
+        total = re.search(r"^total\s+0\s+0\s+0\s+0\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M)
+        assert total is not None, out
+        assert [int(g) for g in total.groups()] == [48, 2, 50]
+
+
+def test_demo_refuses_the_public_schema(dsn: str) -> None:
+    proc = demo("--dsn", dsn, "--schema", "public")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "gen-durable demo: error: the demo drops and recreates its tables: give it its own "
+        "--schema (see gen-durable demo --help)"
+    ]
