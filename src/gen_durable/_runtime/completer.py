@@ -53,11 +53,8 @@ class Completion:
     consume: str | None = None
     seen: tuple[int, ...] = ()
     children: InsertRows | None = None
-    future: asyncio.Future[str | None] = field(default_factory=lambda: _new_future())
-
-
-def _new_future() -> asyncio.Future[str | None]:
-    return asyncio.get_running_loop().create_future()
+    # Set when submitted; resolved with the new status (None: stale) after the commit.
+    future: asyncio.Future[str | None] = field(init=False, repr=False)
 
 
 class Completer:
@@ -87,6 +84,7 @@ class Completer:
 
     async def commit(self, item: Completion) -> str | None:
         """Queue ``item`` and wait for its commit: new status, or None when stale."""
+        item.future = asyncio.get_running_loop().create_future()
         self._pending.append(item)
         self._kick()
         return await item.future

@@ -61,7 +61,11 @@ class QueueScheduler:
         self._stopping = True
         self.wake.set()
         if self._loop_task is not None:
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+            # A pick stuck on the database must not hold the shutdown hostage.
+            done, _ = await asyncio.wait({self._loop_task}, timeout=timeout)
+            if not done:
+                self._loop_task.cancel()
+                await asyncio.gather(self._loop_task, return_exceptions=True)
         buffered = [c for _, _, c in self._buffer]
         self._buffer.clear()
         released = await self.node.release(buffered) if buffered else 0
@@ -196,6 +200,11 @@ class QueueScheduler:
 
     async def _hand_back_unknown(self, claims: list[Claim]) -> None:
         # Not failed, not lost: another node (with the code) can run it (SPEC §13).
+        delay = self.node.config.unknown_retry
+        try:
+            await self.node.release(claims, delay=delay)
+        except Exception:
+            log.exception("handing back %d unknown-machine rows failed", len(claims))
         seen: dict[tuple[str, int], int] = {}
         for c in claims:
             seen[(c.fsm, c.fsm_version)] = seen.get((c.fsm, c.fsm_version), 0) + 1
@@ -205,16 +214,12 @@ class QueueScheduler:
                 fsm,
                 version,
                 count,
-                self.node.config.unknown_retry,
+                delay,
             )
             if telemetry.listening("registry.not_found"):
                 telemetry.emit(
                     "registry.not_found", {"count": count}, {"fsm": fsm, "fsm_version": version}
                 )
-        try:
-            await self.node.release(claims, delay=self.node.config.unknown_retry)
-        except Exception:
-            log.exception("handing back %d unknown-machine rows failed", len(claims))
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:
