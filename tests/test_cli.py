@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import gen_durable as gd
+from gen_durable.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.cli_machines"
@@ -35,8 +37,16 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def gdcli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def gdcli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """The real command, as a user runs it."""
+    proc = subprocess.run(
         [sys.executable, "-m", "gen_durable", *args],
         cwd=ROOT,
         env=env or cli_env(),
@@ -44,14 +54,32 @@ def gdcli(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         text=True,
         timeout=90,
     )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+@pytest.fixture
+def cli(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., Result]:
+    """The same entry point in-process: the supplementary cases, without paying for a
+    Python start-up each (the subprocess tests cover the real command)."""
+    monkeypatch.delenv("GEN_DURABLE_DSN", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    def run(*args: str) -> Result:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def one_line_error(res: Result, code: int, *needles: str) -> str:
     """The failure contract: exit code, exactly one line on stderr, no traceback."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert res.code == code, res
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, res.err
+    assert "Traceback" not in res.err
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
@@ -77,116 +105,120 @@ def on(dsn: str, schema: str) -> list[str]:
 
 def snapshot(db: Callable[..., list[tuple[Any, ...]]]) -> tuple[Any, ...]:
     return (
-        db("SELECT id, status::text, state, step, attempt FROM S.gen_durable ORDER BY id"),
+        db("SELECT id, status::text, state, step, attempt, updated_at FROM S.gen_durable"
+           " ORDER BY id"),
         db("SELECT id, target_id, name, payload, dedup_key FROM S.signals ORDER BY id"),
-    )
+    )  # fmt: skip
 
 
-def insert_greeter(on: list[str], name: str = "ada", *extra: str) -> int:
-    proc = gdcli(
-        "insert", GREETER, "--app", APP, "--state", json.dumps({"name": name}), *on, *extra
-    )
-    assert proc.returncode == 0, proc.stderr
-    return int(proc.stdout.strip())
+def insert_greeter(
+    cli: Callable[..., Result], on: list[str], name: str = "ada", *extra: str
+) -> int:
+    res = cli("insert", GREETER, "--app", APP, "--state", json.dumps({"name": name}), *on, *extra)
+    assert res.code == 0, res
+    return int(res.out.strip())
 
 
-# -- help and usage --------------------------------------------------------------------
+# -- help, usage, connection -----------------------------------------------------------
 
 
-def test_help_everywhere_and_usage_errors_exit_2() -> None:
-    for cmd in ([], ["migrate", "sql"], ["worker"]):
-        proc = gdcli(*cmd, "--help")
-        assert proc.returncode == 0, proc.stderr
-        assert "usage: gen-durable" in proc.stdout
-    one_line_error(gdcli("frobnicate"), 2, "invalid choice")
-    one_line_error(gdcli("worker", "--queue", "default=lots"), 2, "NAME=CONCURRENCY")
-
-
-def test_no_database_configured_is_a_usage_error() -> None:
-    one_line_error(gdcli("status"), 2, "no database configured", "GEN_DURABLE_DSN")
+def test_help_everywhere_and_usage_errors_exit_2(cli: Callable[..., Result]) -> None:
+    for cmd in ([], ["migrate"], ["migrate", "sql"], ["worker"], ["insert"], ["signal"],
+                ["show"], ["status"], ["demo"]):  # fmt: skip
+        res = cli(*cmd, "--help")
+        assert res.code == 0, res
+        assert "usage: gen-durable" in res.out
+    one_line_error(cli("frobnicate"), 2, "invalid choice")
+    one_line_error(cli("worker", "--queue", "default=lots"), 2, "NAME=CONCURRENCY")
+    one_line_error(cli("worker", "--lease-ttl", "1", "--dsn", "postgresql://x/y"), 2,
+                   "heartbeat_interval")  # fmt: skip
+    one_line_error(cli("status"), 2, "no database configured", "GEN_DURABLE_DSN")
 
 
 def test_dsn_from_environment(dsn: str, schema: str) -> None:
-    proc = gdcli("migrate", "status", "--schema", schema, env=cli_env(DATABASE_URL=dsn))
-    assert proc.returncode == 0, proc.stderr
-    assert "installed version 1" in proc.stdout
+    res = gdcli("migrate", "status", "--schema", schema, env=cli_env(DATABASE_URL=dsn))
+    assert res.code == 0, res
+    assert res.out == f"schema {schema!r}: installed version 1, latest 1 (up to date)\n"
 
 
-def test_bad_dsn_is_one_clear_line() -> None:
+def test_bad_dsn_is_one_clear_line(cli: Callable[..., Result]) -> None:
     bad = "postgresql://postgres@127.0.0.1:1/test"
-    for cmd in (["status"], ["show", "1"]):
-        one_line_error(gdcli(*cmd, "--dsn", bad), 1, "gen-durable: error: cannot connect")
-    proc = gdcli("status", "--dsn", bad, "-v")
-    assert proc.returncode == 1
-    assert "Traceback" in proc.stderr  # -v asks for the details
+    one_line_error(gdcli("status", "--dsn", bad), 1, "gen-durable: error: cannot connect")
+    for cmd in (["migrate"], ["show", "1"], ["insert", GREETER, "--app", APP]):
+        one_line_error(cli(*cmd, "--dsn", bad), 1, "gen-durable: error: cannot connect")
+    res = cli("status", "--dsn", bad, "-v")
+    assert res.code == 1
+    assert "Traceback" in res.err  # -v asks for the details
 
 
 # -- migrate ---------------------------------------------------------------------------
 
 
-def test_migrate_up_status_down_and_unknown_version(dsn: str) -> None:
+def test_migrate_up_status_down_and_unknown_version(dsn: str, cli: Callable[..., Result]) -> None:
     schema = "t_cli_" + uuid.uuid4().hex[:10]
     on = ["--dsn", dsn, "--schema", schema]
 
     def version() -> Any:
-        proc = gdcli("migrate", "status", "--json", *on)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
+        res = cli("migrate", "status", "--json", *on)
+        assert res.code == 0, res
+        return json.loads(res.out)
 
     try:
         assert version() == {"schema": schema, "installed": 0, "latest": 1, "pending": 1}
-        proc = gdcli("migrate", "--json", *on)
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout) == {"schema": schema, "from": 0, "to": 1, "latest": 1}
-        assert "already at version 1" in gdcli("migrate", *on).stdout
+        res = gdcli("migrate", "--json", *on)
+        assert res.code == 0, res
+        assert json.loads(res.out) == {"schema": schema, "from": 0, "to": 1, "latest": 1}
+        assert "already at version 1" in cli("migrate", *on).out
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
                 f'INSERT INTO "{schema}".gen_durable (fsm, step) VALUES (%s, %s)', ("x", "start")
             )
-        for args, needle in (
-            (["--to", "7"], "unknown schema version 7"),
-            (["--down", "--to", "2"], "unknown schema version 2"),
-            (["--to", "0"], "add --down"),
-        ):
-            one_line_error(gdcli("migrate", *args, *on), 1, needle)
+        one_line_error(gdcli("migrate", "--to", "7", *on), 1, "unknown schema version 7")
+        one_line_error(cli("migrate", "--down", "--to", "2", *on), 1, "unknown schema version 2")
+        one_line_error(cli("migrate", "--to", "0", *on), 1, "add --down")
         assert version()["installed"] == 1
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute(f'SELECT count(*) FROM "{schema}".gen_durable').fetchone() == (1,)
-        proc = gdcli("migrate", "--down", *on)
-        assert proc.returncode == 0, proc.stderr
-        assert "from version 1 to 0" in proc.stdout
+        res = cli("migrate", "--down", *on)
+        assert res.code == 0, res
+        assert "from version 1 to 0" in res.out
         assert version()["installed"] == 0
-        assert gdcli("migrate", "--to", "1", *on).returncode == 0
+        assert cli("migrate", "--to", "1", *on).code == 0
         assert version()["installed"] == 1
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def test_migrate_sql_prints_the_ddl_without_a_database() -> None:
-    proc = gdcli("migrate", "sql", "--schema", "shop")
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == (
+def test_migrate_sql_prints_the_ddl_without_a_database(cli: Callable[..., Result]) -> None:
+    res = gdcli("migrate", "sql", "--schema", "shop")
+    assert res.code == 0, res
+    assert res.out == (
         "-- gen_durable schema version 1 (up)\n"
         + gd.migration_sql(1, schema="shop").rstrip()
         + "\n\n"
     )
-    down = gdcli("migrate", "sql", "--version", "1", "--down")
-    assert 'DROP TABLE IF EXISTS "public".gen_durable' in down.stdout
-    one_line_error(gdcli("migrate", "sql", "--version", "9"), 1, "unknown schema version 9")
+    down = cli("migrate", "sql", "--version", "1", "--down")
+    assert 'DROP TABLE IF EXISTS "public".gen_durable' in down.out
+    one_line_error(cli("migrate", "sql", "--version", "9"), 1, "unknown schema version 9")
 
 
-def test_commands_on_an_unmigrated_schema_say_how_to_fix_it(dsn: str) -> None:
+def test_commands_on_an_unmigrated_schema_say_how_to_fix_it(
+    dsn: str, cli: Callable[..., Result]
+) -> None:
     missing = ["--dsn", dsn, "--schema", "t_nothing_" + uuid.uuid4().hex[:8]]
-    one_line_error(gdcli("status", *missing), 1, "has no gen_durable tables", "gen-durable migrate")
+    for cmd in (["status"], ["show", "1"], ["signal", "1", "go"]):
+        one_line_error(cli(*cmd, *missing), 1, "has no gen_durable tables", "gen-durable migrate")
 
 
 # -- insert / signal / show / status ---------------------------------------------------
 
 
-def test_insert_prints_the_id_and_stores_the_state(on: list[str], db: Any) -> None:
-    first = insert_greeter(on, "ada")
-    proc = gdcli(
+def test_insert_prints_the_id_and_stores_the_state(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    first = insert_greeter(gdcli, on, "ada")
+    res = cli(
         "insert",
         "tests.cli_machines:Echo",
         "--args",
@@ -204,8 +236,8 @@ def test_insert_prints_the_id_and_stores_the_state(on: list[str], db: Any) -> No
         "--json",
         *on,
     )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    assert res.code == 0, res
+    out = json.loads(res.out)
     assert out == {"id": out["id"], "fsm": "tests.cli_machines.Echo", "version": 1}
     rows = db(
         "SELECT id, fsm, state, queue, priority, partition_key, unique_key,"
@@ -217,8 +249,8 @@ def test_insert_prints_the_id_and_stores_the_state(on: list[str], db: Any) -> No
     ]
 
 
-def test_insert_refusals_write_nothing(on: list[str], db: Any) -> None:
-    insert_greeter(on, "ada", "--unique-key", "only-one")
+def test_insert_refusals_write_nothing(on: list[str], db: Any, cli: Callable[..., Result]) -> None:
+    insert_greeter(cli, on, "ada", "--unique-key", "only-one")
     before = snapshot(db)
     one_line_error(
         gdcli("insert", GREETER, "--app", APP, "--state", "{name: ada}", *on),
@@ -226,37 +258,33 @@ def test_insert_refusals_write_nothing(on: list[str], db: Any) -> None:
         "argument --state: not valid JSON",
     )
     one_line_error(
-        gdcli("insert", GREETER, "--app", APP, "--state", '{"nom": "x"}', *on),
+        cli("insert", GREETER, "--app", APP, "--state", '{"nom": "x"}', *on),
         1,
         "invalid state",
         "name",
     )
     one_line_error(
-        gdcli(
-            "insert",
-            GREETER,
-            "--app",
-            APP,
-            "--state",
-            '{"name": "b"}',
-            "--unique-key",
-            "only-one",
-            *on,
-        ),
+        cli("insert", GREETER, "--app", APP, "--state", '{"name": "b"}', "--unique-key",
+            "only-one", *on),
         1,
         "already occupies unique_key",
-    )
-    one_line_error(gdcli("insert", "no.such.Machine", *on), 1, "unknown machine 'no.such.Machine'")
-    one_line_error(gdcli("insert", GREETER, "--app", "no_such_module", *on), 1, "cannot import")
+    )  # fmt: skip
+    one_line_error(cli("insert", "no.such.Machine", *on), 1, "unknown machine 'no.such.Machine'")
+    one_line_error(cli("insert", GREETER, "--app", "no_such_module", *on), 1, "cannot import")
+    one_line_error(cli("insert", GREETER, "--state", "{}", "--args", "{}", *on), 2, "not allowed")
     assert snapshot(db) == before
 
 
-def test_signal_stores_dedups_and_refuses(on: list[str], db: Any) -> None:
-    target = insert_greeter(on)
-    for _ in range(2):
-        proc = gdcli("signal", str(target), "go", "--payload", '{"n": 1}', "--dedup-key", "d1", *on)
-        assert proc.returncode == 0, proc.stderr
-        assert f"stored for instance {target}" in proc.stdout
+def test_signal_stores_dedups_and_refuses(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    target = insert_greeter(cli, on)
+    res = gdcli("signal", str(target), "go", "--payload", '{"n": 1}', "--dedup-key", "d1", *on)
+    assert res.code == 0, res
+    assert res.out == f"signal 'go' stored for instance {target} (now runnable)\n"
+    res = cli("signal", str(target), "go", "--payload", '{"n": 2}', "--dedup-key", "d1", "--json",
+              *on)  # fmt: skip
+    assert json.loads(res.out) == {"id": target, "name": "go", "stored": True, "status": "runnable"}
     assert db("SELECT target_id, name, payload, dedup_key FROM S.signals") == [
         (target, "go", {"n": 1}, "d1")
     ]
@@ -265,39 +293,43 @@ def test_signal_stores_dedups_and_refuses(on: list[str], db: Any) -> None:
     one_line_error(
         gdcli("signal", str(target), "go", "--payload", "[1,", *on), 2, "--payload: not valid JSON"
     )
-    one_line_error(gdcli("signal", "abc", "go", *on), 2, "instance id is an integer")
+    one_line_error(cli("signal", "abc", "go", *on), 2, "instance id is an integer")
     assert snapshot(db) == before
     db("UPDATE S.gen_durable SET status = 'done' WHERE id = %s", target)
     before = snapshot(db)
-    one_line_error(gdcli("signal", str(target), "late", *on), 1, "is done", "nothing was stored")
+    one_line_error(cli("signal", str(target), "late", *on), 1, "is done", "nothing was stored")
     assert snapshot(db) == before
 
 
-def test_show_one_instance_with_inbox_and_children(on: list[str], db: Any) -> None:
-    parent = insert_greeter(on, "parent")
+def test_show_one_instance_with_inbox_and_children(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    parent = insert_greeter(cli, on, "parent")
     child = db(
         "INSERT INTO S.gen_durable (fsm, step, status, parent_id, result)"
         " VALUES ('kid', 'start', 'done', %s, '{\"ok\": true}') RETURNING id",
         parent,
     )[0][0]
-    assert gdcli("signal", str(parent), "go", "--payload", '{"x": 2}', *on).returncode == 0
-    proc = gdcli("show", str(parent), "--json", *on)
-    assert proc.returncode == 0, proc.stderr
-    shown = json.loads(proc.stdout)
+    assert cli("signal", str(parent), "go", "--payload", '{"x": 2}', *on).code == 0
+    res = gdcli("show", str(parent), "--json", *on)
+    assert res.code == 0, res
+    shown = json.loads(res.out)
     assert shown["id"] == parent and shown["fsm"] == GREETER and shown["status"] == "runnable"
     assert shown["state"] == {"name": "parent"}
     assert [(s["name"], s["payload"]) for s in shown["inbox"]] == [("go", {"x": 2})]
     assert [(c["id"], c["status"], c["result"]) for c in shown["children"]] == [
         (child, "done", {"ok": True})
     ]
-    text = gdcli("show", str(parent), *on).stdout
+    text = cli("show", str(parent), *on).out
     assert f"instance {parent}: {GREETER} v1" in text
     assert "inbox (1 signal(s))" in text and "children (1)" in text
     one_line_error(gdcli("show", "424242", *on), 1, "no instance with id 424242")
 
 
-def test_status_counts_backlog_and_expired_leases(on: list[str], db: Any) -> None:
-    ids = [insert_greeter(on, n) for n in ("a", "b", "c")]
+def test_status_counts_backlog_and_expired_leases(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    ids = [insert_greeter(cli, on, n) for n in ("a", "b", "c")]
     db("UPDATE S.gen_durable SET eligible_at = now() - interval '90 seconds' WHERE id = %s", ids[0])
     db(
         "UPDATE S.gen_durable SET status = 'executing', locked_by = 'gone-node:1',"
@@ -305,9 +337,9 @@ def test_status_counts_backlog_and_expired_leases(on: list[str], db: Any) -> Non
         ids[1],
     )
     db("INSERT INTO S.gen_durable (fsm, step, queue, status) VALUES ('x', 's', 'mail', 'failed')")
-    proc = gdcli("status", "--json", *on)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+    res = gdcli("status", "--json", *on)
+    assert res.code == 0, res
+    out = json.loads(res.out)
     assert out["queues"]["default"] == {
         "runnable": 2,
         "executing": 1,
@@ -323,7 +355,7 @@ def test_status_counts_backlog_and_expired_leases(on: list[str], db: Any) -> Non
     [expired] = out["expired_leases"]
     assert (expired["id"], expired["locked_by"]) == (ids[1], "gone-node:1")
     assert 25 < expired["expired_for"] < 600
-    text = gdcli("status", *on).stdout
+    text = cli("status", *on).out
     assert "executing with an expired lease: 1" in text
     assert "gone-node:1" in text
 
@@ -359,23 +391,23 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30) -> Any:
         time.sleep(0.05)
 
 
-def test_worker_runs_machines_and_stops_gracefully_on_sigterm(on: list[str], db: Any) -> None:
+def test_worker_runs_machines_and_stops_gracefully_on_sigterm(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
     worker = start_worker("--app", APP, "--queue", "default=4", *WORKER_FAST, *on)
     try:
-        greeter = insert_greeter(on, "grace")
+        greeter = insert_greeter(cli, on, "grace")
 
         def status(iid: int) -> str:
             return str(db("SELECT status::text FROM S.gen_durable WHERE id = %s", iid)[0][0])
 
         wait_until(lambda: status(greeter) == "awaiting_signal")
-        assert gdcli("signal", str(greeter), "go", *on).returncode == 0
+        assert cli("signal", str(greeter), "go", *on).code == 0
         wait_until(lambda: status(greeter) == "done")
         assert db("SELECT result FROM S.gen_durable WHERE id = %s", greeter) == [
             ({"greeting": "hello grace"},)
         ]
-        slow = int(
-            gdcli("insert", "tests.cli_machines.Slow", "--args", '{"seconds": 0.5}', *on).stdout
-        )
+        slow = int(cli("insert", "tests.cli_machines.Slow", "--args", '{"seconds": 0.5}', *on).out)
         wait_until(lambda: status(slow) == "executing")
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=30)
@@ -401,7 +433,9 @@ def test_worker_waits_for_the_database_then_gives_up_clearly() -> None:
     assert "Traceback" not in err
 
 
-def test_worker_connects_once_the_database_comes_up(dsn: str, schema: str, db: Any) -> None:
+def test_worker_connects_once_the_database_comes_up(
+    dsn: str, schema: str, db: Any, cli: Callable[..., Result]
+) -> None:
     """Start the worker while its database address refuses connections; open a TCP relay
     to the real server a moment later: the worker must connect and run work."""
     port = free_port()
@@ -412,9 +446,9 @@ def test_worker_connects_once_the_database_comes_up(dsn: str, schema: str, db: A
         time.sleep(1.5)  # the behaviour under test: the database is down at start
         assert worker.poll() is None
         relay = Relay(port, upstream_address(dsn))
-        echo = gdcli("insert", "tests.cli_machines.Echo", "--args", '{"a": 1}', "--dsn", dsn,
-                     "--schema", schema)  # fmt: skip
-        iid = int(echo.stdout)
+        echo = cli("insert", "tests.cli_machines.Echo", "--args", '{"a": 1}', "--dsn", dsn,
+                   "--schema", schema)  # fmt: skip
+        iid = int(echo.out)
         wait_until(
             lambda: db("SELECT status::text FROM S.gen_durable WHERE id = %s", iid) == [("done",)]
         )

@@ -13,6 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gen_durable.cli import main
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,7 +52,7 @@ def test_demo_reaches_its_end_state_and_runs_again(dsn: str, demo_schema: str) -
         assert "Instances by status" in out and "FAILED" not in out
         assert out.count("[ok]") == 8
         assert "12/12 orders done, no instance left unfinished" in out
-        assert re.search(r"steps run: \d+ in [\d.]+s \(\d+ steps/s\)", out)
+        assert re.search(r"steps run: \d+ in [\d.]+s \(\d+ steps/s,", out)
         assert f"gen-durable status --dsn {dsn} --schema {demo_schema}" in out
         assert re.search(
             rf"gen-durable show \d+ --dsn {re.escape(dsn)} --schema {demo_schema}", out
@@ -68,10 +70,9 @@ def test_demo_reaches_its_end_state_and_runs_again(dsn: str, demo_schema: str) -
         assert [int(g) for g in total.groups()] == [48, 2, 50]
 
 
-def test_demo_refuses_the_public_schema(dsn: str) -> None:
-    proc = demo("--dsn", dsn, "--schema", "public")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+def test_demo_refuses_the_public_schema(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--dsn", dsn, "--schema", "public"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "gen-durable demo: error: the demo drops and recreates its tables: give it its own "
         "--schema (see gen-durable demo --help)"
     ]

@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -293,11 +294,20 @@ def _schema(args: argparse.Namespace) -> str:
     return str(_opt(args, "schema") or "public")
 
 
+def start_embedded(data: Path) -> str:
+    """The embedded server in ``data`` (SPEC §16), started for this process."""
+    from . import embedded
+
+    # The server package warns (through platformdirs) when XDG_RUNTIME_DIR is unset or
+    # not private, then falls back to a usable directory: noise for a newcomer.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return embedded.start(data)
+
+
 def dsn_of(args: argparse.Namespace) -> str:
     if _opt(args, "embedded"):
-        from . import embedded
-
-        return embedded.start(Path.cwd() / ".pgdata")
+        return start_embedded(Path.cwd() / ".pgdata")
     try:
         return resolve_dsn(_opt(args, "dsn"))
     except ConfigurationError:
@@ -804,7 +814,10 @@ def _setup_logging(command: str, verbose: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
     verbose = int(_opt(args, "verbose", 0) or 0)
     _setup_logging(args.command, verbose)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -28,6 +28,7 @@ import asyncio
 import os
 import random
 import shlex
+import shutil
 import sys
 import time
 from collections import Counter
@@ -215,13 +216,14 @@ class Progress:
         orders = counts.get("demo.Order", {})
         finished = orders.get("done", 0) + orders.get("failed", 0)
         totals = {s: sum(c.get(s, 0) for c in counts.values()) for s in STATUSES}
-        width = 30
+        width = 20
         filled = width * finished // max(self.size, 1)
         bar = "#" * filled + "." * (width - filled)
         parts = "  ".join(f"{s} {n}" for s, n in totals.items() if n)
-        line = f"orders [{bar}] {finished}/{self.size}   instances: {parts}"
+        line = f"orders [{bar}] {finished}/{self.size} | {parts}"
         now = time.monotonic()
-        if self.tty:
+        if self.tty:  # a line wider than the terminal would wrap and break the redraw
+            line = line[: shutil.get_terminal_size().columns - 1]
             self.out.write("\r\033[K" + line + ("\n" if final else ""))
             self.out.flush()
         elif final or now - self.last_line >= 1.0:
@@ -420,8 +422,8 @@ def _report(out: Any, result: Outcome, facts: dict[str, Any], wall: float) -> No
     print(_table(["machine", *STATUSES, "total"], rows), file=out)
     steps, elapsed = facts["steps"], facts["elapsed"]
     print(
-        f"\nsteps run: {steps} in {elapsed:.1f}s ({steps / max(elapsed, 1e-9):.0f} steps/s); "
-        f"wall time {wall:.1f}s",
+        f"\nsteps run: {steps} in {elapsed:.1f}s ({steps / max(elapsed, 1e-9):.0f} steps/s, "
+        f"paced by the scenario's own waits: backoffs, packing); wall time {wall:.1f}s",
         file=out,
     )
     print("\nChecks", file=out)
@@ -463,7 +465,9 @@ def run_demo(
     if embedded or dsn is None:
         data = Path.cwd() / ".pgdata"
         print(f"Starting the embedded PostgreSQL server in {data} ...", file=out, flush=True)
-        dsn = gd.embedded.start(data)
+        from .cli import start_embedded
+
+        dsn = start_embedded(data)
         given = None
     target = "--embedded" if given is None else f"--dsn {shlex.quote(given)}"
     print(f"Running {size} orders in schema {schema!r} ...", file=out, flush=True)
