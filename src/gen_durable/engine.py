@@ -66,7 +66,9 @@ class Engine:
     ``max_poll_interval``, ``reap_interval``, ``prefetch``, ``min_demand``,
     ``drain_timeout``. Extras: ``listen`` (LISTEN/NOTIFY nudge, default on),
     ``pool_size``, ``node_id``, ``unknown_retry`` (delay before a row whose machine
-    this node lacks is offered again). Bad values raise ``ConfigurationError`` here.
+    this node lacks is offered again), ``run_ahead`` (how many consecutive ``Next``
+    steps an instance may run on one claim, default 16; 0 turns it off). Bad values
+    raise ``ConfigurationError`` here.
     """
 
     def __init__(
@@ -86,7 +88,7 @@ class Engine:
         drain_timeout: float = 5,
         **extra: Any,
     ) -> None:
-        known_extra = {"listen", "pool_size", "node_id", "unknown_retry", "reap_batch"}
+        known_extra = {"listen", "pool_size", "node_id", "unknown_retry", "reap_batch", "run_ahead"}
         unknown = set(extra) - known_extra
         if unknown:
             raise ConfigurationError(f"unknown Engine option(s): {sorted(unknown)}")

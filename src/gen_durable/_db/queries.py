@@ -215,6 +215,10 @@ FOR NO KEY UPDATE OF g
 """
         )
         # Next, Replay, Await, Done and Stop for any number of rows in one statement.
+        # A Next with `keep` (run-ahead) stays `executing` under the same claim with a
+        # fresh lease instead of going back through the queue, and the statement
+        # returns the row's inbox (minus what this outcome consumed — deletes are not
+        # visible inside the statement's snapshot) and children, as a pick would.
         # `u` is the guarded compare-and-set; `consumed` deletes the inbox rows the
         # step saw under the name it was woken by (§6); `decrement` is the join of
         # §7, taking parent locks in id order so sibling batches on two nodes cannot
@@ -226,12 +230,12 @@ WITH o AS (
     SELECT * FROM unnest(
         %(ids)s::int8[], %(tokens)s::text[], %(kinds)s::text[], %(steps)s::text[],
         %(states)s::text[], %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
-        %(awaits)s::text[], %(consume)s::text[], %(seen)s::text[]
-    ) AS o(id, token, kind, step, state, result, error, delay, awaits, consume, seen)
+        %(awaits)s::text[], %(consume)s::text[], %(seen)s::text[], %(keep)s::bool[]
+    ) AS o(id, token, kind, step, state, result, error, delay, awaits, consume, seen, keep)
 ), u AS (
     UPDATE {s}.gen_durable g SET
         status = (CASE o.kind
-            WHEN 'next' THEN 'runnable'
+            WHEN 'next' THEN CASE WHEN o.keep THEN 'executing' ELSE 'runnable' END
             WHEN 'replay' THEN 'runnable'
             WHEN 'done' THEN 'done'
             WHEN 'stop' THEN 'failed'
@@ -254,7 +258,9 @@ WITH o AS (
                                   WHEN 'stop' THEN g.eligible_at
                                   ELSE now() END,
         awaits = CASE WHEN o.kind = 'await' THEN o.awaits END,
-        locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+        locked_by = CASE WHEN o.keep THEN g.locked_by END,
+        lease_expires_at = CASE WHEN o.keep THEN now() + make_interval(secs => %(ttl)s) END,
+        updated_at = now()
     FROM o
     WHERE g.id = o.id AND g.locked_by = o.token AND g.status = 'executing'
     RETURNING g.id, g.parent_id, g.status
@@ -286,7 +292,19 @@ WITH o AS (
     SELECT pg_notify(%(channel)s, d.queue)
     FROM (SELECT DISTINCT queue FROM decrement WHERE status = 'runnable') d
 )
-SELECT u.id, u.status::text FROM u WHERE (SELECT count(*) FROM nudge) >= 0
+SELECT u.id, u.status::text,
+    CASE WHEN u.status = 'executing' THEN (
+        SELECT json_agg(json_build_array(s.id, s.name, s.payload) ORDER BY s.id)::text
+        FROM {s}.signals s JOIN o ON o.id = u.id
+        WHERE s.target_id = u.id
+          AND NOT coalesce(s.name = o.consume AND s.id = ANY (o.seen::int8[]), false))
+    END,
+    CASE WHEN u.status = 'executing' THEN (
+        SELECT json_agg(json_build_array(c.id, c.fsm, c.status, c.state, c.result,
+                                         c.last_error) ORDER BY c.id)::text
+        FROM {s}.gen_durable c WHERE c.parent_id = u.id)
+    END
+FROM u WHERE (SELECT count(*) FROM nudge) >= 0
 """
         )
         # ScheduleChilds (§7): children insert, inbox consume and the parent's park, as
@@ -325,29 +343,42 @@ FROM u
         )
 
         # -- signals (§6, §18.1, §18.9) -------------------------------------------
-        # `t` locks the target whatever its status, so a delivery racing a park is
-        # serialised with it, and reads the latest committed version of the row.
-        # The insert is refused for a terminal target and the flip happens only for
-        # an instance parked on this very name — all decided under that lock.
+        # `wake` is one UPDATE of the target by id alone, whatever its status: it
+        # waits for the row lock (so a delivery racing a park is serialised with it)
+        # and READ COMMITTED re-evaluates the SET on the latest committed version, so
+        # the flip is decided on what the park actually committed. Non-flipping
+        # deliveries rewrite the row unchanged (a HOT no-op) to hold that lock.
+        # Not a `SELECT … FOR NO KEY UPDATE` CTE followed by an UPDATE of the same
+        # row: when that lock has to wait, PostgreSQL applies the UPDATE to the
+        # statement's stale snapshot of the row, reverting what the park wrote
+        # (`locked_by`, `state`) — see test_no_lost_wakeup_under_forced_interleaving.
+        # The insert is refused for a terminal target, decided under the same lock.
+        # `woke` is recognised by the flip's own `updated_at = now()`.
         self._signal = render(
             """
-WITH t AS (
-    SELECT id, status, awaits FROM {s}.gen_durable WHERE id = %(id)s FOR NO KEY UPDATE
+WITH wake AS (
+    UPDATE {s}.gen_durable g SET
+        status = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
+                      THEN 'runnable'::{s}.durable_status ELSE g.status END,
+        eligible_at = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
+                           THEN now() ELSE g.eligible_at END,
+        updated_at = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
+                          THEN now() ELSE g.updated_at END
+    WHERE g.id = %(id)s
+    RETURNING g.id, g.status, g.queue,
+        g.status = 'runnable' AND g.awaits = %(name)s AND g.updated_at = now() AS woke
 ), ins AS (
     INSERT INTO {s}.signals (target_id, name, payload, dedup_key)
-    SELECT t.id, %(name)s, %(payload)s::jsonb, %(dedup_key)s FROM t
-    WHERE t.status NOT IN ('done', 'failed')
+    SELECT w.id, %(name)s, %(payload)s::jsonb, %(dedup_key)s FROM wake w
+    WHERE w.status NOT IN ('done', 'failed')
     ON CONFLICT (target_id, dedup_key) DO NOTHING
     RETURNING id
-), wake AS (
-    UPDATE {s}.gen_durable g SET status = 'runnable', eligible_at = now(), updated_at = now()
-    FROM t
-    WHERE g.id = t.id AND t.status = 'awaiting_signal' AND t.awaits = %(name)s
-    RETURNING g.id, g.queue
 ), nudge AS (
-    SELECT pg_notify(%(channel)s, wake.queue) FROM wake
+    SELECT pg_notify(%(channel)s, w.queue) FROM wake w WHERE w.woke
 )
-SELECT t.status::text, (SELECT id FROM ins), (SELECT count(*) FROM nudge) > 0 FROM t
+SELECT CASE WHEN w.woke THEN 'awaiting_signal' ELSE w.status::text END,
+       (SELECT id FROM ins), w.woke AND (SELECT count(*) FROM nudge) > 0
+FROM wake w
 """
         )
 
@@ -406,10 +437,15 @@ WHERE parent_id = %(id)s ORDER BY id
         """Lock claimed rows in id order before a park re-checks the inbox (§18.1)."""
         return Stmt(self._lock_claimed, {"ids": ids, "tokens": tokens})
 
-    def complete(self, batch: CompleteBatch) -> Stmt:
-        """Apply Next/Replay/Await/Done/Stop outcomes; returns (id, new status)."""
+    def complete(self, batch: CompleteBatch, ttl: float = 60.0) -> Stmt:
+        """Apply Next/Replay/Await/Done/Stop outcomes.
+
+        Returns (id, new status, inbox, children); the last two only for rows kept
+        for run-ahead.
+        """
         params = batch.params()
         params["channel"] = self.channel
+        params["ttl"] = ttl
         return Stmt(self._complete, params)
 
     def schedule_childs(
@@ -518,10 +554,11 @@ class CompleteBatch:
     awaits: list[str | None]
     consume: list[str | None]
     seen: list[str]
+    keep: list[bool]
 
     @classmethod
     def empty(cls) -> CompleteBatch:
-        return cls([], [], [], [], [], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [], [], [], [], [])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -540,6 +577,7 @@ class CompleteBatch:
         awaits: str | None = None,
         consume: str | None = None,
         seen: list[int] | tuple[int, ...] = (),
+        keep: bool = False,
     ) -> None:
         self.ids.append(id)
         self.tokens.append(token)
@@ -552,6 +590,7 @@ class CompleteBatch:
         self.awaits.append(awaits)
         self.consume.append(consume)
         self.seen.append("{" + ",".join(map(str, seen)) + "}")
+        self.keep.append(keep)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -566,4 +605,5 @@ class CompleteBatch:
             "awaits": self.awaits,
             "consume": self.consume,
             "seen": self.seen,
+            "keep": self.keep,
         }

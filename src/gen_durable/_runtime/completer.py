@@ -36,6 +36,9 @@ log = logging.getLogger("gen_durable")
 STALE = None
 """Result of an outcome whose claim guard matched nothing (§18.2)."""
 
+Committed = tuple[str, str | None, str | None]
+"""(new status, inbox JSON, children JSON) — the last two for run-ahead rows only."""
+
 
 @dataclass(slots=True)
 class Completion:
@@ -53,8 +56,12 @@ class Completion:
     consume: str | None = None
     seen: tuple[int, ...] = ()
     children: InsertRows | None = None
-    # Set when submitted; resolved with the new status (None: stale) after the commit.
-    future: asyncio.Future[str | None] = field(init=False, repr=False)
+    keep: bool = False  # run-ahead: a Next that keeps its claim (see queries.complete)
+    # The coerced state object, so a run-ahead step need not decode what it encoded.
+    state_obj: Any = None
+    started: float = 0.0  # perf_counter when the step began (telemetry duration)
+    # Set when submitted; resolved after the commit (None: stale).
+    future: asyncio.Future[Committed | None] = field(init=False, repr=False)
 
 
 class Completer:
@@ -69,6 +76,7 @@ class Completer:
         max_batch: int = 1000,
         flushers: int = 2,
         retry_for: float = 30.0,
+        lease_ttl: float = 60.0,
     ) -> None:
         self._pool = pool
         self._q = queries
@@ -76,14 +84,15 @@ class Completer:
         self._max_batch = max_batch
         self._flushers = flushers
         self._retry_for = retry_for
+        self._lease_ttl = lease_ttl
         self._pending: list[Completion] = []
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def commit(self, item: Completion) -> str | None:
-        """Queue ``item`` and wait for its commit: new status, or None when stale."""
+    async def commit(self, item: Completion) -> Committed | None:
+        """Queue ``item`` and wait for its commit; None when its claim was stale."""
         item.future = asyncio.get_running_loop().create_future()
         self._pending.append(item)
         self._kick()
@@ -174,6 +183,7 @@ class Completer:
                 awaits=item.awaits,
                 consume=item.consume,
                 seen=item.seen,
+                keep=item.keep,
             )
             if item.kind == "await":
                 parking_ids.append(item.id)
@@ -182,7 +192,7 @@ class Completer:
         if parking_ids:
             stmts.append((self._q.lock_claimed(parking_ids, parking_tokens), "lock"))
         if len(simple):
-            stmts.append((self._q.complete(simple), "complete"))
+            stmts.append((self._q.complete(simple, self._lease_ttl), "complete"))
         for item in childs:
             assert item.children is not None
             stmts.append(
@@ -199,7 +209,7 @@ class Completer:
                     "childs",
                 )
             )
-        statuses: dict[int, str] = {}
+        statuses: dict[int, Committed] = {}
         async with self._pool.connection() as conn:
             if len(stmts) == 1:
                 cur = await conn.execute(stmts[0][0].query, stmts[0][0].params)
@@ -211,9 +221,12 @@ class Completer:
                     results = [await c.fetchall() for c in curs]
         self._stats.add(statements=len(stmts), commits=1, outcomes=len(batch))
         for (_, role), rows in zip(stmts, results, strict=True):
-            if role in ("complete", "childs"):
+            if role == "complete":
                 for row in rows:
-                    statuses[row[0]] = row[1]
+                    statuses[row[0]] = (row[1], row[2], row[3])
+            elif role == "childs":
+                for row in rows:
+                    statuses[row[0]] = (row[1], None, None)
         for item in batch:
             if not item.future.done():
                 item.future.set_result(statuses.get(item.id, STALE))

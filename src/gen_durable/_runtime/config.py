@@ -28,6 +28,7 @@ class Config:
     unknown_retry: float = 30.0
     reap_batch: int = 1000
     node_id: str | None = None
+    run_ahead: int = 16
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -80,6 +81,8 @@ def build_config(dsn: str, queues: Mapping[str, int] | None, **opts: Any) -> Con
         ints["prefetch"] = _count("prefetch", opts["prefetch"], 0)
     if "min_demand" in opts:
         ints["min_demand"] = _count("min_demand", opts["min_demand"], 1)
+    if "run_ahead" in opts:
+        ints["run_ahead"] = _count("run_ahead", opts["run_ahead"], 0)
     if "reap_batch" in opts:
         ints["reap_batch"] = _count("reap_batch", opts["reap_batch"], 1)
     pool_size = opts.get("pool_size")

@@ -27,9 +27,12 @@ from .._db import codec
 from ..client import build_insert
 from ..errors import Cancel, EncodingError, InvalidOutcome
 from ..machine import Child, Context, Job, Machine, Signal
-from .completer import Completer, Completion
+from .completer import Committed, Completer, Completion
+from .stats import Stats
 
 log = logging.getLogger("gen_durable")
+
+_UNLOADED: Any = object()  # the claim's state has not been decoded yet
 
 _KIND = {
     oc.Next: "next",
@@ -95,15 +98,74 @@ class Executor:
         self,
         completer: Completer,
         threads: ThreadPoolExecutor,
+        stats: Stats,
+        run_ahead: int = 0,
     ) -> None:
         self._completer = completer
         self._threads = threads
+        self._stats = stats
+        self._run_ahead = run_ahead
 
-    async def run(self, claim: Claim, machine: type[Machine]) -> str | None:
-        """Run one step to a committed outcome; returns the new status (None: stale)."""
+    async def run(
+        self,
+        claim: Claim,
+        machine: type[Machine],
+        may_keep: Callable[[], bool] = lambda: False,
+    ) -> str | None:
+        """Run a claim's step to a committed outcome; returns the final status
+        (None: stale).
+
+        Run-ahead: a ``Next`` may keep the claim (the row stays ``executing`` with a
+        fresh lease) and its next step runs at once on the inbox and children the
+        commit returned — no pick, no queue round trip. Allowed up to ``run_ahead``
+        consecutive steps, never for a ``partition_key`` row (the key's other
+        instances must get their turn in order, SPEC §9), and only while ``may_keep``
+        says the scheduler has nothing else waiting and is not draining.
+        """
+        state: Any = _UNLOADED
+        chained = 0
+        while True:
+            completion, state = await self._step(claim, machine, state)
+            if (
+                completion.kind == "next"
+                and chained < self._run_ahead
+                and claim.partition_key is None
+                and may_keep()
+            ):
+                completion.keep = True
+            committed = await self._commit(claim, completion, completion.kind)
+            self._stats.steps += 1
+            if committed is None or committed[0] != "executing":
+                return None if committed is None else committed[0]
+            chained += 1
+            claim = Claim(
+                claim.id,
+                claim.fsm,
+                claim.fsm_version,
+                completion.step or claim.step,
+                completion.state if completion.state is not None else claim.state_text,
+                0,
+                None,
+                claim.priority,
+                claim.partition_key,
+                committed[1],
+                committed[2],
+                claim.token,
+            )
+            # Reuse the validated model the step returned (no pydantic round trip);
+            # otherwise — state kept, or a plain dict that must not alias the step's
+            # own object — decode the stored text afresh.
+            state = completion.state_obj if completion.state_obj is not None else _UNLOADED
+
+    async def _step(
+        self, claim: Claim, machine: type[Machine], state: Any
+    ) -> tuple[Completion, Any]:
+        """Run one step; returns its encoded outcome and the state the step saw."""
         started = time.perf_counter()
+        claim_started = started
         try:
-            state = machine.load_state(claim.state_text)
+            if state is _UNLOADED:
+                state = machine.load_state(claim.state_text)
         except Exception as exc:
             # The stored state no longer fits the model (the schema changed under
             # stored rows): deterministic, so retrying cannot help.
@@ -114,7 +176,8 @@ class Executor:
                 "stop",
                 error=f"cannot load state of {machine.describe()}: {describe_error(exc)}",
             )
-            return await self._commit(claim, completion, "stop", started)
+            completion.started = claim_started
+            return completion, None
         signals = claim.signals()
         ctx: Context[Any] = Context(
             id=claim.id,
@@ -138,13 +201,12 @@ class Executor:
                     {"id": claim.id, "fsm": claim.fsm, "step": claim.step, "error": exc},
                 )
             completion = await self._handle(instance, machine, ctx, exc, claim, signals)
-        return await self._commit(claim, completion, completion.kind, started)
+        completion.started = started
+        return completion, state
 
-    async def _commit(
-        self, claim: Claim, completion: Completion, kind: str, started: float
-    ) -> str | None:
-        status = await self._completer.commit(completion)
-        if status is None:
+    async def _commit(self, claim: Claim, completion: Completion, kind: str) -> Committed | None:
+        committed = await self._completer.commit(completion)
+        if committed is None:
             log.warning(
                 "instance %s: %s outcome dropped, its claim was lost (lease expired)",
                 claim.id,
@@ -157,10 +219,10 @@ class Executor:
         elif telemetry.listening("step.stop"):
             telemetry.emit(
                 "step.stop",
-                {"duration": time.perf_counter() - started},
+                {"duration": time.perf_counter() - completion.started},
                 {"id": claim.id, "fsm": claim.fsm, "step": claim.step, "kind": kind},
             )
-        return status
+        return committed
 
     async def _call_step(self, instance: Machine, machine: type[Machine], ctx: Context[Any]) -> Any:
         if isinstance(instance, Job):
@@ -226,10 +288,12 @@ def _seen(signals: tuple[Signal, ...]) -> tuple[int, ...]:
     return tuple(s.id for s in signals)
 
 
-def _state_text(outcome_state: Any, machine: type[Machine], keep_none: bool = True) -> str | None:
-    if outcome_state is None and keep_none:
+def _state_text(outcome_state: Any, machine: type[Machine], into: Completion) -> str | None:
+    if outcome_state is None:
         return None  # keep the stored state
     value = machine.coerce_state(outcome_state, "outcome state")
+    if machine.__gd_state__ is not None:
+        into.state_obj = value
     return codec.dumps(value, f"state of {machine.__gd_name__}")
 
 
@@ -247,20 +311,20 @@ def encode(
     base = Completion(claim.id, claim.token, kind, consume=claim.awaits, seen=seen)
     if isinstance(outcome, oc.Next):
         base.step = _step_name(outcome.step)
-        base.state = _state_text(outcome.state, machine)
+        base.state = _state_text(outcome.state, machine, base)
     elif isinstance(outcome, oc.Replay):
-        base.state = _state_text(outcome.state, machine)
+        base.state = _state_text(outcome.state, machine, base)
         try:
             base.delay = oc.seconds(outcome.delay, "Replay delay")
         except (TypeError, ValueError) as exc:
             raise InvalidOutcome(str(exc)) from exc
     elif isinstance(outcome, oc.Await):
         base.awaits = codec.check_text(_nonempty(outcome.signal, "Await signal"), "Await signal")
-        base.state = _state_text(outcome.state, machine)
+        base.state = _state_text(outcome.state, machine, base)
         base.consume = None
     elif isinstance(outcome, oc.ScheduleChilds):
         base.step = _step_name(outcome.step)
-        base.state = _state_text(outcome.state, machine)
+        base.state = _state_text(outcome.state, machine, base)
         if isinstance(outcome.children, str | bytes) or not hasattr(outcome.children, "__iter__"):
             raise InvalidOutcome("ScheduleChilds children must be a list of machines or gd.Spec")
         try:

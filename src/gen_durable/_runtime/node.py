@@ -54,8 +54,10 @@ class Node:
         self._seq = itertools.count(1)
         total = sum(config.queues.values()) or 1
         self.threads = ThreadPoolExecutor(max_workers=total, thread_name_prefix="gen_durable-step")
-        self.completer = Completer(pool, queries, stats, retry_for=config.lease_ttl / 2)
-        self.executor = Executor(self.completer, self.threads)
+        self.completer = Completer(
+            pool, queries, stats, retry_for=config.lease_ttl / 2, lease_ttl=config.lease_ttl
+        )
+        self.executor = Executor(self.completer, self.threads, stats, config.run_ahead)
         self.schedulers = {q: QueueScheduler(self, q, n) for q, n in config.queues.items()}
         self._services: dict[str, asyncio.Task[None]] = {}
         self._stopping = False

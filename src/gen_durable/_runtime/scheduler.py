@@ -233,10 +233,13 @@ class QueueScheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _may_keep(self) -> bool:
+        """Run-ahead is fair only when nothing claimed is waiting for a slot."""
+        return not self._stopping and not self._buffer
+
     async def _run(self, claim: Claim, machine: Any) -> None:
         try:
-            await self.node.executor.run(claim, machine)
-            self.node.stats.steps += 1
+            await self.node.executor.run(claim, machine, self._may_keep)
         except asyncio.CancelledError:
             raise
         except Exception:
