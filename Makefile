@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# An embedded PostgreSQL in .pgdata unless GEN_DURABLE_DSN/DATABASE_URL is set;
+# e.g. make demo DEMO_ARGS="--size 200".
 demo: $(STAMP)
-	$(VENV)/bin/gen-durable demo
+	$(VENV)/bin/gen-durable demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gen_durable import demo as demo_module
 from gen_durable.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,3 +77,16 @@ def test_demo_refuses_the_public_schema(dsn: str, capsys: pytest.CaptureFixture[
         "gen-durable demo: error: the demo drops and recreates its tables: give it its own "
         "--schema (see gen-durable demo --help)"
     ]
+
+
+def test_demo_exits_1_when_the_end_state_is_wrong(
+    dsn: str, demo_schema: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A payment gateway that never answers: handle() gives up after 5 retries and the
+    # orders fail, which the demo's checks must catch.
+    monkeypatch.setattr(demo_module.Plan, "flaky", lambda self, n: 9 if n == 2 else 0)
+    assert main(["demo", "--dsn", dsn, "--schema", demo_schema, "--size", "3"]) == 1
+    captured = capsys.readouterr()
+    assert "[FAILED] 2/3 orders done, no instance left unfinished" in captured.out
+    assert "did not reach its expected end state" in captured.err
+    assert counts(dsn, demo_schema)[("demo.Order", "failed")] == 1
