@@ -26,8 +26,8 @@ def seconds(value: Seconds, what: str) -> float:
         raise TypeError(f"{what} must be seconds (int/float) or a timedelta, not {value!r}")
     else:
         out = float(value)
-    if out < 0 or out != out:  # NaN is not a duration either
-        raise ValueError(f"{what} must be >= 0 seconds, got {value!r}")
+    if not 0 <= out < float("inf"):  # also refuses NaN
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
     return out
 
 
