@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib
 import json
@@ -41,6 +42,7 @@ import pydantic
 
 from . import __version__
 from ._db.admin_queries import AdminQueries
+from ._runtime.config import Config
 from .engine import Engine, resolve_dsn
 from .errors import ConfigurationError, GenDurableError, SchemaError
 from .machine import Machine
@@ -50,6 +52,16 @@ from .registry import REGISTRY
 log = logging.getLogger("gen_durable.cli")
 
 PROG = "gen-durable"
+WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (
+    ("lease_ttl", float, "seconds a claim stays valid without a heartbeat"),
+    ("heartbeat_interval", float, "seconds between lease extensions"),
+    ("poll_interval", float, "base idle poll, seconds"),
+    ("max_poll_interval", float, "idle poll ceiling, seconds"),
+    ("reap_interval", float, "seconds between expired-lease sweeps"),
+    ("prefetch", int, "rows claimed beyond the running slots"),
+    ("min_demand", int, "free slots needed before picking"),
+    ("drain_timeout", float, "seconds running steps get to finish on stop"),
+)
 
 
 class UsageError(Exception):
@@ -58,6 +70,10 @@ class UsageError(Exception):
 
 class CommandError(Exception):
     """The command ran and failed; the message is the whole story (exit code 1)."""
+
+
+class CannotConnect(CommandError):
+    """The database did not accept a connection (the worker retries these)."""
 
 
 # -- argument parsing ------------------------------------------------------------------
@@ -157,9 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--down", action="store_true", help="migrate down (default target 0)")
     p.set_defaults(func=cmd_migrate, migrate_cmd=None)
     msub = p.add_subparsers(dest="migrate_cmd", metavar="{status,sql}", parser_class=_Parser)
-    ps = msub.add_parser(
-        "status", parents=[common], help="installed vs latest schema version", description=""
-    )
+    ps = msub.add_parser("status", parents=[common], help="installed vs latest schema version")
     ps.set_defaults(func=cmd_migrate_status)
     pq = msub.add_parser(
         "sql",
@@ -203,17 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=N",
         help="serve queue NAME with concurrency N (repeatable; default default=10)",
     )
-    for flag, kind, default, text in (
-        ("--lease-ttl", float, 60, "seconds a claim stays valid without a heartbeat"),
-        ("--heartbeat-interval", float, 20, "seconds between lease extensions"),
-        ("--poll-interval", float, 1, "base idle poll, seconds"),
-        ("--max-poll-interval", float, 5, "idle poll ceiling, seconds"),
-        ("--reap-interval", float, 30, "seconds between expired-lease sweeps"),
-        ("--prefetch", int, 0, "rows claimed beyond the running slots"),
-        ("--min-demand", int, 1, "free slots needed before picking"),
-        ("--drain-timeout", float, 5, "seconds running steps get on stop"),
-    ):
-        p.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    # The SPEC §8 knobs; unset ones keep the engine's own defaults (shown in --help).
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name, kind, text in WORKER_KNOBS:
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            metavar="N" if kind is int else "SECONDS",
+            help=f"{text} (default {defaults[name]:g})",
+        )
     p.add_argument("--node-id", help="node identity in locked_by (default host:pid:random)")
     p.add_argument(
         "--startup-timeout",
@@ -318,7 +330,12 @@ def dsn_of(args: argparse.Namespace) -> str:
 
 
 async def connect(dsn: str, timeout: int = 10) -> psycopg.AsyncConnection[Any]:
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=timeout)
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=timeout)
+    except psycopg.OperationalError as exc:  # refused, unreachable, auth: maybe transient
+        raise CannotConnect(f"cannot connect to the database: {one_line(str(exc))}") from exc
+    except psycopg.ProgrammingError as exc:  # a malformed DSN: retrying cannot help
+        raise CommandError(f"invalid database DSN: {one_line(str(exc))}") from exc
 
 
 async def require_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
@@ -446,6 +463,10 @@ def resolve_machine(spec: str) -> type[Machine]:
     )
 
 
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def describe(exc: BaseException) -> str:
     """One line for any error, saying what went wrong."""
     if isinstance(exc, pydantic.ValidationError):
@@ -453,11 +474,10 @@ def describe(exc: BaseException) -> str:
             f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
         )
         return f"invalid state for {exc.title}: {problems}; nothing was written"
-    if isinstance(exc, psycopg.OperationalError):
-        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        return f"cannot connect to the database: {text}"
-    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    if isinstance(exc, GenDurableError | CommandError | UsageError | SchemaError):
+    text = one_line(str(exc))
+    if isinstance(exc, psycopg.Error):
+        return f"database error: {text}"
+    if isinstance(exc, GenDurableError | CommandError | UsageError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -544,22 +564,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     apps = import_apps(args.path, args.app)
     queues = dict(args.queue) if args.queue else {"default": 10}
     dsn = dsn_of(args)
-    extra: dict[str, Any] = {"node_id": args.node_id} if args.node_id else {}
+    knobs: dict[str, Any] = {
+        name: getattr(args, name) for name, _, _ in WORKER_KNOBS if getattr(args, name) is not None
+    }
+    if args.node_id:
+        knobs["node_id"] = args.node_id
     try:
-        engine = Engine(
-            dsn,
-            queues=queues,
-            schema=_schema(args),
-            lease_ttl=args.lease_ttl,
-            heartbeat_interval=args.heartbeat_interval,
-            poll_interval=args.poll_interval,
-            max_poll_interval=args.max_poll_interval,
-            reap_interval=args.reap_interval,
-            prefetch=args.prefetch,
-            min_demand=args.min_demand,
-            drain_timeout=args.drain_timeout,
-            **extra,
-        )
+        engine = Engine(dsn, queues=queues, schema=_schema(args), **knobs)
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
     if not apps:
@@ -616,7 +627,7 @@ async def _start_with_retry(
                 await require_schema(conn, schema)
             await engine.start()
             return True
-        except (psycopg.OperationalError, OSError, GenDurableError) as exc:
+        except (CannotConnect, OSError, GenDurableError) as exc:
             if isinstance(exc, SchemaError):
                 raise
             reason = describe(exc)
