@@ -116,7 +116,10 @@ SELECT array_agg(id ORDER BY id), (SELECT count(*) FROM nudge) FROM ins""",
         # `cand` walks gen_durable_pick in (priority, eligible_at) order for one queue
         # (equality, so the index order is the scan order) and stops after `limit`
         # lockable rows. Keys that already have an executing row are skipped by a
-        # probe of gen_durable_partition_active. `chosen` keeps the most urgent row
+        # probe of gen_durable_partition_active — written as a closed range rather than
+        # `=`, which is the same set of keys but gives the planner no equality to hash:
+        # with `=` it may pick a hashed SubPlan that reads *every* executing row on
+        # each pick (seen on a million-row table). `chosen` keeps the most urgent row
         # per key; the others were only locked for this statement and stay runnable.
         # The UNIQUE index on executing keys is the cross-node guard: a concurrent
         # pick that slipped past the probe fails on it and is retried by the caller.
@@ -129,7 +132,8 @@ WITH cand AS (
     WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.eligible_at <= now()
       AND (g.partition_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM {s}.gen_durable e
-            WHERE e.partition_key = g.partition_key AND e.status = 'executing'))
+            WHERE e.partition_key >= g.partition_key AND e.partition_key <= g.partition_key
+              AND e.status = 'executing'))
     ORDER BY g.priority, g.eligible_at
     LIMIT %(limit)s
     FOR NO KEY UPDATE OF g SKIP LOCKED
