@@ -193,3 +193,19 @@ def test_configuration_reference_covers_every_engine_option() -> None:
         assert f"`{option}`" in section, f"insert option {option} missing"
     for var in ("GEN_DURABLE_DSN", "DATABASE_URL"):
         assert var in section
+
+
+def test_telemetry_guide_lists_every_event() -> None:
+    guide = (ROOT / "docs" / "telemetry.md").read_text(encoding="utf-8")
+    rows = {
+        line.split("|")[1].strip().strip("`")
+        for line in guide.splitlines()
+        if line.startswith("| `")
+    }
+    assert rows >= set(gd.telemetry.EVENTS), sorted(set(gd.telemetry.EVENTS) - rows)
+
+
+def test_readme_lists_the_six_outcomes() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for outcome in ("Next", "Replay", "Await", "ScheduleChilds", "Done", "Stop"):
+        assert f"| `gd.{outcome}(" in readme, outcome
