@@ -216,6 +216,7 @@ class Progress:
         self.size = size
         self.tty = bool(getattr(out, "isatty", lambda: False)())
         self.last_line = 0.0
+        self.printed = ""
 
     def show(self, counts: dict[str, dict[str, int]], final: bool = False) -> None:
         orders = counts.get("demo.Order", {})
@@ -231,10 +232,10 @@ class Progress:
             line = line[: shutil.get_terminal_size().columns - 1]
             self.out.write("\r\033[K" + line + ("\n" if final else ""))
             self.out.flush()
-        elif final or now - self.last_line >= 1.0:
+        elif (final and line != self.printed) or now - self.last_line >= 1.0:
             self.out.write(line + "\n")
             self.out.flush()
-            self.last_line = now
+            self.last_line, self.printed = now, line
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
