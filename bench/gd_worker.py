@@ -1,0 +1,430 @@
+"""One gen_durable benchmark scenario in its own process (run by ``bench/run.py``).
+
+``python bench/gd_worker.py SCENARIO --dsn DSN [--n N ...]`` installs the schema in the
+(fresh) database, enqueues the workload, runs a real ``gd.Engine`` over it and prints
+one ``BENCH_RESULT {json}`` line. The timed window opens when the engine starts on a
+fully enqueued workload and closes when the engine has committed the last outcome
+(``engine.stats.steps`` counts a step only after its outcome's commit returned); the
+workload is then checked in SQL, outside the window, so a benchmark that "finished"
+without doing the work fails instead of reporting a number.
+
+Two helper commands run in their own processes too: ``send-signals`` (the second
+process of the ``signals`` scenario) and ``seed`` (enqueues the ``memory`` workload,
+so the engine process's RSS is not inflated by building 100,000 insert rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+import gen_durable as gd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import PgMeter, Window, emit, parse_result, peak_rss_mb, percentile, rates
+
+# The engine settings every scenario runs with (stated in docs/performance.md):
+# 200 concurrent steps, up to 200 more rows claimed ahead, a pick only when at least
+# 20 slots are free, a 50 ms idle poll (LISTEN/NOTIFY nudges on top, the default).
+ENGINE_SETTINGS: dict[str, Any] = {
+    "queues": {"default": 200},
+    "prefetch": 200,
+    "min_demand": 20,
+    "poll_interval": 0.05,
+    "max_poll_interval": 0.5,
+}
+SIGNAL_SENDERS = 8
+PROFILE_TO = ""  # --profile FILE: cProfile the event loop over the timed window
+INSERT_BATCH = 1_000
+
+
+# -- the workloads -----------------------------------------------------------------
+
+
+class Chain(gd.FSM, name="bench.chain"):
+    """Three trivial ``Next`` steps, then ``Done``: four step executions."""
+
+    async def step(self, step: str, ctx: gd.Context[Any]) -> gd.Outcome:
+        if step == "start":
+            return gd.Next("b", ctx.state)
+        if step == "b":
+            return gd.Next("c", ctx.state)
+        if step == "c":
+            return gd.Next("d", ctx.state)
+        return gd.Done()
+
+
+class Noop(gd.Job, name="bench.noop"):
+    async def perform(self, args: Any) -> None:
+        return None
+
+
+class Parked(gd.FSM, name="bench.parked"):
+    """Parks on ``go``; the woken step records when it started."""
+
+    async def step(self, step: str, ctx: gd.Context[Any]) -> gd.Outcome:
+        started = time.time()
+        if not ctx.signals:
+            return gd.Await("go", ctx.state)
+        return gd.Done({"t": started})
+
+
+class Parent(gd.FSM, name="bench.parent"):
+    async def step(self, step: str, ctx: gd.Context[Any]) -> gd.Outcome:
+        if step == "start":
+            return gd.ScheduleChilds("joined", [Noop] * FANOUT_WIDTH, ctx.state)
+        return gd.Done(len(ctx.childs))
+
+
+FANOUT_WIDTH = 10
+PROBE_STARTS: dict[int, float] = {}
+PROBE_SEEN = asyncio.Event()
+
+
+class Probe(gd.FSM, name="bench.probe"):
+    async def step(self, step: str, ctx: gd.Context[Any]) -> gd.Outcome:
+        PROBE_STARTS[ctx.id] = time.time()
+        PROBE_SEEN.set()
+        return gd.Done()
+
+
+# -- plumbing ------------------------------------------------------------------------
+
+
+def client(dsn: str) -> gd.Engine:
+    return gd.Engine(dsn, queues={})
+
+
+def worker(dsn: str) -> gd.Engine:
+    return gd.Engine(dsn, **ENGINE_SETTINGS)
+
+
+async def insert_batches(dsn: str, machine: type[gd.FSM] | type[gd.Job], n: int) -> float:
+    """Enqueue ``n`` instances with ``insert_all`` in batches; returns the seconds."""
+    async with client(dsn) as eng:
+        t0 = time.perf_counter()
+        done = 0
+        while done < n:
+            k = min(INSERT_BATCH * 10, n - done)
+            await eng.insert_all([machine] * k)
+            done += k
+        return time.perf_counter() - t0
+
+
+async def drain(engine: gd.Engine, target: int, timeout: float) -> None:
+    """Wait until the engine has committed ``target`` step outcomes."""
+    deadline = time.monotonic() + timeout
+    while engine.stats.steps < target:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {engine.stats.steps} of {target} steps within {timeout}s")
+        await asyncio.sleep(0.002)
+
+
+async def timed_drain(
+    dsn: str, target: int, timeout: float, during: Callable[[], Any] | None = None
+) -> tuple[Window, dict[str, Any], dict[str, int]]:
+    """Start a worker engine on an enqueued workload; time it until ``target`` steps."""
+    meter = PgMeter(dsn)
+    meter.start()
+    engine = worker(dsn)
+    profiler = cProfile.Profile() if PROFILE_TO else None
+    window = Window()
+    if profiler is not None:
+        profiler.enable()
+    await engine.start()
+    task = asyncio.create_task(during()) if during is not None else None
+    try:
+        await drain(engine, target, timeout)
+        window.close()
+        meter.stop_cpu()
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(PROFILE_TO)
+        if task is not None:
+            task.cancel()
+        await engine.stop()
+    return window, meter.finish(), engine.stats.snapshot()
+
+
+def count(dsn: str, where: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM gen_durable WHERE {where}").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def check(dsn: str, where: str, expected: int) -> None:
+    got = count(dsn, where)
+    if got != expected:
+        raise SystemExit(f"workload check failed: {got} rows WHERE {where}, expected {expected}")
+
+
+def per_step(stats: dict[str, int], steps: int) -> dict[str, Any]:
+    return {
+        "statements_per_step": round(stats["statements"] / steps, 3),
+        "engine_commits_per_step": round(stats["commits"] / steps, 3),
+        "picks": stats["picks"],
+    }
+
+
+# -- scenarios -----------------------------------------------------------------------
+
+
+async def scenario_chain(dsn: str, n: int) -> dict[str, Any]:
+    await insert_batches(dsn, Chain, n)
+    steps = 4 * n
+    window, pg, stats = await timed_drain(dsn, steps, timeout=60 + n / 20)
+    check(dsn, "fsm = 'bench.chain' AND status = 'done'", n)
+    return rates(
+        window,
+        pg,
+        steps,
+        "step",
+        instances=n,
+        instances_per_s=round(n / window.elapsed, 1),
+        **per_step(stats, steps),
+    )
+
+
+async def scenario_jobs(dsn: str, n: int, single: int) -> dict[str, Any]:
+    async with client(dsn) as eng:
+        t0 = time.perf_counter()
+        await eng.insert_all([Noop] * n)
+        one_call = time.perf_counter() - t0
+    window, pg, stats = await timed_drain(dsn, n, timeout=60 + n / 50)
+    check(dsn, "fsm = 'bench.noop' AND status = 'done'", n)
+    # Enqueue throughput on the same database, into a queue nobody serves.
+    async with client(dsn) as eng:
+        batches = max(1, n // INSERT_BATCH)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            await eng.insert_all([gd.Spec(Noop, queue="parked")] * INSERT_BATCH)
+        batched = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(single):
+            await eng.insert(Noop, queue="parked")
+        one_by_one = time.perf_counter() - t0
+    return rates(
+        window,
+        pg,
+        n,
+        "job",
+        insert_all_one_call_rows=n,
+        insert_all_one_call_rows_per_s=round(n / one_call, 1),
+        enqueue_rows_per_s=round(n / one_call, 1),  # the side-by-side figure
+        insert_all_batched_rows_per_s=round(batches * INSERT_BATCH / batched, 1),
+        insert_single_rows_per_s=round(single / one_by_one, 1),
+        **per_step(stats, n),
+    )
+
+
+async def scenario_signals(dsn: str, n: int) -> dict[str, Any]:
+    await insert_batches(dsn, Parked, n)
+    engine = worker(dsn)
+    await engine.start()
+    try:
+        await drain(engine, n, timeout=60 + n / 20)
+        deadline = time.monotonic() + 60
+        while count(dsn, "status = 'awaiting_signal'") < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError("instances did not park")
+            await asyncio.sleep(0.05)
+        meter = PgMeter(dsn)
+        meter.start(quiet=False)
+        base = engine.stats.snapshot()
+        window = Window()
+        sender = await asyncio.create_subprocess_exec(
+            sys.executable,
+            os.path.abspath(__file__),
+            "send-signals",
+            "--dsn",
+            dsn,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        await drain(engine, 2 * n, timeout=60 + n / 20)
+        window.close()
+        # The sender keeps its sessions open until told, so their CPU is counted.
+        meter.stop_cpu()
+        out, _ = await sender.communicate(b"")
+        if sender.returncode != 0:
+            raise SystemExit("the signal sender failed")
+    finally:
+        await engine.stop()
+    pg = meter.finish()
+    check(dsn, "status = 'done'", n)
+    sent = parse_result(out.decode())
+    with psycopg.connect(dsn) as conn:
+        woke = {
+            int(i): float(t)
+            for i, t in conn.execute("SELECT id, result->>'t' FROM gen_durable").fetchall()
+        }
+    lat = [1000 * (woke[int(i)] - t) for i, t in sent["returned"].items()]
+    stats = engine.stats.snapshot()
+    delta = {k: stats[k] - base[k] for k in stats}
+    span = max(woke.values()) - sent["t0"]
+    return rates(
+        window,
+        pg,
+        n,
+        "wakeup",
+        wakeups_per_s_from_first_signal=round(n / span, 1),
+        sender_signals_per_s=sent["signals_per_s"],
+        sender_concurrency=SIGNAL_SENDERS,
+        p50_ms=round(percentile(lat, 50), 2),
+        p99_ms=round(percentile(lat, 99), 2),
+        **per_step(delta, n),
+    )
+
+
+async def send_signals(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM gen_durable ORDER BY id").fetchall()]
+    returned: dict[int, float] = {}
+    async with gd.Engine(dsn, queues={}, pool_size=SIGNAL_SENDERS + 2) as eng:
+        it = iter(ids)
+
+        async def sender() -> None:
+            for target in it:
+                await eng.signal(target, "go")
+                returned[target] = time.time()
+
+        t0 = time.time()
+        p0 = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(SIGNAL_SENDERS)))
+        spent = time.perf_counter() - p0
+        # Hold the sessions until the engine's process has read their CPU (stdin EOF).
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    emit({"t0": t0, "returned": returned, "signals_per_s": round(len(ids) / spent, 1)})
+
+
+async def scenario_fanout(dsn: str, n: int) -> dict[str, Any]:
+    await insert_batches(dsn, Parent, n)
+    children = n * FANOUT_WIDTH
+    steps = 2 * n + children
+    window, pg, stats = await timed_drain(dsn, steps, timeout=60 + steps / 20)
+    check(dsn, "fsm = 'bench.parent' AND status = 'done' AND result = '10'", n)
+    check(dsn, "fsm = 'bench.noop' AND status = 'done'", children)
+    return rates(
+        window,
+        pg,
+        steps,
+        "step",
+        parents=n,
+        children=children,
+        children_per_s=round(children / window.elapsed, 1),
+        **per_step(stats, steps),
+    )
+
+
+async def scenario_latency(dsn: str, n: int, spacing: float) -> dict[str, Any]:
+    meter = PgMeter(dsn)
+    meter.start()
+    engine = worker(dsn)
+    await engine.start()
+    base = engine.stats.snapshot()
+    returned: dict[int, float] = {}
+    window = Window()
+    try:
+        await asyncio.sleep(0.5)  # let the engine reach its idle poll: warm-up, untimed
+        window = Window()
+        for _ in range(n):
+            PROBE_SEEN.clear()
+            iid = await engine.insert(Probe)
+            returned[iid] = time.time()
+            await asyncio.wait_for(PROBE_SEEN.wait(), timeout=30)
+            await asyncio.sleep(spacing)
+        await drain(engine, n, timeout=30)
+        window.close()
+        meter.stop_cpu()
+    finally:
+        await engine.stop()
+    pg = meter.finish()
+    lat = [1000 * (PROBE_STARTS[i] - t) for i, t in returned.items()]
+    return rates(
+        window,
+        pg,
+        n,
+        "probe",
+        spacing_s=spacing,
+        p50_ms=round(percentile(lat, 50), 2),
+        p99_ms=round(percentile(lat, 99), 2),
+        max_ms=round(max(lat), 2),
+        **per_step({k: v - base[k] for k, v in engine.stats.snapshot().items()}, n),
+    )
+
+
+async def scenario_memory(dsn: str, n: int) -> dict[str, Any]:
+    subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "seed", "--dsn", dsn, "--n", str(n)],
+        check=True,
+    )
+    rss_start = peak_rss_mb()
+    peak = rss_start
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, peak_rss_mb())
+            await asyncio.sleep(0.05)
+
+    window, pg, stats = await timed_drain(dsn, n, timeout=120 + n / 50, during=sample)
+    peak = max(peak, peak_rss_mb())
+    check(dsn, "fsm = 'bench.noop' AND status = 'done'", n)
+    return rates(
+        window,
+        pg,
+        n,
+        "job",
+        rss_before_mb=round(rss_start, 1),
+        peak_rss_mb=round(peak, 1),
+        **per_step(stats, n),
+    )
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "scenario",
+        choices=["chain", "jobs", "signals", "fanout", "latency", "memory", "send-signals", "seed"],
+    )
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--single", type=int, default=1000, help="jobs: single inserts")
+    parser.add_argument("--spacing", type=float, default=0.05, help="latency: seconds apart")
+    parser.add_argument("--profile", default="", help="write a cProfile of the timed window")
+    args = parser.parse_args(argv)
+    global PROFILE_TO
+    PROFILE_TO = args.profile
+    if args.scenario == "send-signals":
+        await send_signals(args.dsn)
+        return
+    if args.scenario == "seed":
+        await insert_batches(args.dsn, Noop, args.n)
+        return
+    await gd.migrate(args.dsn)
+    runners: dict[str, Callable[[], Any]] = {
+        "chain": lambda: scenario_chain(args.dsn, args.n),
+        "jobs": lambda: scenario_jobs(args.dsn, args.n, args.single),
+        "signals": lambda: scenario_signals(args.dsn, args.n),
+        "fanout": lambda: scenario_fanout(args.dsn, args.n),
+        "latency": lambda: scenario_latency(args.dsn, args.n, args.spacing),
+        "memory": lambda: scenario_memory(args.dsn, args.n),
+    }
+    result = await runners[args.scenario]()
+    result["settings"] = {k: v for k, v in ENGINE_SETTINGS.items()}
+    emit(result)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,634 @@
+"""The side-by-side benchmark: gen_durable and its peers, one invocation, one server.
+
+::
+
+    make bench                      # full sizes, 3 runs per scenario, peers included
+    make bench-quick                # reduced sizes, 1 run (marked so in the report)
+    python bench/run.py --scenarios chain,jobs --peers pgqueuer,dbos
+    python bench/run.py --quick --peers none --scenarios chain --size tiny
+
+Every scenario run gets a fresh database (``CREATE DATABASE`` on the server named by
+``--dsn`` / ``GEN_DURABLE_DSN``, dropped afterwards) and its own process: gen_durable
+runs in ``bench/gd_worker.py``, each peer in ``bench/peers/<peer>_bench.py`` under the
+peer's own virtualenv (``bench/.venvs/<peer>``, created here with pinned versions).
+Runs are interleaved — run 1 of every system, then run 2 … — so background noise
+spreads over all of them. The report (``docs/performance.md`` by default) is fully
+generated from the run: the machine, the settings, the command, the medians, the
+spreads and the gen_durable / peer ratios. Raw results go to ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from common import DEFAULT_DSN, fresh_database, median, parse_result  # noqa: E402
+
+PEERS: dict[str, list[str]] = {
+    "pgqueuer": ["pgqueuer[asyncpg]==1.6.0", "psycopg[binary]>=3.2"],
+    "procrastinate": ["procrastinate==3.10.0", "psycopg[binary]>=3.2"],
+    "dbos": ["dbos==3.4.0", "psycopg[binary]>=3.2"],
+}
+PEER_SCENARIOS = ("chain", "jobs")
+SCENARIOS = ("chain", "jobs", "signals", "fanout", "latency", "memory")
+
+# Workload sizes. "full" is the definition in docs/performance.md; "quick" keeps
+# `make bench-quick` near two minutes with the peers; "tiny" only proves the script runs.
+SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "chain": {"n": 2000},
+        "jobs": {"n": 10_000, "single": 2000},
+        "signals": {"n": 2000},
+        "fanout": {"n": 200},
+        "latency": {"n": 200, "spacing": 0.05},
+        "memory": {"n": 100_000},
+    },
+    "quick": {
+        "chain": {"n": 500},
+        "jobs": {"n": 2000, "single": 300},
+        "signals": {"n": 500},
+        "fanout": {"n": 50},
+        "latency": {"n": 50, "spacing": 0.03},
+        "memory": {"n": 100_000},
+    },
+    "tiny": {
+        "chain": {"n": 50},
+        "jobs": {"n": 200, "single": 50},
+        "signals": {"n": 50},
+        "fanout": {"n": 10},
+        "latency": {"n": 10, "spacing": 0.02},
+        "memory": {"n": 2000},
+    },
+}
+RUN_TIMEOUT = 900
+
+
+# -- environments -------------------------------------------------------------------
+
+
+def peer_python(peer: str, log: Any) -> str:
+    """The peer's virtualenv python, created (or re-created) with the pinned versions."""
+    venv = HERE / ".venvs" / peer
+    python = venv / "bin" / "python"
+    stamp = venv / ".bench-spec"
+    spec = " ".join(PEERS[peer])
+    if python.exists() and stamp.exists() and stamp.read_text() == spec:
+        return str(python)
+    log(f"creating {venv} ({spec})")
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True)
+    done = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *PEERS[peer],
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"installing {spec} failed:\n{done.stdout}\n{done.stderr}")
+    stamp.write_text(spec)
+    return str(python)
+
+
+def peer_version(python: str, package: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def command_for(
+    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str
+) -> list[str]:
+    if system == "gen_durable":
+        cmd = [python, str(HERE / "gd_worker.py"), scenario, "--dsn", dsn]
+    else:
+        cmd = [python, str(HERE / "peers" / f"{system}_bench.py"), scenario, "--dsn", dsn]
+    for key, value in size.items():
+        if system == "gen_durable" or key == "n":
+            cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def run_one(
+    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str
+) -> dict[str, Any]:
+    with fresh_database(dsn, f"{system[:8]}_{scenario}") as db:
+        started = time.monotonic()
+        done = subprocess.run(
+            command_for(system, scenario, db, size, python),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
+        wall = time.monotonic() - started
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-8:]
+        raise RuntimeError(f"{system} {scenario} exited {done.returncode}: " + " | ".join(tail))
+    result = parse_result(done.stdout)
+    result["process_wall_s"] = round(wall, 2)
+    return result
+
+
+# -- the machine ------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine_info(dsn: str) -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    mem_kb = next(
+        (
+            int(line.split()[1])
+            for line in _read("/proc/meminfo").splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0,
+    )
+    settings = (
+        "synchronous_commit",
+        "fsync",
+        "shared_buffers",
+        "max_connections",
+        "wal_level",
+        "full_page_writes",
+        "commit_delay",
+        "max_wal_size",
+        "work_mem",
+        "shared_preload_libraries",
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT version()").fetchone()
+        version = row[0] if row else "?"
+        pg = {name: (conn.execute(f"SHOW {name}").fetchone() or ("?",))[0] for name in settings}
+    packages = {}
+    for name in ("gen_durable", "psycopg", "psycopg-pool", "pydantic"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = "?"
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if commit and dirty:
+        commit += ", with uncommitted changes in src/"
+    return {
+        "cores": os.cpu_count(),
+        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "cpu": cpu,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "postgres": version,
+        "postgres_settings": pg,
+        "packages": packages,
+        "commit": commit or "?",
+        "loadavg_start": _read("/proc/loadavg").split()[:3],
+    }
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def stats(runs: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:
+    values = [float(r[key]) for r in runs if r.get(key) is not None]
+    if not values:
+        return None
+    return median(values), min(values), max(values)
+
+
+def fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def cell(runs: list[dict[str, Any]], key: str) -> str:
+    s = stats(runs, key)
+    if s is None:
+        return "—"
+    mid, low, high = s
+    if len(runs) == 1:
+        return fmt(mid)
+    return f"{fmt(mid)} ({fmt(low)}–{fmt(high)})"
+
+
+def ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str) -> str:
+    a, b = stats(ours, key), stats(theirs, key)
+    if a is None or b is None or b[0] == 0:
+        return "—"
+    r = a[0] / b[0]
+    return f"{r:,.0f}×" if r >= 10 else f"{r:.2g}×"
+
+
+SIDE_ROWS = [
+    ("chain", "steps_per_s", "steps/s", "higher"),
+    ("chain", "instances_per_s", "instances/s", "higher"),
+    ("chain", "worker_cpu_ms_per_step", "worker CPU ms / step", "lower"),
+    ("chain", "pg_cpu_ms_per_step", "PostgreSQL CPU ms / step", "lower"),
+    ("chain", "commits_per_step", "commits / step", "lower"),
+    ("jobs", "jobs_per_s", "jobs/s drained", "higher"),
+    ("jobs", "enqueue_rows_per_s", "enqueue rows/s (batch API)", "higher"),
+    ("jobs", "worker_cpu_ms_per_job", "worker CPU ms / job", "lower"),
+    ("jobs", "pg_cpu_ms_per_job", "PostgreSQL CPU ms / job", "lower"),
+    ("jobs", "commits_per_job", "commits / job", "lower"),
+]
+
+GD_ROWS = [
+    ("chain", "steps_per_s", "steps/s"),
+    ("chain", "instances_per_s", "instances/s"),
+    ("jobs", "jobs_per_s", "jobs/s drained"),
+    ("jobs", "insert_all_one_call_rows_per_s", "`insert_all`, one call: rows/s"),
+    ("jobs", "insert_all_batched_rows_per_s", "`insert_all`, batches of 1,000: rows/s"),
+    ("jobs", "insert_single_rows_per_s", "`insert`, one at a time: rows/s"),
+    ("signals", "wakeups_per_s_from_first_signal", "wake-ups/s (first signal → last wake)"),
+    ("signals", "sender_signals_per_s", "signals/s sent (second process)"),
+    ("signals", "p50_ms", "`signal` returned → woken step started, p50 ms"),
+    ("signals", "p99_ms", "`signal` returned → woken step started, p99 ms"),
+    ("fanout", "children_per_s", "children/s (with the join)"),
+    ("fanout", "steps_per_s", "steps/s (parents' 2 steps + children)"),
+    ("latency", "p50_ms", "`insert` returned → first step started, p50 ms"),
+    ("latency", "p99_ms", "`insert` returned → first step started, p99 ms"),
+    ("memory", "jobs_per_s", "jobs/s drained (100,000 queued)"),
+    ("memory", "peak_rss_mb", "engine process peak RSS, MiB"),
+]
+
+COST_UNIT = {
+    "chain": "step",
+    "jobs": "job",
+    "signals": "wakeup",
+    "fanout": "step",
+    "latency": "probe",
+    "memory": "job",
+}
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    res: dict[str, dict[str, list[dict[str, Any]]]] = report["results"]
+    gd = res.get("gen_durable", {})
+    peers = [p for p in PEERS if p in res]
+    quick = report["mode"] != "full"
+    out: list[str] = []
+    w = out.append
+    w("# Performance")
+    w("")
+    w("<!-- Generated by bench/run.py: edit the script, not this file. -->")
+    w("")
+    w(
+        f"Measured {report['finished']} with `{report['command']}` "
+        f"(mode **{report['mode']}**, {report['runs']} run(s) per scenario"
+        + (", reduced sizes — a quick run, not the full benchmark" if quick else "")
+        + "). Re-run with `make bench` (full) or `make bench-quick`; this file is "
+        "regenerated from scratch each time."
+    )
+    w("")
+    w(
+        "Figures are the median of the runs, with the lowest and highest in parentheses "
+        "when there was more than one run. Ratios compare medians of the same invocation, "
+        "on the same server, in interleaved runs."
+    )
+    w("")
+    if peers:
+        w("## Side by side")
+        w("")
+        header = "| scenario | figure | gen_durable | " + " | ".join(peers)
+        header += " | " + " | ".join(f"gen_durable / {p}" for p in peers) + " |"
+        w(header)
+        w("|" + "---|" * (2 + 1 + 2 * len(peers)))
+        for scenario, key, label, better in SIDE_ROWS:
+            ours = gd.get(scenario, [])
+            if not ours and not any(res[p].get(scenario) for p in peers):
+                continue
+            cells = [cell(ours, key)] + [cell(res[p].get(scenario, []), key) for p in peers]
+            ratios = [ratio(ours, res[p].get(scenario, []), key) for p in peers]
+            w(f"| {scenario} | {label} ({better} is better) | " + " | ".join(cells + ratios) + " |")
+        w("")
+        w(
+            "`enqueue rows/s (batch API)`: gen_durable `insert_all` of the whole workload in "
+            "one call; PgQueuer `enqueue` with lists; Procrastinate `batch_defer_async`; "
+            "DBOS has no batch call, so `DBOSClient.enqueue` once per workflow from 8 threads."
+        )
+        w("")
+    if gd:
+        w("## gen_durable scenarios")
+        w("")
+        w("| scenario | figure | value |")
+        w("|---|---|---|")
+        for scenario, key, label in GD_ROWS:
+            runs = gd.get(scenario, [])
+            if runs and stats(runs, key) is not None:
+                w(f"| {scenario} | {label} | {cell(runs, key)} |")
+        w("")
+        w("### What each unit of work costs")
+        w("")
+        w(
+            "| scenario | unit | engine CPU ms | PostgreSQL CPU ms | statements (engine) "
+            "| commits (PostgreSQL) |"
+        )
+        w("|---|---|---|---|---|---|")
+        for scenario in SCENARIOS:
+            runs = gd.get(scenario, [])
+            if not runs:
+                continue
+            unit = COST_UNIT[scenario]
+            w(
+                f"| {scenario} | {unit} | {cell(runs, f'worker_cpu_ms_per_{unit}')} | "
+                f"{cell(runs, f'pg_cpu_ms_per_{unit}')} | {cell(runs, 'statements_per_step')} | "
+                f"{cell(runs, f'commits_per_{unit}')} |"
+            )
+        w("")
+    if report["failures"]:
+        w("## Runs that failed")
+        w("")
+        for line in report["failures"]:
+            w(f"- {line}")
+        w("")
+    w("## Workloads")
+    w("")
+    sizes = report["sizes"]
+    w(
+        f"Sizes in this run ({report['mode']}): "
+        + "; ".join(
+            f"`{s}` "
+            + ", ".join(
+                f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in sizes[s].items()
+            )
+            for s in report["scenarios"]
+        )
+        + "."
+    )
+    w("")
+    w(
+        "- **chain** — `n` instances, each three trivial `Next` steps then `Done`. A *step* is "
+        "one step execution, the final `Done` included: 4 steps per gen_durable instance. "
+        "The job queues run each instance as 3 chained jobs (job k enqueues job k+1 before "
+        "it returns), DBOS as one workflow of 3 `@DBOS.step` calls: 3 steps per instance "
+        "for the peers. `instances/s` is the like-for-like figure (gen_durable does one "
+        "more step per instance than the peers)."
+    )
+    w(
+        "- **jobs** — `n` no-op jobs enqueued in one batch call, then drained. Afterwards, "
+        "on the same database, `insert_all` in batches of 1,000 (`n` rows) and `single` "
+        "sequential `insert` calls, into a queue nobody serves."
+    )
+    w(
+        '- **signals** — `n` instances park on `Await("go")`; once all are parked, a second '
+        "process sends one signal to each (8 concurrent senders). The woken step records "
+        "`time.time()` in its result; the sender records when each `signal` call returned. "
+        "Both processes run on this machine, so their clocks agree."
+    )
+    w(
+        "- **fanout** — `n` parents; each schedules 10 no-op children with `ScheduleChilds` "
+        "and, once they are all terminal, finishes. Steps = 2 per parent + 1 per child."
+    )
+    w(
+        "- **latency** — an idle engine; `n` sequential `insert` calls `spacing` seconds "
+        "apart, each waiting for its step to start before the next."
+    )
+    w(
+        "- **memory** — `n` no-op jobs enqueued by a separate process, then drained; the "
+        "engine process's RSS is sampled every 50 ms."
+    )
+    w("")
+    w("## How it is measured")
+    w("")
+    w(
+        "- Each scenario run: a fresh database, a fresh process. The timed window opens when "
+        "the workers start on a fully enqueued workload and closes when the last outcome is "
+        "committed (gen_durable counts a step after its outcome's commit returned; PgQueuer's "
+        "drain-mode consumers have returned; Procrastinate's worker has stopped after the "
+        "last job; every DBOS workflow is recorded `SUCCESS`). Process start-up, imports, "
+        "schema installation and enqueueing are outside it; there is no separate warm-up."
+    )
+    w(
+        "- After the window, the work is checked in SQL (e.g. every chain instance `done`); "
+        "a run that did not do the work fails instead of reporting a figure."
+    )
+    w("- **Worker/engine CPU**: `time.process_time()` of the worker process over the window.")
+    w(
+        "- **PostgreSQL CPU**: `utime + stime` from `/proc/<pid>/stat` of the server backends "
+        "connected to the scenario's database, at the start and end of the window "
+        "(`pg_stat_statements` is not loaded on this server). Server-wide processes (WAL "
+        "writer, checkpointer) and backends that disconnected inside the window are not "
+        "counted; in `signals` the sender's sessions may have gone before the window closed."
+    )
+    w(
+        "- **Commits**: the `xact_commit` delta of the scenario's database in "
+        "`pg_stat_database`, read after the worker's sessions closed. It includes every "
+        "transaction the system ran (polls, heartbeats, listeners), not only its writes."
+    )
+    w(
+        "- **Statements (engine)**: gen_durable's own counters (`engine.stats`: statements "
+        "the engine sent per step)."
+    )
+    w("")
+    w(
+        "- **Profiling**: `python bench/gd_worker.py chain --dsn <an empty database> --n 2000 "
+        "--profile chain.prof` writes a cProfile of the event loop over the timed window "
+        "(read it with `python -m pstats chain.prof`)."
+    )
+    w("")
+    w("## Settings")
+    w("")
+    settings = report["settings"]
+    if "gen_durable" in settings:
+        w(f"- **gen_durable** `Engine(...)`: `{settings['gen_durable']}`; steps are `async def`.")
+    for peer in peers:
+        w(f"- **{peer} {report['versions'].get(peer, '?')}**: `{settings.get(peer, {})}`.")
+    w(
+        "- PgQueuer: the shape of its own drain benchmark (several consumers, one asyncpg "
+        "connection each, `batch_size=10`, uvloop). Procrastinate: async tasks on one worker "
+        "with `concurrency` async sub-workers (its concurrency how-to; 10 measured faster "
+        "than 30 for no-op jobs on 2 cores) and LISTEN/NOTIFY. DBOS: a queue with "
+        "`polling_interval_sec=0.01` (default 1 s)."
+    )
+    w("")
+    w("## Machine")
+    w("")
+    w(f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; {m['os']}")
+    w(
+        f"- Load average at start: {' '.join(m['loadavg_start'])}; at end: "
+        f"{' '.join(report['loadavg_end'])} (other work on the machine shows up here)"
+    )
+    w(f"- {m['postgres']}")
+    w(
+        "- PostgreSQL settings: "
+        + ", ".join(f"`{k}={v}`" for k, v in m["postgres_settings"].items())
+    )
+    w(
+        f"- Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+        + f" (commit {m['commit']})"
+    )
+    w(
+        "- Peers, each in its own virtualenv: "
+        + ", ".join(f"{p} {report['versions'].get(p, '?')}" for p in peers)
+        if peers
+        else "- Peers: not run"
+    )
+    w("")
+    return "\n".join(out)
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for the report."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<dsn>"
+    if "password" not in params:
+        return dsn
+    params.pop("password")
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in items if t not in allowed]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="gen_durable side-by-side benchmark")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("GEN_DURABLE_DSN") or DEFAULT_DSN,
+        help="a server where this role may CREATE DATABASE",
+    )
+    parser.add_argument("--quick", action="store_true", help="reduced sizes, one run")
+    parser.add_argument("--size", choices=list(SIZES), help="override the workload sizes")
+    parser.add_argument("--runs", type=int, help="runs per scenario (default 3; 1 with --quick)")
+    parser.add_argument("--scenarios", help=f"comma list of {', '.join(SCENARIOS)}")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma list, or 'none'")
+    parser.add_argument("--memory", action="store_true", help="add the memory scenario")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
+    parser.add_argument("--json", help="raw results file (default bench/results/<time>.json)")
+    args = parser.parse_args(argv)
+
+    size_name = args.size or ("quick" if args.quick else "full")
+    runs = args.runs or (1 if args.quick else 3)
+    if args.scenarios:
+        scenarios = parse_list(args.scenarios, SCENARIOS, "scenario")
+    else:
+        scenarios = [s for s in SCENARIOS if s != "memory" or not args.quick]
+    if args.memory and "memory" not in scenarios:
+        scenarios.append("memory")
+    peers = [] if args.peers == "none" else parse_list(args.peers, PEERS, "peer")
+
+    def log(msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    machine = machine_info(args.dsn)
+    pythons = {"gen_durable": sys.executable}
+    versions: dict[str, str] = {}
+    for peer in peers:
+        pythons[peer] = peer_python(peer, log)
+        versions[peer] = peer_version(pythons[peer], peer)
+
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    settings: dict[str, Any] = {}
+    failures: list[str] = []
+    for run in range(1, runs + 1):
+        for scenario in scenarios:
+            systems = ["gen_durable"] + [p for p in peers if scenario in PEER_SCENARIOS]
+            for system in systems:
+                size = SIZES[size_name][scenario]
+                log(f"run {run}/{runs}: {system} {scenario} {size}")
+                try:
+                    result = run_one(system, scenario, args.dsn, size, pythons[system])
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                    failures.append(f"run {run}, {system} {scenario}: {exc}")
+                    log(f"FAILED: {exc}")
+                    continue
+                settings[system] = result.pop("settings", {})
+                results.setdefault(system, {}).setdefault(scenario, []).append(result)
+                brief = {k: v for k, v in result.items() if k.endswith(("_per_s", "_ms"))}
+                log(f"  {brief}")
+
+    shown = list(argv if argv is not None else sys.argv[1:])
+    for i, arg in enumerate(shown[:-1]):
+        if arg == "--dsn":
+            shown[i + 1] = redact(shown[i + 1])
+    command = "python bench/run.py " + " ".join(shlex.quote(a) for a in shown)
+    report = {
+        "mode": size_name,
+        "runs": runs,
+        "command": command.strip(),
+        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "scenarios": scenarios,
+        "sizes": {s: SIZES[size_name][s] for s in scenarios},
+        "machine": machine,
+        "loadavg_end": _read("/proc/loadavg").split()[:3],
+        "versions": versions,
+        "settings": settings,
+        "results": results,
+        "failures": failures,
+    }
+    json_path = (
+        Path(args.json)
+        if args.json
+        else (HERE / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{size_name}.json")
+    )
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(render(report))
+    log(f"wrote {args.output} and {json_path}")
+    gd_failed = any(
+        f.split(": ", 1)[0].endswith(tuple(f"gen_durable {s}" for s in scenarios)) for f in failures
+    )
+    return 1 if gd_failed or not results.get("gen_durable") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
