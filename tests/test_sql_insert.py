@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -193,3 +195,48 @@ async def test_concurrent_insert_all_with_overlapping_keys_never_deadlock(
             assert len(inserted[0]) + len(inserted[1]) == 2000
             assert not set(inserted[0]) & set(inserted[1])
     assert await count(conn, schema, "gen_durable") == 15 * 2000
+
+
+ODD = 'quote " back \\ slash\nnewline\ttab ✓ 漢 \u2028 end'
+
+
+async def test_text_bytes_and_times_are_stored_verbatim(conn, q, schema) -> None:
+    """Every insert column survives the batch encoding exactly (quotes, backslashes,
+    control characters, non-ASCII, every byte value, offsets and microseconds)."""
+    when = dt.datetime(2031, 2, 3, 4, 5, 6, 789012, tzinfo=dt.timezone(dt.timedelta(hours=5.5)))
+    every_byte = bytes(range(256))
+    (iid,) = await insert(
+        conn,
+        q,
+        {
+            "fsm": ODD,
+            "fsm_version": 7,
+            "step": ODD,
+            "state": json.dumps({ODD: [ODD]}, ensure_ascii=False),
+            "queue": ODD,
+            "priority": -32768,
+            "partition_key": ODD,
+            "eligible_at": when,
+            "unique_key": every_byte,
+            "unique_scope": "{runnable,executing,awaiting_signal,awaiting_children,done}",
+        },
+    )
+    row = await fetch(conn, schema, iid)
+    assert (row["fsm"], row["step"], row["queue"], row["partition_key"]) == (ODD,) * 4
+    assert row["fsm_version"] == 7 and row["priority"] == -32768
+    assert row["state"] == {ODD: [ODD]}
+    assert row["eligible_at"] == when
+    assert row["unique_key"] == every_byte == row["unique_guard"]
+    assert row["unique_scope"] == [*NON_TERMINAL, "done"]
+
+
+async def test_delay_is_relative_to_the_insert_and_eligible_at_wins(conn, q, schema) -> None:
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    later, fixed, now = await insert(
+        conn, q, {"delay": 90.5}, {"delay": 90.5, "eligible_at": when}, {"delay": 0.0}
+    )
+    row = await fetch(conn, schema, later)
+    assert row["eligible_at"] == row["inserted_at"] + dt.timedelta(seconds=90.5)
+    assert (await fetch(conn, schema, fixed))["eligible_at"] == when
+    row = await fetch(conn, schema, now)
+    assert row["eligible_at"] == row["inserted_at"]

@@ -8,6 +8,7 @@ column of the row before and after.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -369,3 +370,67 @@ async def test_outcome_replayed_after_commit_matches_nothing(conn, q, schema) ->
     before = await _snapshot(conn, schema, parent, child)
     assert await complete(conn, q, id=child, token="node-a:1", kind="stop", error="x") == []
     assert await _snapshot(conn, schema, parent, child) == before
+
+
+ODD = 'quote " back \\ slash\nnewline ✓ 漢'
+
+
+async def test_outcome_texts_are_stored_verbatim(conn, q, schema) -> None:
+    ids = await insert(conn, q, {}, {}, {})
+    token = 'node "ö" \\ :1'
+    await run(conn, q.pick("default", 10, token, 30))
+    batch = CompleteBatch.empty()
+    batch.add(id=ids[0], token=token, kind="next", step=ODD, state=json.dumps({"s": ODD}))
+    batch.add(id=ids[1], token=token, kind="await", awaits=ODD)
+    batch.add(id=ids[2], token=token, kind="stop", error=ODD)
+    assert len(await complete_batch(conn, q, batch)) == 3
+    first = await fetch(conn, schema, ids[0])
+    assert first["step"] == ODD and first["state"] == {"s": ODD}
+    assert (await fetch(conn, schema, ids[1]))["awaits"] == ODD
+    assert (await fetch(conn, schema, ids[2]))["last_error"] == ODD
+    # The name round-trips into delivery and consumption too.
+    _, sid, woke = await signal(conn, q, ids[1], ODD)
+    assert woke is True
+    await run(conn, q.pick("default", 10, "node-b:1", 30))
+    got = await complete(
+        conn, q, id=ids[1], token="node-b:1", kind="next", step="x", consume=ODD, seen=[sid]
+    )
+    assert got == [(ids[1], "runnable")]
+    assert await inbox(conn, schema, ids[1]) == []
+
+
+async def test_next_keeping_its_claim_effect_on_every_column(conn, q, schema) -> None:
+    """Run-ahead: a Next that keeps its claim stays executing under the same token with
+    a fresh lease, and returns the inbox minus what it consumed, and the children."""
+    before = await _claimed(conn, q, schema)
+    iid = before["id"]
+    _, seen, _ = await signal(conn, q, iid, "go")
+    _, other, _ = await signal(conn, q, iid, "other")
+    (kid,) = await insert(conn, q, {"parent_id": iid, "queue": "kids"})
+    before = await fetch(conn, schema, iid)
+    batch = CompleteBatch.empty()
+    batch.add(
+        id=iid,
+        token=TOKEN,
+        kind="next",
+        step="again",
+        state='{"n": 7}',
+        consume="go",
+        seen=[seen],
+        keep=True,
+    )
+    (row,) = await run(conn, q.complete(batch, ttl=120))
+    assert row[:2] == (iid, "executing")
+    assert [s[:2] for s in json.loads(row[2])] == [[other, "other"]]
+    assert [c[0] for c in json.loads(row[3])] == [kid]
+    after = await fetch(conn, schema, iid)
+    changed = {"step", "state", "attempt", "eligible_at", "awaits", "lease_expires_at"}
+    same_except(before, after, changed | {"updated_at"})
+    assert after["locked_by"] == TOKEN and after["status"] == "executing"
+    assert after["lease_expires_at"] == after["updated_at"] + dt.timedelta(seconds=120)
+    assert (after["step"], after["state"], after["attempt"]) == ("again", {"n": 7}, 0)
+    assert after["eligible_at"] == after["updated_at"] and after["awaits"] is None
+    assert await inbox(conn, schema, iid) == [(other, "other")]
+    # The kept claim is still the only one that can complete the row.
+    assert await complete(conn, q, id=iid, token="node-a:0", kind="done") == []
+    assert await complete(conn, q, id=iid, token=TOKEN, kind="done") == [(iid, "done")]

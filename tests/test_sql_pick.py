@@ -273,3 +273,14 @@ async def test_release_hands_claimed_rows_back(conn, q, schema, bump, delay) -> 
         assert row["eligible_at"] == before["eligible_at"]
     assert row["state"] == before["state"] and row["step"] == before["step"]
     assert await fetch(conn, schema, foreign) == before_foreign
+
+
+async def test_lease_statements_match_tokens_with_any_characters(conn, q, schema) -> None:
+    (iid,) = await insert(conn, q)
+    token = 'host "a" \\ ö\n:1'
+    await claim(conn, q, token)
+    assert await run(conn, q.heartbeat([iid], [token], 60)) == [(iid,)]
+    assert await run(conn, q.lock_claimed([iid], [token])) == [(iid,)]
+    assert await run(conn, q.release([iid], [token.upper()])) == []
+    assert await run(conn, q.release([iid], [token])) == [(iid,)]
+    assert (await fetch(conn, schema, iid))["status"] == "runnable"

@@ -285,3 +285,38 @@ async def test_completer_park_waits_for_an_open_delivery_and_sees_it(dsn, conn, 
     finally:
         await pool.close()
     assert (await fetch(conn, schema, iid))["status"] == "runnable"
+
+
+# -- nudges (LISTEN/NOTIFY) --------------------------------------------------------
+
+
+async def _notes(dsn: str, q: Queries, action: Any) -> list[str]:
+    """Payloads notified on the schema's channel while ``action()`` runs."""
+    async with connections(dsn, 1) as (listener,):
+        await listener.execute(q.listen_sql())
+        await action()
+        # A marker sent last: everything before it has been delivered once it arrives.
+        await listener.execute("SELECT pg_notify(%s, '--end--')", (q.channel,))
+        got = []
+        async for note in listener.notifies(timeout=30):
+            if note.payload == "--end--":
+                break
+            assert note.channel == q.channel
+            got.append(note.payload)
+    return got
+
+
+async def test_inserts_and_wakes_nudge_their_queue_once(dsn, conn, q, schema) -> None:
+    async def inserts() -> None:
+        await insert(conn, q, {"queue": "a"}, {"queue": "a"}, {"queue": "b"}, {"queue": "a"})
+
+    assert sorted(await _notes(dsn, q, inserts)) == ["a", "b"]
+    iid = await _parked(conn, q, "go")
+    await run(conn, q.pick("a", 10, "node-x:1", 30))
+    await run(conn, q.pick("b", 10, "node-x:1", 30))
+
+    async def deliveries() -> None:
+        await signal(conn, q, iid, "other")  # no wake, no nudge
+        await signal(conn, q, iid, "go")
+
+    assert await _notes(dsn, q, deliveries) == ["default"]
