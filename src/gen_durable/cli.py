@@ -467,13 +467,17 @@ def one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def problems(exc: pydantic.ValidationError) -> str:
+    """A pydantic report on one line: ``field: message; field: message``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+    )
+
+
 def describe(exc: BaseException) -> str:
     """One line for any error, saying what went wrong."""
     if isinstance(exc, pydantic.ValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-        )
-        return f"invalid state for {exc.title}: {problems}; nothing was written"
+        return f"invalid {exc.title}: {problems(exc)}"
     text = one_line(str(exc))
     if isinstance(exc, psycopg.Error):
         return f"database error: {text}"
@@ -661,6 +665,10 @@ def cmd_insert(args: argparse.Namespace) -> int:
         engine = await open_client(args)
         try:
             return await engine.insert(machine, **options)
+        except pydantic.ValidationError as exc:
+            raise CommandError(
+                f"invalid state for {machine.__gd_name__}: {problems(exc)}; nothing was written"
+            ) from exc
         finally:
             await engine.stop()
 
