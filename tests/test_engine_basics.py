@@ -323,3 +323,45 @@ async def test_client_requires_started_engine(dsn, schema) -> None:
     engine = gd.Engine(dsn, schema=schema)
     with pytest.raises(gd.GenDurableError, match="not started"):
         await engine.insert(Loop)
+
+
+class Twice(gd.FSM):
+    """Waits for two distinct `go` signals; counts its runs."""
+
+    runs: list[int] = []
+
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        Twice.runs.append(len(ctx.signals))
+        if len([s for s in ctx.signals if s.name == "go"]) < 2:
+            return gd.Await("go", ctx.state)
+        return gd.Done(len(Twice.runs))
+
+
+async def test_redelivered_signal_does_not_wake_a_parked_instance(make_engine) -> None:
+    Twice.runs.clear()
+    async with make_engine() as engine:
+        iid = await engine.insert(Twice)
+        await status_is(engine, iid, "awaiting_signal")
+        assert await engine.signal(iid, "go", dedup_key="a") is True
+        await wait_for(lambda: asyncio.sleep(0, Twice.runs == [0, 1]))
+        await status_is(engine, iid, "awaiting_signal")
+        # The same delivery again (a retried webhook): stored once, wakes nobody.
+        assert await engine.signal(iid, "go", dedup_key="a") is True
+        inst = await engine.get(iid)
+        assert inst is not None and inst.status == "awaiting_signal"
+        assert await engine.signal(iid, "go", dedup_key="b") is True
+        inst = await finished(engine, iid)
+    assert Twice.runs == [0, 1, 2]
+    assert inst.result == 3
+
+
+async def test_migrate_takes_the_dsn_from_the_environment(dsn, monkeypatch) -> None:
+    name = "t_env_" + str(time.monotonic_ns())[-8:]
+    monkeypatch.setenv("GEN_DURABLE_DSN", dsn)
+    try:
+        assert await gd.migrate(schema=name) == gd.LATEST_VERSION
+        assert gd.migrate_sync(schema=name) == gd.LATEST_VERSION
+    finally:
+        await gd.migrate_down(schema=name)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f'DROP SCHEMA "{name}"')

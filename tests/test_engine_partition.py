@@ -152,5 +152,10 @@ async def test_contended_pick_is_retried_and_reported(make_engine, dsn, schema, 
             await other.close()
     finally:
         gd.telemetry.detach("partition.contended", handler)
-    assert events[0]["count"] == 1 and events[0]["partition_key"] == "c"
+    assert events[0] == {
+        "count": 1,
+        "id": sibling,
+        "fsm": Increment.__gd_name__,
+        "partition_key": "c",
+    }
     assert COUNTER.get("c") == 4 and overlaps(SPANS["c"]) == 0

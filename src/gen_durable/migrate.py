@@ -27,7 +27,7 @@ from .errors import SchemaError
 
 LATEST_VERSION = ddl.LATEST
 
-ConnOrDsn = str | psycopg.AsyncConnection[Any] | psycopg.Connection[Any]
+ConnOrDsn = str | psycopg.AsyncConnection[Any] | psycopg.Connection[Any] | None
 
 
 def migration_sql(version: int, *, schema: str = "public", down: bool = False) -> str:
@@ -107,8 +107,11 @@ def _lock_key(schema: str) -> sql.Composed:
 async def _run(conn_or_dsn: ConnOrDsn, schema: str, target: int | None, down: bool) -> int:
     if isinstance(conn_or_dsn, psycopg.Connection):
         return _run_sync(conn_or_dsn, schema, target, down)
-    if isinstance(conn_or_dsn, str):
-        async with await psycopg.AsyncConnection.connect(conn_or_dsn, autocommit=True) as conn:
+    if conn_or_dsn is None or isinstance(conn_or_dsn, str):
+        from .engine import resolve_dsn
+
+        dsn = resolve_dsn(conn_or_dsn)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             return await _run_async(conn, schema, target, down)
     return await _run_async(conn_or_dsn, schema, target, down)
 
@@ -165,7 +168,7 @@ def _run_sync(conn: psycopg.Connection[Any], schema: str, target: int | None, do
 
 
 async def migrate(
-    dsn_or_connection: ConnOrDsn, schema: str = "public", version: int | None = None
+    dsn_or_connection: ConnOrDsn = None, schema: str = "public", version: int | None = None
 ) -> int:
     """Bring ``schema`` up to ``version`` (default: the latest). Returns the version.
 
@@ -176,21 +179,26 @@ async def migrate(
 
 
 async def migrate_down(
-    dsn_or_connection: ConnOrDsn, schema: str = "public", version: int = 0
+    dsn_or_connection: ConnOrDsn = None, schema: str = "public", version: int = 0
 ) -> int:
     """Take ``schema`` down to ``version`` (default 0: drop everything gen_durable owns)."""
     return await _run(dsn_or_connection, schema, version, down=True)
 
 
 def migrate_sync(
-    dsn_or_connection: str | psycopg.Connection[Any],
+    dsn_or_connection: str | psycopg.Connection[Any] | None = None,
     schema: str = "public",
     version: int | None = None,
     *,
     down: bool = False,
 ) -> int:
-    """Synchronous :func:`migrate` / :func:`migrate_down` for scripts and Django."""
-    if isinstance(dsn_or_connection, str):
-        with psycopg.connect(dsn_or_connection, autocommit=True) as conn:
+    """Synchronous :func:`migrate` / :func:`migrate_down` for scripts and Django.
+
+    Without a DSN, ``GEN_DURABLE_DSN`` then ``DATABASE_URL`` are used, as by ``Engine``.
+    """
+    if dsn_or_connection is None or isinstance(dsn_or_connection, str):
+        from .engine import resolve_dsn
+
+        with psycopg.connect(resolve_dsn(dsn_or_connection), autocommit=True) as conn:
             return _run_sync(conn, schema, version, down)
     return _run_sync(dsn_or_connection, schema, version, down)

@@ -371,17 +371,25 @@ FROM u
         # statement's stale snapshot of the row, reverting what the park wrote
         # (`locked_by`, `state`) — see test_no_lost_wakeup_under_forced_interleaving.
         # The insert is refused for a terminal target, decided under the same lock.
+        # A redelivery whose dedup_key is already stored wakes nobody: the parked step
+        # has seen that signal (§18.5), so waking it would only re-run it for nothing.
         # `woke` is recognised by the flip's own `updated_at = now()`.
         self._signal = render(
             """
 WITH wake AS (
     UPDATE {s}.gen_durable g SET
         status = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
+                           AND NOT d.dup
                       THEN 'runnable'::{s}.durable_status ELSE g.status END,
         eligible_at = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
+                                AND NOT d.dup
                            THEN now() ELSE g.eligible_at END,
         updated_at = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
+                               AND NOT d.dup
                           THEN now() ELSE g.updated_at END
+    FROM (SELECT EXISTS (
+            SELECT 1 FROM {s}.signals s
+            WHERE s.target_id = %(id)s AND s.dedup_key = %(dedup_key)s) AS dup) d
     WHERE g.id = %(id)s
     RETURNING g.id, g.status, g.queue,
         g.status = 'runnable' AND g.awaits = %(name)s AND g.updated_at = now() AS woke
@@ -408,6 +416,15 @@ SELECT id, fsm, fsm_version, step, status::text, state, result, awaits, queue, p
        parent_id, children_pending, unique_key, unique_scope::text[], unique_guard,
        inserted_at, updated_at
 FROM {s}.gen_durable WHERE id = %(id)s
+"""
+        )
+        # The key's most urgent runnable row: names the instance a contended pick
+        # wanted, for `partition.contended` telemetry (rare; off the hot path).
+        self._next_for_key = render(
+            """
+SELECT id, fsm FROM {s}.gen_durable
+WHERE queue = %(queue)s AND status = 'runnable' AND partition_key = %(key)s
+ORDER BY priority, eligible_at LIMIT 1
 """
         )
         self._inbox = render(
@@ -509,6 +526,9 @@ WHERE parent_id = %(id)s ORDER BY id
 
     def get(self, instance_id: int) -> Stmt:
         return Stmt(self._get, {"id": instance_id})
+
+    def next_for_key(self, queue: str, key: str) -> Stmt:
+        return Stmt(self._next_for_key, {"queue": queue, "key": key})
 
     def inbox(self, instance_id: int) -> Stmt:
         return Stmt(self._inbox, {"id": instance_id})

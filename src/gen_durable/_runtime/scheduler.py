@@ -158,10 +158,11 @@ class QueueScheduler:
                 key = _contended_key(exc)
                 log.debug("queue %s: partition key %r contended; re-picking", self.queue, key)
                 if telemetry.listening("partition.contended"):
+                    iid, fsm = await self._contended_row(key)
                     telemetry.emit(
                         "partition.contended",
                         {"count": 1},
-                        {"id": None, "fsm": None, "partition_key": key},
+                        {"id": iid, "fsm": fsm, "partition_key": key},
                     )
                 if attempt == 2:
                     return 0
@@ -197,6 +198,20 @@ class QueueScheduler:
                 {"queue": self.queue},
             )
         return len(rows)
+
+    async def _contended_row(self, key: str | None) -> tuple[int | None, str | None]:
+        """The row the failed pick wanted for ``key`` (the key's most urgent runnable
+        one) — looked up only when someone listens, and only on contention."""
+        if key is None:
+            return None, None
+        stmt = self.node.queries.next_for_key(self.queue, key)
+        try:
+            async with self.node.pool.connection() as conn:
+                cur = await conn.execute(stmt.query, stmt.params)
+                row = await cur.fetchone()
+        except Exception:
+            return None, None
+        return (row[0], row[1]) if row else (None, None)
 
     async def _hand_back_unknown(self, claims: list[Claim]) -> None:
         # Not failed, not lost: another node (with the code) can run it (SPEC §13).
