@@ -365,3 +365,21 @@ async def test_migrate_takes_the_dsn_from_the_environment(dsn, monkeypatch) -> N
         await gd.migrate_down(schema=name)
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f'DROP SCHEMA "{name}"')
+
+
+async def test_wait_returns_the_terminal_instance(make_engine, dsn, schema) -> None:
+    async with make_engine() as engine:
+        iid = await engine.insert(Loop)
+        inst = await engine.wait(iid, timeout=15)
+        assert inst.status == "done" and inst.result["n"] == 5
+        parked = await engine.insert(Waiter)
+        with pytest.raises(TimeoutError, match="still"):
+            await engine.wait(parked, timeout=0.3)
+        with pytest.raises(gd.NoSuchInstance):
+            await engine.wait(10**12)
+
+        def sync_wait() -> gd.Instance:
+            with gd.SyncClient(dsn, schema=schema) as client:
+                return client.wait(iid, timeout=5)
+
+        assert (await asyncio.to_thread(sync_wait)) == inst

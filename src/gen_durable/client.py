@@ -15,6 +15,7 @@ module; ``Engine`` runs them on an async connection, :class:`SyncClient` on a sy
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -299,6 +300,21 @@ class SyncClient:
     ) -> Instance | None:
         row = self._one(conn, self._queries.get(instance_id))
         return None if row is None else Instance.from_row(row)
+
+    def wait(
+        self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
+    ) -> Instance:
+        """Block until the instance is terminal and return it (see ``Engine.wait``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            inst = self.get(instance_id)
+            if inst is None:
+                raise NoSuchInstance(instance_id)
+            if inst.terminal:
+                return inst
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"instance {instance_id} still {inst.status} after {timeout}s")
+            time.sleep(interval)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -16,6 +16,7 @@ except the class registry and telemetry handlers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -39,7 +40,7 @@ from .client import (
     signal_params,
     signal_result,
 )
-from .errors import ConfigurationError, GenDurableError
+from .errors import ConfigurationError, GenDurableError, NoSuchInstance
 from .machine import Machine
 from .registry import Registry
 
@@ -242,6 +243,27 @@ class Engine:
         """A frozen snapshot of one instance, or None for an unknown id."""
         row = await self._one(self.queries.get(instance_id), conn)
         return None if row is None else Instance.from_row(row)
+
+    async def wait(
+        self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
+    ) -> Instance:
+        """Poll until the instance is terminal (``done``/``failed``) and return it.
+
+        Raises ``gd.NoSuchInstance`` for an unknown id and ``TimeoutError`` when
+        ``timeout`` seconds pass first. Polling, not a subscription: meant for
+        scripts, tests and request handlers that wait briefly.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            inst = await self.get(instance_id)
+            if inst is None:
+                raise NoSuchInstance(instance_id)
+            if inst.terminal:
+                return inst
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"instance {instance_id} still {inst.status} after {timeout}s")
+            await asyncio.sleep(interval)
 
     async def inbox(self, instance_id: int) -> list[tuple[Any, ...]]:
         """The instance's stored signals: (id, name, payload, dedup_key, inserted_at)."""
