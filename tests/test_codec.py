@@ -53,6 +53,11 @@ def test_model_with_nan_is_stored_as_null_never_as_a_bare_nan_token() -> None:
     assert json.loads(text) == {"name": "x", "score": None}
 
 
+def test_nan_and_infinity_inside_strings_are_plain_text() -> None:
+    value = {"s": "NaN", "t": "-Infinity and beyond", "NaN": 1}
+    assert json.loads(codec.dumps(value)) == value
+
+
 @pytest.mark.parametrize("value", [{1, 2}, object(), {"x": b"bytes"}])
 def test_values_that_are_not_json_are_refused(value) -> None:
     with pytest.raises(gd.EncodingError, match="cannot be encoded"):

@@ -342,6 +342,28 @@ async def test_foreign_gen_durable_table_is_refused_untouched(dsn, fresh, commen
     assert got == [(1, "theirs")]
 
 
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "CREATE TABLE {s}.signals (id int, body text)",
+        "CREATE TYPE {s}.durable_status AS ENUM ('open', 'closed')",
+        "CREATE TABLE {s}.jobs (id int); CREATE INDEX gen_durable_pick ON {s}.jobs (id)",
+    ],
+)
+async def test_an_object_holding_one_of_our_names_is_refused_untouched(dsn, fresh, ddl) -> None:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(fresh)))
+        c.execute(ddl.format(s=fresh).encode())
+    before = catalog(dsn, fresh)
+    with pytest.raises(gd.SchemaError, match="nothing was changed") as err:
+        await gd.migrate(dsn, schema=fresh)
+    assert isinstance(err.value.__cause__, psycopg.Error)
+    with pytest.raises(gd.SchemaError, match="nothing was changed"):
+        gd.migrate_sync(dsn, schema=fresh)
+    assert catalog(dsn, fresh) == before
+    assert _installed(dsn, fresh) == 0
+
+
 # -- schemas end to end ----------------------------------------------------------------
 
 

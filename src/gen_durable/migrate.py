@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ._db import schema as ddl
@@ -139,6 +140,21 @@ def _direction_error(current: int, target: int, down: bool) -> SchemaError | Non
     return None
 
 
+# Another object already holds one of our names (a `signals` table, a
+# `durable_status` type…) while no gen_durable table marks the schema as ours: the
+# same "not ours" case as a foreign gen_durable table. The transaction rolls back,
+# so nothing was changed; say so in our own error instead of a bare driver error.
+_CLASH = (pg_errors.DuplicateTable, pg_errors.DuplicateObject)
+
+
+def _clash(exc: psycopg.Error, schema: str) -> SchemaError:
+    what = exc.diag.message_primary or str(exc)
+    return SchemaError(
+        f"schema {schema!r} already has an object gen_durable needs to create ({what}); "
+        "nothing was changed. Use another schema (schema=...) or rename that object."
+    )
+
+
 async def _run_async(
     conn: psycopg.AsyncConnection[Any], schema: str, target: int | None, down: bool
 ) -> int:
@@ -150,7 +166,10 @@ async def _run_async(
         if err:
             raise err
         for version, is_down in _plan(current, goal):
-            await conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+            try:
+                await conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+            except _CLASH as exc:
+                raise _clash(exc, schema) from exc
     return goal
 
 
@@ -163,7 +182,10 @@ def _run_sync(conn: psycopg.Connection[Any], schema: str, target: int | None, do
         if err:
             raise err
         for version, is_down in _plan(current, goal):
-            conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+            try:
+                conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+            except _CLASH as exc:
+                raise _clash(exc, schema) from exc
     return goal
 
 
