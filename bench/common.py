@@ -84,6 +84,10 @@ def _proc_cpu(pid: int) -> float | None:
     except OSError:
         return None
     # The command name (field 2) may contain spaces: split after its closing paren.
+    # A backend of a server on another host has no process here; a local process
+    # that happens to carry the same pid is not a postgres one: both read as None.
+    if text[text.index("(") + 1 : text.rindex(")")] != "postgres":
+        return None
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
