@@ -52,6 +52,7 @@ from .registry import REGISTRY
 log = logging.getLogger("gen_durable.cli")
 
 PROG = "gen-durable"
+EXPIRED_SHOWN = 100  # `status` lists at most this many expired leases
 WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (
     ("lease_ttl", float, "seconds a claim stays valid without a heartbeat"),
     ("heartbeat_interval", float, "seconds between lease extensions"),
@@ -757,7 +758,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 counts = await fetch(conn, admin.counts())
                 backlog = await fetch(conn, admin.backlog())
-                expired = await fetch(conn, admin.expired_leases())
+                expired = await fetch(conn, admin.expired_leases(EXPIRED_SHOWN))
             return version, counts, backlog, expired
 
     version, counts, backlog, expired = asyncio.run(run())
@@ -797,7 +798,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if backlog:
         print("\nrunnable backlog")
         print(table(["queue", "ready", "scheduled", "oldest ready (s)"], backlog))
-    print(f"\nexecuting with an expired lease: {len(expired)}")
+    many = f" or more (the oldest {EXPIRED_SHOWN} shown)" if len(expired) >= EXPIRED_SHOWN else ""
+    print(f"\nexecuting with an expired lease: {len(expired)}{many}")
     if expired:
         print(table(["id", "fsm", "step", "queue", "locked_by", "expired for (s)"], expired))
     return 0
