@@ -366,10 +366,13 @@ FROM u
         # and READ COMMITTED re-evaluates the SET on the latest committed version, so
         # the flip is decided on what the park actually committed. Non-flipping
         # deliveries rewrite the row unchanged (a HOT no-op) to hold that lock.
-        # Not a `SELECT … FOR NO KEY UPDATE` CTE followed by an UPDATE of the same
-        # row: when that lock has to wait, PostgreSQL applies the UPDATE to the
-        # statement's stale snapshot of the row, reverting what the park wrote
-        # (`locked_by`, `state`) — see test_no_lost_wakeup_under_forced_interleaving.
+        # Not a `SELECT … FOR NO KEY UPDATE` CTE followed by a flip `SET status =
+        # 'runnable'`: when that lock had to wait for a park, the UPDATE first builds
+        # its new row from the statement's snapshot (still `executing`, lease held)
+        # and PostgreSQL checks constraints on that row *before* re-reading the latest
+        # version, so the delivery failed on gen_durable_lease_iff_executing. Here the
+        # snapshot-based row is always consistent (unchanged, or a lease-free flip) —
+        # see test_no_lost_wakeup_under_forced_interleaving.
         # The insert is refused for a terminal target, decided under the same lock.
         # A redelivery whose dedup_key is already stored wakes nobody: the parked step
         # has seen that signal (§18.5), so waking it would only re-run it for nothing.
