@@ -44,4 +44,4 @@ soak: $(STAMP)
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pgdata build dist src/*.egg-info
+	rm -rf $(VENV) .pgdata .pgdata-bench build dist src/*.egg-info

@@ -178,13 +178,14 @@ RETURNING g.id
 """
         )
         # Reads only gen_durable_lease below now(): cost follows the expired set.
-        # Bounded per call; the caller loops while a full batch comes back.
+        # Bounded per call; the caller loops while a full batch comes back. No ORDER
+        # BY: any expired row will do, and without one the scan can stop at the limit
+        # instead of collecting and sorting a large backlog on every batch.
         self._reap = render(
             """
 WITH x AS (
     SELECT id FROM {s}.gen_durable
     WHERE status = 'executing' AND lease_expires_at < now()
-    ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
 )
