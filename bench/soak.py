@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     faults = Faults(cluster, server, args.fault_period, args.seed)
     sizes = sizes_for(args.instances)
     print(f"soak: {args.instances} instances {sizes} on {args.nodes} nodes, schema {schema}")
+    print(f"  node logs in {work / 'nodes'}", flush=True)
     senders: list[SignalSender] = []
     try:
         cluster.start()
