@@ -135,6 +135,9 @@ def _scope(value: Any) -> str | None:
     return "{" + ",".join(dict.fromkeys(statuses)) + "}"
 
 
+_DEFAULT_SCOPE = "{" + ",".join(NON_TERMINAL) + "}"
+
+
 def add_insert(
     rows: InsertRows,
     machine: type[Machine],
@@ -142,51 +145,58 @@ def add_insert(
     parent_id: int | None = None,
 ) -> None:
     """Validate one instance's options and append it to ``rows`` (SPEC §11)."""
-    unknown = set(options) - INSERT_OPTIONS
-    if unknown:
-        raise ConfigurationError(
-            f"unknown insert option(s) {sorted(unknown)}; options are {sorted(INSERT_OPTIONS)}"
-        )
-    state = options.get("state")
-    args = options.get("args")
-    if state is not None and args is not None:
-        raise ConfigurationError("pass state= or args=, not both (they are the same thing)")
-    value = args if args is not None else state
-    # The state model validates before anything is written (pydantic.ValidationError).
-    encoded = codec.dumps(machine.coerce_state(value), f"state of {machine.__gd_name__}")
-    step = options.get("step") or machine.__gd_initial__
-    queue = options.get("queue") or machine.__gd_queue__
-    priority = options.get("priority", 0)
-    if (
-        isinstance(priority, bool)
-        or not isinstance(priority, int)
-        or not (-32768 <= priority <= 32767)
-    ):
-        raise ConfigurationError(f"priority must be an int in -32768..32767, got {priority!r}")
-    pkey = options.get("partition_key")
-    if pkey is not None:
-        codec.check_text(pkey, "partition_key")
-    ukey = codec.key_bytes(options.get("unique_key"))
-    scope_given = options.get("unique_scope")
-    scope = _scope(scope_given)
-    if ukey is not None and scope is None:
-        scope = "{" + ",".join(NON_TERMINAL) + "}"
+    step = machine.__gd_initial__
+    queue = machine.__gd_queue__
+    priority = 0
+    pkey: str | None = None
+    ukey: bytes | None = None
+    scope: str | None = None
     eligible_at: dt.datetime | None = None
     delay: float | None = None
-    if options.get("eligible_at") is not None:
-        eligible_at = _timestamp(options["eligible_at"], "eligible_at")
-    elif options.get("schedule_at") is not None:
-        eligible_at = _timestamp(options["schedule_at"], "schedule_at")
-    elif options.get("schedule_in") is not None:
-        try:
-            delay = seconds(options["schedule_in"], "schedule_in")
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(str(exc)) from exc
+    value: Any = None
+    if options:  # a bare class (the common batch item) skips all of this
+        unknown = options.keys() - INSERT_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown insert option(s) {sorted(unknown)}; options are {sorted(INSERT_OPTIONS)}"
+            )
+        state = options.get("state")
+        args = options.get("args")
+        if state is not None and args is not None:
+            raise ConfigurationError("pass state= or args=, not both (they are the same thing)")
+        value = args if args is not None else state
+        step = codec.check_text(options.get("step") or step, "step")
+        queue = codec.check_text(options.get("queue") or queue, "queue")
+        priority = options.get("priority", 0)
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not (-32768 <= priority <= 32767)
+        ):
+            raise ConfigurationError(f"priority must be an int in -32768..32767, got {priority!r}")
+        pkey = options.get("partition_key")
+        if pkey is not None:
+            codec.check_text(pkey, "partition_key")
+        ukey = codec.key_bytes(options.get("unique_key"))
+        scope = _scope(options.get("unique_scope"))
+        if ukey is not None and scope is None:
+            scope = _DEFAULT_SCOPE
+        if options.get("eligible_at") is not None:
+            eligible_at = _timestamp(options["eligible_at"], "eligible_at")
+        elif options.get("schedule_at") is not None:
+            eligible_at = _timestamp(options["schedule_at"], "schedule_at")
+        elif options.get("schedule_in") is not None:
+            try:
+                delay = seconds(options["schedule_in"], "schedule_in")
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(str(exc)) from exc
+    # The state model validates before anything is written (pydantic.ValidationError).
+    encoded = codec.dumps(machine.coerce_state(value), f"state of {machine.__gd_name__}")
     rows.fsm.append(machine.__gd_name__)
     rows.fsm_version.append(machine.__gd_version__)
-    rows.step.append(codec.check_text(step, "step"))
+    rows.step.append(step)
     rows.state.append(encoded)
-    rows.queue.append(codec.check_text(queue, "queue"))
+    rows.queue.append(queue)
     rows.priority.append(priority)
     rows.partition_key.append(pkey)
     rows.eligible_at.append(eligible_at)

@@ -20,13 +20,17 @@ from ..errors import EncodingError
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any, what: str = "value") -> str:
     """Encode a JSON value (or a pydantic model) to compact JSON text."""
+    if value is None:
+        return "null"
+    if type(value) is dict and not value:
+        return "{}"
     try:
-        if isinstance(value, BaseModel):
-            text = value.model_dump_json()
-        else:
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = value.model_dump_json() if isinstance(value, BaseModel) else _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise EncodingError(f"{what} cannot be encoded as JSON: {exc}") from exc
     except Exception as exc:  # pydantic serialisation errors
