@@ -170,19 +170,23 @@ def test_postgres_restart_mid_run(cluster_of: Callable[..., Cluster], tmp_path: 
         downtime: list[float] = []
 
         def restart() -> None:
-            downtime.append(server.restart())
+            # The first outage is brief; the second outlasts lease_ttl, so every lease
+            # in flight expires while the nodes cannot reach the server.
+            down = 0.0 if not downtime else 2 * cluster.lease_ttl
+            downtime.append(server.restart(down=down))
 
         fault = Every(2.5, restart, limit=2)
         ids = run(cluster, fault=fault, timeout=120)
-        assert fault.count >= 1
+        assert fault.count == 2, "the run ended before both restarts"
         # No crash loop: the very processes we started are the ones that finished.
         assert cluster.incarnations == cluster.nodes
         report = verify(
             cluster, ids, max_reexecutions=fault.count * cluster.nodes * cluster.concurrency
         )
-        # No error flood: a handful of warnings per service per restart, with backoff.
+        # No error flood: warnings only, each service retrying with backoff — a few
+        # lines per second of outage for the whole cluster, not a tight retry loop.
         lines = cluster.log_lines()
-        assert lines <= 150 * fault.count, cluster.stderr_tail()
+        assert lines <= 100 + 60 * sum(downtime), cluster.stderr_tail()
         print(f"restarts={fault.count} down={downtime} stderr_lines={lines} {report}")
     finally:
         server.close()

