@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
+from json import loads as _json_loads
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -141,9 +142,7 @@ class Machine:
         """Decode stored JSON text into the machine's state (model or dict)."""
         model = cls.__gd_state__
         if model is None:
-            from ._db.codec import loads
-
-            value = loads(text)
+            value = _json_loads(text) if text else None
             return {} if value is None else value
         return model.model_validate_json(text or "{}")
 
