@@ -145,11 +145,13 @@ async def timed_drain(
     try:
         await drain(engine, target, timeout)
         window.close()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(PROFILE_TO)
         meter.stop_cpu()
     finally:
         if profiler is not None:
             profiler.disable()
-            profiler.dump_stats(PROFILE_TO)
         if task is not None:
             task.cancel()
         await engine.stop()

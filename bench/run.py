@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -152,6 +153,34 @@ def run_one(
     result = parse_result(done.stdout)
     result["process_wall_s"] = round(wall, 2)
     return result
+
+
+def profile_chain(dsn: str, size: dict[str, Any], top: int = 15) -> list[dict[str, Any]]:
+    """One extra, untimed-for-the-table chain run under cProfile: the top functions."""
+    import pstats
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(dsn, "gd_profile") as db:
+        out = os.path.join(tmp, "chain.prof")
+        cmd = [*command_for("gen_durable", "chain", db, size, sys.executable), "--profile", out]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=RUN_TIMEOUT)
+        st = pstats.Stats(out)
+    total = sum(v[2] for v in st.stats.values())  # type: ignore[attr-defined]
+    rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+    picked: list[dict[str, Any]] = []
+    for (path, line, name), (_cc, calls, tottime, cumtime, _callers) in rows[:top]:
+        path = re.sub(r"^.*/(site-packages|src|lib/python3\.\d+)/", "", path)
+        where = f"{path}:{line}({name})" if line else name
+        picked.append(
+            {
+                "function": where,
+                "calls": calls,
+                "tottime_s": round(tottime, 4),
+                "cumtime_s": round(cumtime, 4),
+                "share": round(tottime / total, 4) if total else 0.0,
+            }
+        )
+    return picked
 
 
 # -- the machine ------------------------------------------------------------------------
@@ -382,6 +411,23 @@ def render(report: dict[str, Any]) -> str:
                 f"{cell(runs, f'commits_per_{unit}')} |"
             )
         w("")
+    if report.get("profile"):
+        w("## Where gen_durable's time goes (chain, cProfile)")
+        w("")
+        w(
+            "One more `chain` run of the same size with cProfile on the engine's event loop "
+            "over the timed window (profiling slows it down; it is not in the tables above). "
+            "Functions by own time; `select.epoll.poll` is the loop waiting for the database."
+        )
+        w("")
+        w("| function | calls | own s | share of own time | cumulative s |")
+        w("|---|---|---|---|---|")
+        for r in report["profile"]:
+            w(
+                f"| `{r['function']}` | {r['calls']:,} | {r['tottime_s']:.3f} | "
+                f"{100 * r['share']:.1f}% | {r['cumtime_s']:.3f} |"
+            )
+        w("")
     if report["failures"]:
         w("## Runs that failed")
         w("")
@@ -555,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="add the memory scenario")
     parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
     parser.add_argument("--json", help="raw results file (default bench/results/<time>.json)")
+    parser.add_argument(
+        "--profile", action="store_true", help="add a cProfile of the chain scenario's engine"
+    )
     args = parser.parse_args(argv)
 
     size_name = args.size or ("quick" if args.quick else "full")
@@ -605,6 +654,13 @@ def main(argv: list[str] | None = None) -> int:
                 brief = {k: v for k, v in result.items() if k.endswith(("_per_s", "_ms"))}
                 log(f"  {brief}")
 
+    profile: list[dict[str, Any]] = []
+    if args.profile:
+        log("profiling the chain scenario")
+        try:
+            profile = profile_chain(args.dsn, SIZES[size_name]["chain"])
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            failures.append(f"profile: {exc}")
     shown = list(argv if argv is not None else sys.argv[1:])
     for i, arg in enumerate(shown[:-1]):
         if arg == "--dsn":
@@ -623,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": settings,
         "results": results,
         "failures": failures,
+        "profile": profile,
     }
     json_path = (
         Path(args.json)

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_quick_tiny_chain_produces_numbers(dsn: str, tmp_path: Path) -> None:
+def test_bench_quick_tiny_chain_produces_numbers_and_a_profile(dsn: str, tmp_path: Path) -> None:
     out_md = tmp_path / "performance.md"
     out_json = tmp_path / "results.json"
     done = subprocess.run(
@@ -25,6 +25,7 @@ def test_bench_quick_tiny_chain_produces_numbers(dsn: str, tmp_path: Path) -> No
             "chain",
             "--size",
             "tiny",
+            "--profile",
             "--dsn",
             dsn,
             "--output",
@@ -50,8 +51,11 @@ def test_bench_quick_tiny_chain_produces_numbers(dsn: str, tmp_path: Path) -> No
     assert run["pg_commits"] > 0
     assert run["statements_per_step"] > 0
     assert report["machine"]["postgres_settings"]["synchronous_commit"] in {"on", "off", "local"}
+    # The profile of the chain's engine names the engine's own functions.
+    assert any(r["function"].startswith("gen_durable/") for r in report["profile"])
 
     text = out_md.read_text()
     assert "# Performance" in text
     assert "| chain | steps/s |" in text
+    assert "## Where gen_durable's time goes" in text
     assert report["command"] in text
