@@ -307,7 +307,9 @@ def cases(batch: int) -> list[Case]:
             " scan once a batch of rows is locked. `LockRows` takes `FOR NO KEY UPDATE"
             " SKIP LOCKED` row by row (§8, §18.8). The per-key guard (§9) is an index probe"
             " into the unique partial `gen_durable_partition_active`, only for rows that"
-            " carry a key. The UPDATE joins the chosen ids back through the primary key;"
+            " carry a key, plus one into `gen_durable_partition_queue` that keeps a key's"
+            " later row from overtaking an earlier one that is merely locked. The UPDATE"
+            " joins the chosen ids back through the primary key;"
             " the inbox and the children ride along as per-row probes of `signals_target`"
             " and `gen_durable_parent` (§17: no extra round trip).",
         ),
@@ -508,9 +510,9 @@ def _per_row_guard(plan: Plan) -> Check:
         " and chooses it when it expects many candidates: it plans the filter for the"
         " whole index range and does not see that `LIMIT` stops the scan after a batch."
         " The hash is built as soon as one candidate carries a partition key, so the"
-        " pick reads every executing row. An `OFFSET 0` in the EXISTS subquery (which"
-        " keeps PostgreSQL from rewriting it) leaves a per-candidate probe of"
-        " `gen_durable_partition_active`.",
+        " pick reads every executing row. Comparing the key as a closed range"
+        " (`>= AND <=`) instead of `=` leaves nothing to hash and keeps a per-candidate"
+        " probe of `gen_durable_partition_active`.",
     )
 
 
@@ -535,6 +537,7 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
                         "gen_durable_pick",
                         "gen_durable_pkey",
                         "gen_durable_partition_active",
+                        "gen_durable_partition_queue",
                         "gen_durable_parent",
                     },
                     "signals": {"signals_target"},

@@ -138,7 +138,10 @@ def test_help_everywhere_and_usage_errors_exit_2(cli: Callable[..., Result]) -> 
 def test_dsn_from_environment(dsn: str, schema: str) -> None:
     res = gdcli("migrate", "status", "--schema", schema, env=cli_env(DATABASE_URL=dsn))
     assert res.code == 0, res
-    assert res.out == f"schema {schema!r}: installed version 1, latest 1 (up to date)\n"
+    latest = gd.LATEST_VERSION
+    assert res.out == (
+        f"schema {schema!r}: installed version {latest}, latest {latest} (up to date)\n"
+    )
 
 
 def test_bad_dsn_is_one_clear_line(cli: Callable[..., Result]) -> None:
@@ -163,28 +166,34 @@ def test_migrate_up_status_down_and_unknown_version(dsn: str, cli: Callable[...,
         assert res.code == 0, res
         return json.loads(res.out)
 
+    latest = gd.LATEST_VERSION
     try:
-        assert version() == {"schema": schema, "installed": 0, "latest": 1, "pending": 1}
+        assert version() == {"schema": schema, "installed": 0, "latest": latest, "pending": latest}
         res = gdcli("migrate", "--json", *on)
         assert res.code == 0, res
-        assert json.loads(res.out) == {"schema": schema, "from": 0, "to": 1, "latest": 1}
-        assert "already at version 1" in cli("migrate", *on).out
+        assert json.loads(res.out) == {"schema": schema, "from": 0, "to": latest, "latest": latest}
+        assert f"already at version {latest}" in cli("migrate", *on).out
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
                 f'INSERT INTO "{schema}".gen_durable (fsm, step) VALUES (%s, %s)', ("x", "start")
             )
         one_line_error(gdcli("migrate", "--to", "7", *on), 1, "unknown schema version 7")
-        one_line_error(cli("migrate", "--down", "--to", "2", *on), 1, "unknown schema version 2")
+        beyond = str(latest + 1)
+        one_line_error(
+            cli("migrate", "--down", "--to", beyond, *on), 1, f"unknown schema version {beyond}"
+        )
         one_line_error(cli("migrate", "--to", "0", *on), 1, "add --down")
-        assert version()["installed"] == 1
+        assert version()["installed"] == latest
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute(f'SELECT count(*) FROM "{schema}".gen_durable').fetchone() == (1,)
         res = cli("migrate", "--down", *on)
         assert res.code == 0, res
-        assert "from version 1 to 0" in res.out
+        assert f"from version {latest} to 0" in res.out
         assert version()["installed"] == 0
         assert cli("migrate", "--to", "1", *on).code == 0
         assert version()["installed"] == 1
+        assert cli("migrate", *on).code == 0  # only the missing increments run
+        assert version()["installed"] == latest
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -193,10 +202,11 @@ def test_migrate_up_status_down_and_unknown_version(dsn: str, cli: Callable[...,
 def test_migrate_sql_prints_the_ddl_without_a_database(cli: Callable[..., Result]) -> None:
     res = gdcli("migrate", "sql", "--schema", "shop")
     assert res.code == 0, res
-    assert res.out == (
-        "-- gen_durable schema version 1 (up)\n"
-        + gd.migration_sql(1, schema="shop").rstrip()
+    assert res.out == "".join(
+        f"-- gen_durable schema version {v} (up)\n"
+        + gd.migration_sql(v, schema="shop").rstrip()
         + "\n\n"
+        for v in range(1, gd.LATEST_VERSION + 1)
     )
     down = cli("migrate", "sql", "--version", "1", "--down")
     assert 'DROP TABLE IF EXISTS "public".gen_durable' in down.out

@@ -101,8 +101,8 @@ async def test_key_order_follows_priority_then_eligible_at(make_engine) -> None:
 
 
 async def test_contended_pick_is_retried_and_reported(make_engine, dsn, schema, conn) -> None:
-    """Force the race the probe cannot see: another transaction makes a row of the key
-    executing but has not committed when the engine picks a sibling. The unique index
+    """Force the race the probes cannot see: another node makes the key's later row
+    executing but has not committed when the engine claims the head. The unique index
     on executing keys makes the engine's claim wait, then refuses it once the other
     commits; the pick is reported and retried, and nothing runs twice."""
     COUNTER.pop("c", None)
@@ -113,7 +113,7 @@ async def test_contended_pick_is_retried_and_reported(make_engine, dsn, schema, 
     table = f'"{schema}".gen_durable'
     try:
         async with make_engine(queues={}) as client:
-            held, sibling = await client.insert_all(
+            head, held = await client.insert_all(
                 [gd.Spec(Increment, state={"key": "c", "node": "x"}, partition_key="c")] * 2
             )
         other = await psycopg.AsyncConnection.connect(dsn)
@@ -137,8 +137,8 @@ async def test_contended_pick_is_retried_and_reported(make_engine, dsn, schema, 
                 await wait_for(engine_blocked)
                 await other.commit()
                 await wait_for(lambda: asyncio.sleep(0, bool(events)))
-                # The sibling stays runnable while the key is held elsewhere...
-                inst = await engine.get(sibling)
+                # The head stays runnable while the key is held elsewhere...
+                inst = await engine.get(head)
                 assert inst is not None and inst.status == "runnable"
                 # ...and runs once the other node lets go of the key.
                 await conn.execute(
@@ -146,7 +146,7 @@ async def test_contended_pick_is_retried_and_reported(make_engine, dsn, schema, 
                     "lease_expires_at = NULL WHERE id = %s",
                     (held,),
                 )
-                await finished(engine, sibling)
+                await finished(engine, head)
                 await finished(engine, held)
         finally:
             await other.close()
@@ -154,7 +154,7 @@ async def test_contended_pick_is_retried_and_reported(make_engine, dsn, schema, 
         gd.telemetry.detach("partition.contended", handler)
     assert events[0] == {
         "count": 1,
-        "id": sibling,
+        "id": head,
         "fsm": Increment.__gd_name__,
         "partition_key": "c",
     }

@@ -144,14 +144,20 @@ async def test_unique_index_refuses_a_second_executing_row_for_a_key(conn, q, sc
 async def test_racing_picks_of_one_key_the_second_fails_on_the_unique_index(
     dsn, conn, q, schema
 ) -> None:
-    """Two nodes pick at once: the second pick's probe cannot see the first's
-    uncommitted claim, so the unique index on executing keys must refuse it."""
-    await insert(conn, q, {"partition_key": "k"}, {"partition_key": "k"})
+    """The unique index on executing keys is the backstop behind the pick's probes:
+    another node makes the key's *later* row executing but has not committed when
+    this pick claims the head. The probe cannot see the uncommitted claim, so the
+    index must refuse the second executing row of the key."""
+    _, later = await insert(conn, q, {"partition_key": "k"}, {"partition_key": "k"})
     async with connections(dsn, 2, autocommit=False) as (a, b):
         pid_b = await backend_pid(b)
         await b.commit()
-        # Limit 1: a locks only the first row, so b's SKIP LOCKED scan reaches the other.
-        assert len(await claim(a, q, "node-a:1", limit=1)) == 1  # uncommitted
+        await a.execute(
+            f"UPDATE \"{schema}\".gen_durable SET status = 'executing', "
+            "locked_by = 'node-a:1', lease_expires_at = now() + interval '1 minute' "
+            "WHERE id = %s",
+            (later,),
+        )  # uncommitted
         racing = asyncio.create_task(claim(b, q, "node-b:1"))
         await wait_blocked(conn, pid_b)  # on the index entry of a's claim
         await a.commit()
@@ -160,10 +166,25 @@ async def test_racing_picks_of_one_key_the_second_fails_on_the_unique_index(
         await b.rollback()
     executing = await (
         await conn.execute(
-            f"SELECT locked_by FROM \"{schema}\".gen_durable WHERE status = 'executing'"
+            f"SELECT id, locked_by FROM \"{schema}\".gen_durable WHERE status = 'executing'"
         )
     ).fetchall()
-    assert executing == [("node-a:1",)]
+    assert executing == [(later, "node-a:1")]
+
+
+async def test_a_locked_head_of_a_key_is_not_overtaken(dsn, conn, q, schema) -> None:
+    """A client transaction holds the key's head row (a signal delivered inside its
+    own open transaction): SKIP LOCKED skips it, and the key's next row must not run
+    ahead of it (SPEC §9, order within a key)."""
+    head, _ = await insert(conn, q, {"partition_key": "k"}, {"partition_key": "k"})
+    async with connections(dsn, 1, autocommit=False) as (holder,):
+        await holder.execute(
+            f'SELECT 1 FROM "{schema}".gen_durable WHERE id = %s FOR NO KEY UPDATE', (head,)
+        )
+        assert await claim(conn, q, "node-a:1") == []
+        await holder.rollback()
+    (row,) = await claim(conn, q, "node-a:2", limit=10)
+    assert row[0] == head
 
 
 async def test_pick_returns_inbox_and_children_with_the_claim(conn, q, schema) -> None:

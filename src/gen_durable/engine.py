@@ -40,8 +40,9 @@ from .client import (
     signal_params,
     signal_result,
 )
-from .errors import ConfigurationError, GenDurableError, NoSuchInstance
+from .errors import ConfigurationError, GenDurableError, NoSuchInstance, SchemaError
 from .machine import Machine
+from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
 
 log = logging.getLogger("gen_durable")
@@ -140,12 +141,38 @@ class Engine:
         except Exception as exc:
             await pool.close()
             raise GenDurableError(f"cannot connect to the database: {exc}") from exc
+        try:
+            await self._check_schema(pool)
+        except BaseException:
+            await pool.close()
+            raise
         self._pool = pool
         if self.config.queues:
-            self._node = Node(
-                self.config, pool, self.queries, self.registry, self.stats, self.node_id
+            node = Node(self.config, pool, self.queries, self.registry, self.stats, self.node_id)
+            try:
+                await node.start()
+            except Exception as exc:
+                self._pool = None
+                await pool.close()
+                raise GenDurableError(f"cannot connect to the database: {exc}") from exc
+            self._node = node
+
+    async def _check_schema(self, pool: AsyncConnectionPool[Any]) -> None:
+        """Refuse to run on a schema that is missing or older than this release."""
+        schema = self.config.schema
+        async with pool.connection() as conn:
+            version = await installed_version(conn, schema)
+        if version == 0:
+            raise SchemaError(
+                f"no gen_durable tables in schema {schema!r}: run "
+                f"`await gd.migrate(dsn, schema={schema!r})` or `gen-durable migrate`"
             )
-            self._node.start()
+        if version < LATEST_VERSION:
+            raise SchemaError(
+                f"schema {schema!r} is at gen_durable schema version {version}, this "
+                f"release needs {LATEST_VERSION}: run `await gd.migrate(dsn, "
+                f"schema={schema!r})` or `gen-durable migrate` before starting engines"
+            )
 
     async def stop(self) -> None:
         """Drain the workers (SPEC §8) and close the pool. Idempotent."""

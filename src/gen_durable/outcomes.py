@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 Seconds = float | int | dt.timedelta
 
+MAX_SECONDS = 100 * 365.25 * 86400
+
 
 def seconds(value: Seconds, what: str) -> float:
     """Normalise a duration (seconds or ``timedelta``) and refuse negatives."""
@@ -28,6 +30,10 @@ def seconds(value: Seconds, what: str) -> float:
         out = float(value)
     if not 0 <= out < float("inf"):  # also refuses NaN
         raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+    if out > MAX_SECONDS:
+        raise ValueError(
+            f"{what} must be at most {MAX_SECONDS:.0f} seconds (100 years), got {value!r}"
+        )
     return out
 
 

@@ -37,6 +37,14 @@ def dumps(value: Any, what: str = "value") -> str:
         raise EncodingError(f"{what} cannot be encoded as JSON: {exc}") from exc
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise EncodingError(f"{what} contains a NUL character (\\u0000), which jsonb cannot store")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EncodingError(
+                f"{what} contains a lone surrogate ({exc.object[exc.start : exc.end]!r}), "
+                "which is not valid UTF-8 and cannot be stored"
+            ) from exc
     if "NaN" in text or "Infinity" in text:
         # pydantic writes NaN/Infinity as JSON null by default, json.dumps refuses them;
         # this catches only literal tokens, which jsonb would reject.
@@ -61,7 +69,20 @@ def check_text(value: str, what: str) -> str:
         raise EncodingError(f"{what} must be a str, not {type(value).__name__}")
     if "\x00" in value:
         raise EncodingError(f"{what} contains a NUL character, which PostgreSQL text cannot store")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EncodingError(f"{what} is not valid UTF-8 (lone surrogate)") from exc
     return value
+
+
+def storable(text: str) -> str:
+    """Free text for a text column: NULs and lone surrogates escaped, never refused."""
+    text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def key_bytes(value: bytes | str | None) -> bytes | None:

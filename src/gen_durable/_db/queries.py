@@ -27,6 +27,7 @@ Shapes that matter, once:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -101,7 +102,10 @@ class Queries:
 
         # LISTEN/NOTIFY is only a nudge for idle schedulers (polling is the truth):
         # one notification per queue touched, never one per row.
-        self.channel = f"gen_durable.{schema}"
+        channel = f"gen_durable.{schema}"
+        if len(channel.encode()) > 63:
+            channel = "gen_durable." + hashlib.sha1(schema.encode()).hexdigest()
+        self.channel = channel
         self._insert = render(
             "WITH ins AS ("
             + _INSERT_BODY
@@ -133,7 +137,12 @@ WITH cand AS (
       AND (g.partition_key IS NULL OR NOT EXISTS (
             SELECT 1 FROM {s}.gen_durable e
             WHERE e.partition_key >= g.partition_key AND e.partition_key <= g.partition_key
-              AND e.status = 'executing'))
+              AND e.status = 'executing')
+          AND NOT EXISTS (
+            SELECT 1 FROM {s}.gen_durable h
+            WHERE h.partition_key >= g.partition_key AND h.partition_key <= g.partition_key
+              AND h.status = 'runnable' AND h.eligible_at <= now()
+              AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)))
     ORDER BY g.priority, g.eligible_at
     LIMIT %(limit)s
     FOR NO KEY UPDATE OF g SKIP LOCKED
@@ -282,10 +291,10 @@ WITH o AS (
         updated_at = now()
     FROM o
     WHERE g.id = o.id AND g.locked_by = o.token AND g.status = 'executing'
-    RETURNING g.id, g.parent_id, g.status
+    RETURNING g.id, g.parent_id, g.status, o.token
 ), consumed AS (
     DELETE FROM {s}.signals s
-    USING u JOIN o ON o.id = u.id
+    USING u JOIN o ON o.id = u.id AND o.token = u.token
     WHERE o.kind <> 'await' AND s.target_id = u.id AND s.name = o.consume
       AND s.id = ANY (o.seen)
 ), joined AS (
@@ -314,7 +323,7 @@ WITH o AS (
 SELECT u.id, u.status::text,
     CASE WHEN u.status = 'executing' THEN (
         SELECT json_agg(json_build_array(s.id, s.name, s.payload) ORDER BY s.id)::text
-        FROM {s}.signals s JOIN o ON o.id = u.id
+        FROM {s}.signals s JOIN o ON o.id = u.id AND o.token = u.token
         WHERE s.target_id = u.id
           AND NOT coalesce(s.name = o.consume AND s.id = ANY (o.seen), false))
     END,
@@ -322,7 +331,7 @@ SELECT u.id, u.status::text,
         SELECT json_agg(json_build_array(c.id, c.fsm, c.status, c.state, c.result,
                                          c.last_error) ORDER BY c.id)::text
         FROM {s}.gen_durable c WHERE c.parent_id = u.id)
-    END
+    END, u.token
 FROM u WHERE (SELECT count(*) FROM nudge) >= 0
 """
         )

@@ -92,7 +92,22 @@ DROP TABLE IF EXISTS {s}.gen_durable;
 DROP TYPE IF EXISTS {s}.durable_status;
 """
 
-VERSIONS: list[tuple[str, str]] = [(V1_UP, V1_DOWN)]
+# Version 2: the runnable rows of each partition key in (priority, eligible_at, id)
+# order. The pick probes it so that a key's later row never runs while an earlier,
+# eligible one is merely locked by somebody else's transaction (a client delivering a
+# signal inside its own open transaction): SKIP LOCKED alone would skip the head of
+# the key and run the next one out of order (SPEC §9).
+V2_UP = """
+CREATE INDEX gen_durable_partition_queue ON {s}.gen_durable
+    (partition_key, priority, eligible_at, id)
+    WHERE status = 'runnable' AND partition_key IS NOT NULL;
+"""
+
+V2_DOWN = """
+DROP INDEX IF EXISTS {s}.gen_durable_partition_queue;
+"""
+
+VERSIONS: list[tuple[str, str]] = [(V1_UP, V1_DOWN), (V2_UP, V2_DOWN)]
 LATEST = len(VERSIONS)
 
 

@@ -77,6 +77,7 @@ class Completer:
         flushers: int = 2,
         retry_for: float = 30.0,
         lease_ttl: float = 60.0,
+        parallel_at: int = 256,
     ) -> None:
         self._pool = pool
         self._q = queries
@@ -85,11 +86,18 @@ class Completer:
         self._flushers = flushers
         self._retry_for = retry_for
         self._lease_ttl = lease_ttl
+        self._parallel_at = parallel_at
         self._pending: list[Completion] = []
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._deferred = 0
+
+    def _undefer(self, item: Completion) -> None:
+        self._deferred -= 1
+        self._pending.append(item)
+        self._kick()
 
     async def commit(self, item: Completion) -> Committed | None:
         """Queue ``item`` and wait for its commit; None when its claim was stale."""
@@ -99,7 +107,13 @@ class Completer:
         return await item.future
 
     def _kick(self) -> None:
-        while self._pending and self._active < self._flushers:
+        # One flush in flight is the norm: while it runs, the next batch grows, and
+        # fewer, larger commits cost less on both sides than many small ones. A second
+        # flush starts only when the backlog is large enough to pay for it.
+        while self._pending and (
+            self._active == 0
+            or (self._active < self._flushers and len(self._pending) >= self._parallel_at)
+        ):
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             self._active += 1
@@ -110,7 +124,10 @@ class Completer:
 
     async def drain(self) -> None:
         """Wait until every submitted outcome has been flushed (or failed)."""
-        while self._pending or self._active:
+        while self._pending or self._active or self._deferred:
+            if self._deferred and not self._pending and not self._active:
+                await asyncio.sleep(0.05)
+                continue
             await self._idle.wait()
 
     async def _run(self, batch: list[Completion]) -> None:
@@ -135,6 +152,21 @@ class Completer:
         while True:
             try:
                 await self._flush(batch)
+                return
+            except pg_errors.LockNotAvailable:
+                if len(batch) > 1:
+                    # Isolate the row(s) a client transaction holds; the rest commit.
+                    results = await asyncio.gather(
+                        *(self._flush_resilient([item]) for item in batch),
+                        return_exceptions=True,
+                    )
+                    for item, res in zip(batch, results, strict=True):
+                        if isinstance(res, BaseException) and not item.future.done():
+                            item.future.set_exception(res)
+                    return
+                # Give the flusher back and try this one again a little later.
+                self._deferred += 1
+                loop.call_later(0.1, self._undefer, batch[0])
                 return
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
                 log.warning("outcome batch of %d hit %s; retrying", len(batch), type(exc).__name__)
@@ -206,10 +238,13 @@ class Completer:
                         seen=list(item.seen),
                         children=item.children,
                     ),
-                    "childs",
+                    "childs:" + item.token,
                 )
             )
-        statuses: dict[int, Committed] = {}
+        statuses: dict[tuple[int, str], Committed] = {}
+        # The completer's connections run with a short lock_timeout (see Node): a row
+        # locked by somebody's open transaction fails the flush fast instead of
+        # holding a flusher, and is retried on its own (LockNotAvailable above).
         async with self._pool.connection() as conn:
             if len(stmts) == 1:
                 cur = await conn.execute(stmts[0][0].query, stmts[0][0].params)
@@ -223,10 +258,10 @@ class Completer:
         for (_, role), rows in zip(stmts, results, strict=True):
             if role == "complete":
                 for row in rows:
-                    statuses[row[0]] = (row[1], row[2], row[3])
-            elif role == "childs":
+                    statuses[(row[0], row[4])] = (row[1], row[2], row[3])
+            elif role.startswith("childs:"):
                 for row in rows:
-                    statuses[row[0]] = (row[1], None, None)
+                    statuses[(row[0], role[7:])] = (row[1], None, None)
         for item in batch:
             if not item.future.done():
-                item.future.set_result(statuses.get(item.id, STALE))
+                item.future.set_result(statuses.get((item.id, item.token), STALE))

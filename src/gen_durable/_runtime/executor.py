@@ -80,7 +80,7 @@ def describe_error(error: BaseException) -> str:
     """A readable one-line error for ``last_error`` (NUL-free: it goes in a text column)."""
     text = str(error)
     out = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return out.replace("\x00", "\\x00")
+    return codec.storable(out)
 
 
 def reason_text(reason: Any) -> str:
@@ -88,7 +88,7 @@ def reason_text(reason: Any) -> str:
     text = str(reason)
     if isinstance(reason, BaseException) and not text:
         text = type(reason).__name__
-    return text.replace("\x00", "\\x00")
+    return codec.storable(text)
 
 
 class Executor:
@@ -105,6 +105,7 @@ class Executor:
         self._threads = threads
         self._stats = stats
         self._run_ahead = run_ahead
+        self.in_thread: dict[int, int] = {}  # claim id -> user calls running in threads
 
     async def run(
         self,
@@ -189,7 +190,19 @@ class Executor:
             signals=signals,
             childs=claim.childs(),
         )
-        instance = machine()
+        try:
+            instance = machine()
+        except Exception as exc:
+            completion = Completion(
+                claim.id,
+                claim.token,
+                "stop",
+                error=f"cannot create {machine.describe()}: {describe_error(exc)}",
+                consume=claim.awaits,
+                seen=tuple(s.id for s in signals),
+            )
+            completion.started = started
+            return completion, state
         try:
             outcome = await self._call_step(instance, machine, ctx)
             completion = encode(outcome, claim, machine, signals)
@@ -235,18 +248,29 @@ class Executor:
                 else (ctx.state,)
             )
             try:
-                value = await self._call(perform, machine.__gd_async_step__, *args)
+                value = await self._call(perform, machine.__gd_async_step__, ctx.id, *args)
             except Cancel as exc:
                 return oc.Stop(exc.reason)
             return oc.Done(value)
         step: Callable[..., Any] = getattr(instance, "step")  # noqa: B009
-        return await self._call(step, machine.__gd_async_step__, ctx.step, ctx)
+        return await self._call(step, machine.__gd_async_step__, ctx.id, ctx.step, ctx)
 
-    async def _call(self, fn: Callable[..., Any], is_async: bool, *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., Any], is_async: bool, key: int, *args: Any) -> Any:
         if is_async:
             return await fn(*args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, fn, *args)
+        self.in_thread[key] = self.in_thread.get(key, 0) + 1
+
+        def left(_: object) -> None:
+            n = self.in_thread.get(key, 1) - 1
+            if n:
+                self.in_thread[key] = n
+            else:
+                self.in_thread.pop(key, None)
+
+        cf = self._threads.submit(fn, *args)
+        cf.add_done_callback(lambda f: loop.call_soon_threadsafe(left, f))
+        return await asyncio.wrap_future(cf, loop=loop)
 
     async def _handle(
         self,
@@ -263,7 +287,7 @@ class Executor:
         )
         handle: Callable[..., Any] = getattr(instance, "handle")  # noqa: B009
         try:
-            outcome = await self._call(handle, machine.__gd_async_handle__, error, bare)
+            outcome = await self._call(handle, machine.__gd_async_handle__, ctx.id, error, bare)
             return encode(outcome, claim, machine, signals)
         except Exception as exc:
             log.error(

@@ -34,6 +34,10 @@ from .stats import Stats
 
 log = logging.getLogger("gen_durable")
 
+FLUSHERS = 2
+"""Outcome flushes in flight at once; the second only for a large backlog (completer)."""
+LOCK_TIMEOUT_MS = 200
+
 
 class Node:
     def __init__(
@@ -54,8 +58,28 @@ class Node:
         self._seq = itertools.count(1)
         total = sum(config.queues.values()) or 1
         self.threads = ThreadPoolExecutor(max_workers=total, thread_name_prefix="gen_durable-step")
+        # Outcomes commit on connections of their own: a short lock_timeout there
+        # keeps one row locked by a client's open transaction from stalling every
+        # other outcome of the node, without limiting what clients may wait for.
+        self.completer_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            config.dsn,
+            min_size=1,
+            max_size=FLUSHERS,
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 0,
+                "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+            },
+            open=False,
+            name=f"gen_durable-{node_id}-outcomes",
+        )
         self.completer = Completer(
-            pool, queries, stats, retry_for=config.lease_ttl / 2, lease_ttl=config.lease_ttl
+            self.completer_pool,
+            queries,
+            stats,
+            retry_for=config.lease_ttl / 2,
+            lease_ttl=config.lease_ttl,
+            flushers=FLUSHERS,
         )
         self.executor = Executor(self.completer, self.threads, stats, config.run_ahead)
         self.schedulers = {q: QueueScheduler(self, q, n) for q, n in config.queues.items()}
@@ -67,7 +91,8 @@ class Node:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        await self.completer_pool.open(wait=True, timeout=30)
         for sched in self.schedulers.values():
             sched.start()
         self._spawn("heartbeat", self._heartbeat_loop)
@@ -98,6 +123,7 @@ class Node:
         for task in self._services.values():
             task.cancel()
         await asyncio.gather(*self._services.values(), return_exceptions=True)
+        await self.completer_pool.close()
         self.threads.shutdown(wait=False, cancel_futures=True)
 
     def held(self) -> list[Claim]:

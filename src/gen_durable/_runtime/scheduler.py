@@ -78,7 +78,7 @@ class QueueScheduler:
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             if pending:
-                stragglers = [c for c in self.running.values()]
+                stragglers = list(self.running.values())
                 log.warning(
                     "queue %s: %d step(s) still running after drain_timeout=%ss; "
                     "cancelling them (they will run again)",
@@ -89,6 +89,10 @@ class QueueScheduler:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                # A sync step's thread outlives its cancelled task: its row stays
+                # claimed and falls to the reaper (SPEC §8, §9).
+                busy = self.node.executor.in_thread
+                stragglers = [c for c in stragglers if c.id not in busy]
                 # They were interrupted mid-step: count the attempt and hand them back
                 # now rather than making them wait for the lease to expire.
                 await self.node.release(stragglers, bump=True)
@@ -262,7 +266,8 @@ class QueueScheduler:
             # the outcome is not committed, the lease will expire, the step re-runs.
             log.exception("instance %s: outcome could not be committed", claim.id)
         finally:
-            self.running.pop(claim.id, None)
+            if self.running.get(claim.id) is claim:
+                del self.running[claim.id]
             self.wake.set()
 
 
