@@ -90,3 +90,37 @@ async def test_run_ahead_step_sees_a_fresh_inbox(make_engine) -> None:
     assert SEEN[-1] == ("b", ["late"])
     assert inst.result == ["late"]
     assert engine.stats.picked == 2  # the start pick, and the wake-up after Await
+
+
+ORDER: list[str] = []
+
+
+class Urgent(gd.FSM):
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        ORDER.append(f"{ctx.state['name']}:{step}")
+        if step == "start" and ctx.state["name"] == "slow":
+            await GATES["urgent"].wait()
+            return gd.Next("more", ctx.state)
+        if step == "more":
+            return gd.Next("end", ctx.state)
+        return gd.Done()
+
+
+async def test_a_more_urgent_buffered_row_is_not_kept_waiting_by_a_chain(make_engine) -> None:
+    ORDER.clear()
+    GATES["urgent"] = asyncio.Event()
+    async with make_engine(queues={"default": 1}, prefetch=5) as engine:
+        slow = await engine.insert(Urgent, state={"name": "slow"}, priority=5)
+        await wait_for(lambda: asyncio.sleep(0, ORDER == ["slow:start"]))
+        urgent = await engine.insert(Urgent, state={"name": "urgent"}, priority=0)
+
+        async def buffered() -> bool:
+            inst = await engine.get(urgent)
+            return inst is not None and inst.status == "executing"
+
+        await wait_for(buffered)  # claimed into the buffer behind the running chain
+        GATES["urgent"].set()
+        await finished(engine, slow)
+        await finished(engine, urgent)
+    # The chain gave its slot to the more urgent row before running on.
+    assert ORDER == ["slow:start", "urgent:start", "slow:more", "slow:end"]

@@ -111,7 +111,7 @@ class Executor:
         self,
         claim: Claim,
         machine: type[Machine],
-        may_keep: Callable[[], bool] = lambda: False,
+        may_keep: Callable[[int], bool] = lambda priority: False,
     ) -> str | None:
         """Run a claim's step to a committed outcome; returns the final status
         (None: stale).
@@ -121,7 +121,7 @@ class Executor:
         commit returned — no pick, no queue round trip. Allowed up to ``run_ahead``
         consecutive steps, never for a ``partition_key`` row (the key's other
         instances must get their turn in order, SPEC §9), and only while ``may_keep``
-        says the scheduler has nothing else waiting and is not draining.
+        says the scheduler has nothing more urgent waiting and is not draining.
         """
         state: Any = _UNLOADED
         chained = 0
@@ -131,7 +131,7 @@ class Executor:
                 completion.kind == "next"
                 and chained < self._run_ahead
                 and claim.partition_key is None
-                and may_keep()
+                and may_keep(claim.priority)
             ):
                 completion.keep = True
             committed = await self._commit(claim, completion, completion.kind)

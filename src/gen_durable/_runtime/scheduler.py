@@ -252,9 +252,11 @@ class QueueScheduler:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _may_keep(self) -> bool:
-        """Run-ahead is fair only when nothing claimed is waiting for a slot."""
-        return not self._stopping and not self._buffer
+    def _may_keep(self, priority: int) -> bool:
+        """Run-ahead may continue a claim unless draining, or unless a buffered row is
+        more urgent (it must not wait behind a chain); equal urgency may wait, for at
+        most ``run_ahead`` steps."""
+        return not self._stopping and (not self._buffer or self._buffer[0][0] >= priority)
 
     async def _run(self, claim: Claim, machine: Any) -> None:
         try:
