@@ -86,7 +86,6 @@ class Faults:
         if time.monotonic() < self._next:
             return
         kind = self.kinds[len(self.log) % len(self.kinds)]
-        at = time.time()
         if kind == "kill":
             victim = self.busiest()
             self.cluster.kill(victim)
@@ -101,7 +100,8 @@ class Faults:
         else:
             assert self.server is not None
             self.server.restart()
-        self.log.append((at, kind))
+        # Stamped once it has landed: every execution it interrupted began before.
+        self.log.append((time.time(), kind))
         print(f"  fault {len(self.log)}: {kind}", flush=True)
         self._next = time.monotonic() + self.period
 
@@ -141,7 +141,7 @@ def gaps(rows: list[tuple[Any, ...]]) -> list[float]:
 
 
 def attribute(rows: list[tuple[Any, ...]], log: list[tuple[float, str]]) -> dict[str, int]:
-    """Each superseded execution is charged to the first fault injected after it began."""
+    """Each superseded execution is charged to the first fault that landed after it began."""
     runs: dict[tuple[int, int], list[float]] = defaultdict(list)
     for inst, _, seq, started, _, _ in rows:
         runs[(inst, seq)].append(started.timestamp())
