@@ -387,3 +387,39 @@ async def test_unicode_and_sql_looking_text_is_stored_verbatim(
     # Nothing was executed as SQL: both tables are intact and hold exactly our rows.
     assert await rows(conn, schema) == 3
     assert await rows(conn, schema, "signals") == 0
+
+
+# -- lone surrogates (as os.fsdecode returns undecodable bytes) -------------------
+
+LONE = b"report-\xff.csv".decode("utf-8", "surrogateescape")  # as os.fsdecode returns it
+
+
+async def test_lone_surrogates_are_refused_before_anything_is_written(
+    make_engine, conn, schema
+) -> None:
+    async with make_engine(queues={}) as client:
+        target = await client.insert(Plain)
+        inserts: list[dict[str, Any]] = [
+            {"partition_key": LONE},
+            {"state": {"n": 1, "file": LONE}},
+            {"unique_key": LONE},
+            {"step": LONE},
+            {"queue": LONE},
+        ]
+        for options in inserts:
+            with pytest.raises(gd.EncodingError, match="surrogate"):
+                await client.insert(Echo, **options)
+        for name, payload, dedup in [
+            (LONE, None, None),
+            ("go", {"f": LONE}, None),
+            ("go", None, LONE),
+        ]:
+            with pytest.raises(gd.EncodingError, match="surrogate"):
+                await client.signal(target, name, payload, dedup_key=dedup)
+    s = sql.Identifier(schema)
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT (SELECT count(*) FROM {}.gen_durable), (SELECT count(*) FROM {}.signals)"
+        ).format(s, s)
+    )
+    assert await cur.fetchone() == (1, 0)

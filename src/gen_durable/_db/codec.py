@@ -92,5 +92,8 @@ def key_bytes(value: bytes | str | None) -> bytes | None:
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EncodingError("unique_key is not valid UTF-8 (lone surrogate)") from exc
     raise EncodingError(f"unique_key must be bytes or str, not {type(value).__name__}")
