@@ -417,7 +417,7 @@ async def test_stale_outcome_in_the_same_flush_as_the_live_one_changes_nothing(
     finally:
         await pool.close()
     assert stale.future.result() is None  # reported stale
-    assert live.future.result() == ("awaiting_signal", None, None)
+    assert live.future.result() == ("awaiting_signal", None)
     status, inbox = (
         await _row(conn, schema, x),
         await (

@@ -243,10 +243,14 @@ FOR NO KEY UPDATE OF g
 """
         )
         # Next, Replay, Await, Done and Stop for any number of rows in one statement.
-        # A Next with `keep` (run-ahead) stays `executing` under the same claim with a
-        # fresh lease instead of going back through the queue, and the statement
-        # returns the row's inbox (minus what this outcome consumed — deletes are not
-        # visible inside the statement's snapshot) and children, as a pick would.
+        # A Next with `keep` (run-ahead) stays `executing` under the same claim instead
+        # of going back through the queue, and the statement returns the row's inbox
+        # (minus what this outcome consumed — deletes are not visible inside the
+        # statement's snapshot), as a pick would. Children need no reload: a parent
+        # runs only once all its children are terminal, so they cannot change under a
+        # chain of Next steps. A kept row's indexed columns (status, eligible_at, the
+        # lease — the heartbeat extends it) are left as they are, so the update can be
+        # HOT: no index entries are written for a run-ahead step.
         # `u` is the guarded compare-and-set; `consumed` deletes the inbox rows the
         # step saw under the name it was woken by (§6); `decrement` is the join of
         # §7, taking parent locks in id order so sibling batches on two nodes cannot
@@ -281,13 +285,13 @@ WITH o AS (
                               WHEN 'done' THEN g.attempt
                               WHEN 'stop' THEN g.attempt
                               ELSE 0 END,
-        eligible_at = CASE o.kind WHEN 'replay' THEN now() + make_interval(secs => o.delay)
-                                  WHEN 'done' THEN g.eligible_at
-                                  WHEN 'stop' THEN g.eligible_at
-                                  ELSE now() END,
+        eligible_at = CASE WHEN o.keep THEN g.eligible_at
+                           WHEN o.kind = 'replay' THEN now() + make_interval(secs => o.delay)
+                           WHEN o.kind IN ('done', 'stop') THEN g.eligible_at
+                           ELSE now() END,
         awaits = CASE WHEN o.kind = 'await' THEN o.awaits END,
         locked_by = CASE WHEN o.keep THEN g.locked_by END,
-        lease_expires_at = CASE WHEN o.keep THEN now() + make_interval(secs => %(ttl)s) END,
+        lease_expires_at = CASE WHEN o.keep THEN g.lease_expires_at END,
         updated_at = now()
     FROM o
     WHERE g.id = o.id AND g.locked_by = o.token AND g.status = 'executing'
@@ -326,11 +330,6 @@ SELECT u.id, u.status::text,
         FROM {s}.signals s JOIN o ON o.id = u.id AND o.token = u.token
         WHERE s.target_id = u.id
           AND NOT coalesce(s.name = o.consume AND s.id = ANY (o.seen), false))
-    END,
-    CASE WHEN u.status = 'executing' THEN (
-        SELECT json_agg(json_build_array(c.id, c.fsm, c.status, c.state, c.result,
-                                         c.last_error) ORDER BY c.id)::text
-        FROM {s}.gen_durable c WHERE c.parent_id = u.id)
     END, u.token
 FROM u WHERE (SELECT count(*) FROM nudge) >= 0
 """
@@ -486,15 +485,14 @@ WHERE parent_id = %(id)s ORDER BY id
         """Lock claimed rows in id order before a park re-checks the inbox (§18.1)."""
         return Stmt(self._lock_claimed, {"claims": claims_json(ids, tokens)})
 
-    def complete(self, batch: CompleteBatch, ttl: float = 60.0) -> Stmt:
+    def complete(self, batch: CompleteBatch) -> Stmt:
         """Apply Next/Replay/Await/Done/Stop outcomes.
 
-        Returns (id, new status, inbox, children); the last two only for rows kept
-        for run-ahead.
+        Returns (id, new status, inbox, claim token); the inbox only for rows kept for
+        run-ahead.
         """
         params = batch.params()
         params["channel"] = self.channel
-        params["ttl"] = ttl
         return Stmt(self._complete, params)
 
     def schedule_childs(

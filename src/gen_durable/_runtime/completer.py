@@ -36,8 +36,8 @@ log = logging.getLogger("gen_durable")
 STALE = None
 """Result of an outcome whose claim guard matched nothing (§18.2)."""
 
-Committed = tuple[str, str | None, str | None]
-"""(new status, inbox JSON, children JSON) — the last two for run-ahead rows only."""
+Committed = tuple[str, str | None]
+"""(new status, inbox JSON) — the inbox for run-ahead rows only."""
 
 
 @dataclass(slots=True)
@@ -76,7 +76,6 @@ class Completer:
         max_batch: int = 1000,
         flushers: int = 2,
         retry_for: float = 30.0,
-        lease_ttl: float = 60.0,
         parallel_at: int = 256,
     ) -> None:
         self._pool = pool
@@ -85,7 +84,6 @@ class Completer:
         self._max_batch = max_batch
         self._flushers = flushers
         self._retry_for = retry_for
-        self._lease_ttl = lease_ttl
         self._parallel_at = parallel_at
         self._pending: list[Completion] = []
         self._active = 0
@@ -224,7 +222,7 @@ class Completer:
         if parking_ids:
             stmts.append((self._q.lock_claimed(parking_ids, parking_tokens), "lock"))
         if len(simple):
-            stmts.append((self._q.complete(simple, self._lease_ttl), "complete"))
+            stmts.append((self._q.complete(simple), "complete"))
         for item in childs:
             assert item.children is not None
             stmts.append(
@@ -258,10 +256,10 @@ class Completer:
         for (_, role), rows in zip(stmts, results, strict=True):
             if role == "complete":
                 for row in rows:
-                    statuses[(row[0], row[4])] = (row[1], row[2], row[3])
+                    statuses[(row[0], row[3])] = (row[1], row[2])
             elif role.startswith("childs:"):
                 for row in rows:
-                    statuses[(row[0], role[7:])] = (row[1], None, None)
+                    statuses[(row[0], role[7:])] = (row[1], None)
         for item in batch:
             if not item.future.done():
                 item.future.set_result(statuses.get((item.id, item.token), STALE))

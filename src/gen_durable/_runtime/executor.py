@@ -150,7 +150,7 @@ class Executor:
                 claim.priority,
                 claim.partition_key,
                 committed[1],
-                committed[2],
+                claim.childs_text,  # terminal children cannot change under a chain
                 claim.token,
             )
             # Reuse the validated model the step returned (no pydantic round trip);

@@ -78,7 +78,6 @@ class Node:
             queries,
             stats,
             retry_for=config.lease_ttl / 2,
-            lease_ttl=config.lease_ttl,
             flushers=FLUSHERS,
         )
         self.executor = Executor(self.completer, self.threads, stats, config.run_ahead)
