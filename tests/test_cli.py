@@ -26,6 +26,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import gen_durable as gd
 from gen_durable.cli import main
 
+from .cluster.harness import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.cli_machines"
 GREETER = "tests.cli_machines.Greeter"
@@ -387,17 +389,6 @@ def start_worker(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last {value!r})")
-        time.sleep(0.05)
 
 
 def test_worker_runs_machines_and_stops_gracefully_on_sigterm(

@@ -88,8 +88,12 @@ def unfinished(dsn: str, schema: str) -> int:
 
 
 def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
+    condition: Callable[[], Any],
+    timeout: float = 30,
+    what: str = "condition",
+    interval: float = 0.2,
 ) -> Any:
+    """Poll a condition until it is truthy (returned), or fail at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

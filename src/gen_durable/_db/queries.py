@@ -74,11 +74,13 @@ SELECT x.fsm, x.fsm_version, x.step, x.state, x.queue,
        coalesce(x.eligible_at, now() + make_interval(secs => coalesce(x.delay, 0))),
        x.unique_key, coalesce(x.unique_scope::{s}.durable_status[], '{{}}'), x.parent_id
 FROM {source}
-ORDER BY x.unique_key NULLS LAST, x.ord
+{order}
 ON CONFLICT (unique_guard) WHERE unique_guard IS NOT NULL DO NOTHING
 RETURNING g.id, g.queue
 """
 
+
+_KEY_ORDER = "ORDER BY x.unique_key NULLS LAST, x.ord"
 
 # (id, token) pairs of claimed rows, as one JSON array of [id, token].
 _CLAIMS = """(SELECT (e->>0)::int8 AS id, e->>1 AS token
@@ -106,15 +108,18 @@ class Queries:
         if len(channel.encode()) > 63:
             channel = "gen_durable." + hashlib.sha1(schema.encode()).hexdigest()
         self.channel = channel
-        self._insert = render(
+        insert = (
             "WITH ins AS ("
             + _INSERT_BODY
             + """), nudge AS (
     SELECT pg_notify(%(channel)s, q.queue) FROM (SELECT DISTINCT queue FROM ins) q
 )
-SELECT array_agg(id ORDER BY id), (SELECT count(*) FROM nudge) FROM ins""",
-            source=_INSERT_SOURCE,
+SELECT array_agg(id ORDER BY id), (SELECT count(*) FROM nudge) FROM ins"""
         )
+        self._insert = render(insert, source=_INSERT_SOURCE, order=_KEY_ORDER)
+        # A batch without unique keys has no index tuples to take in a global order:
+        # it skips the sort and inserts in input order.
+        self._insert_unkeyed = render(insert, source=_INSERT_SOURCE, order="")
 
         # -- pick (§8, §9) ---------------------------------------------------------
         # `cand` walks gen_durable_pick in (priority, eligible_at) order for one queue
@@ -367,6 +372,7 @@ SELECT u.id, u.status::text, (SELECT array_agg(id ORDER BY id) FROM ins),
 FROM u
 """,
             source=_INSERT_SOURCE + " JOIN p ON true",
+            order=_KEY_ORDER,
         )
 
         # -- signals (§6, §18.1, §18.9) -------------------------------------------
@@ -458,7 +464,8 @@ WHERE parent_id = %(id)s ORDER BY id
         """Insert any number of instances in one statement; returns inserted ids."""
         params = rows.params()
         params["channel"] = self.channel
-        return Stmt(self._insert, params)
+        keyed = any(k is not None for k in rows.unique_key)
+        return Stmt(self._insert if keyed else self._insert_unkeyed, params)
 
     def pick(self, queue: str, limit: int, token: str, ttl: float) -> Stmt:
         """Claim up to ``limit`` runnable rows of one queue for ``token``."""
