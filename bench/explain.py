@@ -228,7 +228,7 @@ def _complete_case(kind: str, queue: str, batch: int) -> Setup:
         rows = s.claim(queue, batch)
         if kind == "await":  # the park's row lock comes first (§18.1)
             s.run(s.q.lock_claimed([r[0] for r in rows], [TOKEN] * len(rows)))
-        return s.q.complete(_outcomes(rows, kind), TTL), len(rows)
+        return s.q.complete(_outcomes(rows, kind)), len(rows)
 
     return setup
 
