@@ -240,13 +240,7 @@ class Executor:
     async def _call_step(self, instance: Machine, machine: type[Machine], ctx: Context[Any]) -> Any:
         if isinstance(instance, Job):
             perform: Callable[..., Any] = getattr(instance, "perform")  # noqa: B009
-            args = (
-                (ctx.state, ctx)
-                if machine.__dict__.get(
-                    "__gd_perform_takes_ctx__", instance.__gd_perform_takes_ctx__
-                )
-                else (ctx.state,)
-            )
+            args = (ctx.state, ctx) if instance.__gd_perform_takes_ctx__ else (ctx.state,)
             try:
                 value = await self._call(perform, machine.__gd_async_step__, ctx.id, *args)
             except Cancel as exc:

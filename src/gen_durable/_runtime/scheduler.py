@@ -27,6 +27,7 @@ from ..registry import resolve
 from .executor import Claim
 
 if TYPE_CHECKING:
+    from ..machine import Machine
     from .node import Node
 
 log = logging.getLogger("gen_durable")
@@ -41,7 +42,8 @@ class QueueScheduler:
         self.concurrency = concurrency
         self.wake = asyncio.Event()
         self.running: dict[int, Claim] = {}
-        self._buffer: list[tuple[int, int, Claim]] = []  # heap of (priority, seq, claim)
+        # Heap of (priority, seq, claim, machine): the machine is resolved once, at pick.
+        self._buffer: list[tuple[int, int, Claim, type[Machine]]] = []
         self._seq = 0
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -54,7 +56,7 @@ class QueueScheduler:
 
     def held(self) -> list[Claim]:
         """Every row this scheduler holds a claim on: running and buffered."""
-        return [*self.running.values(), *(c for _, _, c in self._buffer)]
+        return [*self.running.values(), *(entry[2] for entry in self._buffer)]
 
     async def drain(self, timeout: float) -> None:
         """Stop picking, hand buffered rows back at once, give running steps ``timeout``."""
@@ -66,7 +68,7 @@ class QueueScheduler:
             if not done:
                 self._loop_task.cancel()
                 await asyncio.gather(self._loop_task, return_exceptions=True)
-        buffered = [c for _, _, c in self._buffer]
+        buffered = [entry[2] for entry in self._buffer]
         self._buffer.clear()
         released = await self.node.release(buffered) if buffered else 0
         if telemetry.listening("scheduler.drain"):
@@ -187,7 +189,7 @@ class QueueScheduler:
                 unknown.append(claim)
                 continue
             self._seq += 1
-            heapq.heappush(self._buffer, (claim.priority, self._seq, claim))
+            heapq.heappush(self._buffer, (claim.priority, self._seq, claim, machine))
         if unknown:
             await self._hand_back_unknown(unknown)
         if telemetry.listening("scheduler.saturation"):
@@ -242,9 +244,7 @@ class QueueScheduler:
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:
-            _, _, claim = heapq.heappop(self._buffer)
-            machine = resolve(self.node.registry, claim.fsm, claim.fsm_version)
-            assert machine is not None  # resolved when picked
+            _, _, claim, machine = heapq.heappop(self._buffer)
             self.running[claim.id] = claim
             task = asyncio.create_task(
                 self._run(claim, machine), name=f"gen_durable.step.{claim.id}"
