@@ -167,7 +167,13 @@ class Completer:
                 loop.call_later(0.1, self._undefer, batch[0])
                 return
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+                # Retried like a lost connection: bounded by the same deadline, backing
+                # off so two colliding batches do not meet again at once.
+                if loop.time() >= deadline:
+                    raise
                 log.warning("outcome batch of %d hit %s; retrying", len(batch), type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
             except psycopg.OperationalError as exc:
                 if loop.time() >= deadline:
                     raise
