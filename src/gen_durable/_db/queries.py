@@ -75,9 +75,11 @@ SELECT x.fsm, x.fsm_version, x.step, x.state, x.queue,
        x.unique_key, coalesce(x.unique_scope::{s}.durable_status[], '{{}}'), x.parent_id
 FROM {source}
 {order}
-ON CONFLICT (unique_guard) WHERE unique_guard IS NOT NULL DO NOTHING
+{conflict}
 RETURNING g.id, g.queue
 """
+
+_ON_CONFLICT = "ON CONFLICT (unique_guard) WHERE unique_guard IS NOT NULL DO NOTHING"
 
 
 _KEY_ORDER = "ORDER BY x.unique_key NULLS LAST, x.ord"
@@ -116,10 +118,14 @@ class Queries:
 )
 SELECT array_agg(id ORDER BY id), (SELECT count(*) FROM nudge) FROM ins"""
         )
-        self._insert = render(insert, source=_INSERT_SOURCE, order=_KEY_ORDER)
-        # A batch without unique keys has no index tuples to take in a global order:
-        # it skips the sort and inserts in input order.
-        self._insert_unkeyed = render(insert, source=_INSERT_SOURCE, order="")
+        self._insert = render(
+            insert, source=_INSERT_SOURCE, order=_KEY_ORDER, conflict=_ON_CONFLICT
+        )
+        # A batch without unique keys has no index tuples to take in a global order,
+        # and nothing that could conflict (a NULL key makes a NULL guard; new rows are
+        # not executing): it skips the sort and the speculative insertion ON CONFLICT
+        # costs per row (about 10% of the statement), inserting in input order.
+        self._insert_unkeyed = render(insert, source=_INSERT_SOURCE, order="", conflict="")
 
         # -- pick (§8, §9) ---------------------------------------------------------
         # `cand` walks gen_durable_pick in (priority, eligible_at) order for one queue
@@ -373,6 +379,7 @@ FROM u
 """,
             source=_INSERT_SOURCE + " JOIN p ON true",
             order=_KEY_ORDER,
+            conflict=_ON_CONFLICT,
         )
 
         # -- signals (§6, §18.1, §18.9) -------------------------------------------
