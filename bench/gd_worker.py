@@ -397,7 +397,7 @@ async def scenario_memory(dsn: str, n: int) -> dict[str, Any]:
     )
 
 
-async def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "scenario",
@@ -408,7 +408,16 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single", type=int, default=1000, help="jobs: single inserts")
     parser.add_argument("--spacing", type=float, default=0.05, help="latency: seconds apart")
     parser.add_argument("--profile", default="", help="write a cProfile of the timed window")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop the engine runs on (PgQueuer's bench runs on uvloop too)",
+    )
+    return parser.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> None:
     global PROFILE_TO
     PROFILE_TO = args.profile
     if args.scenario == "send-signals":
@@ -427,9 +436,18 @@ async def main(argv: list[str] | None = None) -> None:
         "memory": lambda: scenario_memory(args.dsn, args.n),
     }
     result = await runners[args.scenario]()
-    result["settings"] = {k: v for k, v in ENGINE_SETTINGS.items()}
+    result["settings"] = {**ENGINE_SETTINGS, "loop": args.loop}
     emit(result)
 
 
+def run(args: argparse.Namespace) -> None:
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(args))
+    else:
+        asyncio.run(main(args))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(parse())

@@ -78,6 +78,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 RUN_TIMEOUT = 900
+GD_LOOP = "uvloop"  # --loop: the event loop gen_durable's worker process runs on
 
 
 # -- environments -------------------------------------------------------------------
@@ -126,7 +127,7 @@ def command_for(
     system: str, scenario: str, dsn: str, size: dict[str, Any], python: str
 ) -> list[str]:
     if system == "gen_durable":
-        cmd = [python, str(HERE / "gd_worker.py"), scenario, "--dsn", dsn]
+        cmd = [python, str(HERE / "gd_worker.py"), scenario, "--dsn", dsn, "--loop", GD_LOOP]
     else:
         cmd = [python, str(HERE / "peers" / f"{system}_bench.py"), scenario, "--dsn", dsn]
     for key, value in size.items():
@@ -525,7 +526,13 @@ def render(report: dict[str, Any]) -> str:
     w("")
     settings = report["settings"]
     if "gen_durable" in settings:
-        w(f"- **gen_durable** `Engine(...)`: `{settings['gen_durable']}`; steps are `async def`.")
+        gd_settings = dict(settings["gen_durable"])
+        loop = gd_settings.pop("loop", "asyncio")
+        w(
+            f"- **gen_durable** `Engine(...)`: `{gd_settings}`; steps are `async def`; the "
+            f"worker process runs on {loop} (`gen-durable worker --loop {loop}`; "
+            "`bench/run.py --loop asyncio` measures the standard loop)."
+        )
     for peer in peers:
         w(f"- **{peer} {report['versions'].get(peer, '?')}**: `{settings.get(peer, {})}`.")
     w(
@@ -604,7 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="add a cProfile of the chain scenario's engine"
     )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="gen_durable's event loop (default uvloop, as PgQueuer's settings use)",
+    )
     args = parser.parse_args(argv)
+    global GD_LOOP
+    GD_LOOP = args.loop
 
     size_name = args.size or ("quick" if args.quick else "full")
     runs = args.runs or (1 if args.quick else 3)

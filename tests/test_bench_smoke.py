@@ -41,6 +41,7 @@ def test_bench_quick_tiny_chain_produces_numbers_and_a_profile(dsn: str, tmp_pat
 
     report = json.loads(out_json.read_text())
     assert report["failures"] == []
+    assert report["settings"]["gen_durable"]["loop"] == "uvloop"  # the default, as stated
     [run] = report["results"]["gen_durable"]["chain"]
     # 50 instances x (3 Next + Done): the worker checked all of them are done in SQL.
     assert run["instances"] == 50

@@ -391,12 +391,14 @@ def start_worker(*args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_worker_runs_machines_and_stops_gracefully_on_sigterm(
-    on: list[str], db: Any, cli: Callable[..., Result]
+    loop: str, on: list[str], db: Any, cli: Callable[..., Result]
 ) -> None:
     worker = start_worker(
-        "--app", APP, "--queue", "default=4", *WORKER_FAST, "--drain-timeout", "15", *on
-    )
+        "--app", APP, "--queue", "default=4", *WORKER_FAST, "--drain-timeout", "15", *on,
+        "--loop", loop,
+    )  # fmt: skip
     try:
         greeter = insert_greeter(cli, on, "grace")
 
@@ -419,8 +421,18 @@ def test_worker_runs_machines_and_stops_gracefully_on_sigterm(
             worker.communicate()
     assert worker.returncode == 0, err
     assert "SIGTERM received" in err and "stopped" in err and "Traceback" not in err
+    assert f"({loop} loop)" in err
     assert status(slow) == "done"  # the running step was given time to commit
     assert db("SELECT count(*) FROM S.gen_durable WHERE status = 'executing'") == [(0,)]
+
+
+def test_worker_loop_uvloop_without_uvloop_is_a_usage_error(
+    on: list[str], cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # makes `import uvloop` fail
+    res = cli("worker", "--app", APP, "--loop", "uvloop", *on)
+    assert res.code == 2
+    assert "uvloop is not installed" in res.err and "gen_durable[uvloop]" in res.err
 
 
 def test_worker_waits_for_the_database_then_gives_up_clearly() -> None:

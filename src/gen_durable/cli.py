@@ -33,7 +33,7 @@ import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{text} (default {defaults[name]:g})",
         )
     p.add_argument("--node-id", help="node identity in locked_by (default host:pid:random)")
+    p.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop to run on; uvloop needs the extra gen_durable[uvloop] (default asyncio)",
+    )
     p.add_argument(
         "--startup-timeout",
         type=float,
@@ -582,7 +588,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.warning("no --app given: only machines importable by their dotted name will run")
     machines = sorted(m.describe() for m in REGISTRY)
     log.info("machines: %s", ", ".join(machines) or "(none registered yet)")
-    return asyncio.run(_run_worker(engine, args.startup_timeout))
+    return _event_loop_runner(args.loop)(_run_worker(engine, args.startup_timeout))
+
+
+def _event_loop_runner(name: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """``asyncio.run`` on the chosen loop: the engine needs nothing beyond asyncio's API,
+    and uvloop's cheaper task and I/O machinery lowers the engine's CPU per step."""
+    if name != "uvloop":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        raise UsageError(
+            "--loop uvloop: uvloop is not installed (pip install 'gen_durable[uvloop]')"
+        ) from None
+    run: Callable[[Coroutine[Any, Any, int]], int] = uvloop.run
+    return run
 
 
 async def _run_worker(engine: Engine, startup_timeout: float) -> int:
@@ -603,10 +624,11 @@ async def _run_worker(engine: Engine, startup_timeout: float) -> int:
         return 0 if stop.is_set() else 1
     cfg = engine.config
     log.info(
-        "worker %s running on schema %r, queues %s",
+        "worker %s running on schema %r, queues %s (%s loop)",
         engine.node_id,
         schema,
         ", ".join(f"{q}={n}" for q, n in cfg.queues.items()),
+        type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
     await stop.wait()
     log.info("draining (up to %.1fs for running steps)", cfg.drain_timeout)
