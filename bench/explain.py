@@ -41,7 +41,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,31 @@ def _reap(s: Session) -> tuple[Stmt, int]:
     return s.q.reap(REAP_LIMIT), expired
 
 
+DELAYED_PER_BATCH = 2000  # future rows put ahead of the pick, per row of the batch
+
+
+@contextmanager
+def _delayed_rows(s: Session, batch: int) -> Iterator[None]:
+    """Rows scheduled for tomorrow at a more urgent priority than any other: in index
+    order they all sit before every row the pick can take. Committed and vacuumed, as
+    they would be in a lived-in table, then removed so that later cases never see them
+    (nor their dead index entries)."""
+    table = f"{quote_ident(s.q.schema)}.gen_durable"
+    s.conn.execute(
+        f"INSERT INTO {table} (fsm, step, queue, priority, eligible_at)"
+        " SELECT 'order.process', 'start', 'default', -1,"
+        "        now() + interval '1 day' + i * interval '1 ms'"
+        " FROM generate_series(1, %s) i",
+        [DELAYED_PER_BATCH * batch],
+    )
+    s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
+    try:
+        yield
+    finally:
+        s.conn.execute(f"DELETE FROM {table} WHERE priority = -1".encode())
+        s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
+
+
 def _insert(s: Session) -> tuple[Stmt, int]:
     return s.q.insert(build_insert([gd.Spec(ProcessOrder, args={"order": 1})])), 1
 
@@ -291,6 +316,8 @@ class Case:
     title: str
     setup: Setup
     why: str
+    # Committed changes the case needs around all of its measurements (undone after).
+    around: Callable[[Session], AbstractContextManager[None]] | None = None
 
 
 def cases(batch: int) -> list[Case]:
@@ -302,9 +329,12 @@ def cases(batch: int) -> list[Case]:
             f"pick (batch {b}, queue `default`)",
             lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
             "The scan walks `gen_durable_pick`, which holds runnable rows only (terminal"
-            " rows are in no hot index). `queue` is compared by equality, so the index"
-            " order *is* `ORDER BY priority, eligible_at`: no sort, and `Limit` stops the"
-            " scan once a batch of rows is locked. `LockRows` takes `FOR NO KEY UPDATE"
+            " rows are in no hot index). The queue's priorities come from one index probe"
+            " each, most urgent first (`prio`, a recursive CTE); for each, `queue` and"
+            " `priority` are compared by equality, so the index order *is* `eligible_at`"
+            " order and `eligible_at <= now()` bounds the scan: no sort, and `Limit` stops"
+            " the nested loop once a batch of rows is locked (a less urgent priority is"
+            " only visited when the ones before it ran short). `LockRows` takes `FOR NO KEY UPDATE"
             " SKIP LOCKED` row by row (§8, §18.8). The per-key guard (§9) is an index probe"
             " into the unique partial `gen_durable_partition_active`, only for rows that"
             " carry a key, plus one into `gen_durable_partition_queue` that keeps a key's"
@@ -312,6 +342,18 @@ def cases(batch: int) -> list[Case]:
             " joins the chosen ids back through the primary key;"
             " the inbox and the children ride along as per-row probes of `signals_target`"
             " and `gen_durable_parent` (§17: no extra round trip).",
+        ),
+        Case(
+            "pick.delayed",
+            f"pick behind {DELAYED_PER_BATCH * b:,} delayed rows (batch {b})",
+            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            "The same pick after rows scheduled for tomorrow were added at the most"
+            " urgent priority. The pick visits the queue's priorities one index probe at"
+            " a time and scans each with the priority fixed, so `eligible_at <= now()`"
+            " bounds the scan: the delayed rows are never read. (Scanning the whole"
+            " queue in `(priority, eligible_at)` order would step over every one of"
+            " them on each pick.)",
+            around=lambda s: _delayed_rows(s, b),
         ),
         Case(
             "reap",
@@ -525,11 +567,24 @@ def _touched(explain: Plan, expected: int) -> Check:
 
 def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
     plan = explain["Plan"]
-    if case == "pick":
+    if case in ("pick", "pick.delayed"):
         picks = [n for n in scans(plan) if n.get("Index Name") == "gen_durable_pick"]
         seen = sum(visited(n) for n in picks)
         claimed = plan["Actual Rows"]
+        read = sum(buffers(n) for n in picks)
+        extra = []
+        if case == "pick.delayed":
+            extra.append(
+                Check(
+                    "delayed rows are not read",
+                    bool(picks) and claimed > 0 and read <= 2 * batch + 40,
+                    f"gen_durable_pick scans read {read} buffers for a batch of {batch}"
+                    f" behind {DELAYED_PER_BATCH * batch:,} delayed rows"
+                    f" (limit {2 * batch + 40})",
+                )
+            )
         return [
+            *extra,
             _index_only(
                 plan,
                 {
@@ -678,15 +733,18 @@ def measure_all(dsn: str, schema: str, batch: int) -> list[Measure]:
     for case in cases(batch):
         s = Session(dsn, schema)
         try:
-            m = Measure(case.key, case.title)
-            for mode in MODES:
-                for _warm_up in range(2):  # the second run is the one kept
-                    with s.rolled_back():
-                        stmt, expected = case.setup(s)
-                        explain = s.explain(stmt, mode)
-                m.explains[mode] = explain
-                m.checks[mode] = check(case.key, explain, expected, batch)
-            results.append(m)
+            with ExitStack() as stack:
+                if case.around is not None:
+                    stack.enter_context(case.around(s))
+                m = Measure(case.key, case.title)
+                for mode in MODES:
+                    for _warm_up in range(2):  # the second run is the one kept
+                        with s.rolled_back():
+                            stmt, expected = case.setup(s)
+                            explain = s.explain(stmt, mode)
+                    m.explains[mode] = explain
+                    m.checks[mode] = check(case.key, explain, expected, batch)
+                results.append(m)
         finally:
             s.close()
         verdict = "PASS" if all(c.ok for cs in m.checks.values() for c in cs) else "FAIL"

@@ -78,6 +78,34 @@ async def test_pick_limit_and_future_rows(conn, q, schema) -> None:
     assert row["status"] == "runnable" and row["eligible_at"] > row["inserted_at"]
 
 
+async def test_pick_walks_priorities_past_delayed_and_locked_rows(dsn, conn, q, schema) -> None:
+    """The pick visits priorities one at a time (queries.py, `prio`): rows delayed at a
+    more urgent priority, and a priority whose only eligible row is locked, must not
+    stop it from filling the batch from the next priorities, in (priority, eligible_at)
+    order."""
+    specs = [
+        {"step": "delayed-1", "priority": -1, "delay": 600.0},
+        {"step": "delayed-2", "priority": -1, "delay": 900.0},
+        {"step": "p0-locked", "priority": 0, "eligible_at": _ago(50)},
+        {"step": "p1-new", "priority": 1, "eligible_at": _ago(5)},
+        {"step": "p1-old", "priority": 1, "eligible_at": _ago(40)},
+        {"step": "p2", "priority": 2, "eligible_at": _ago(90)},
+        {"step": "p3", "priority": 3, "eligible_at": _ago(99)},
+    ]
+    ids = dict(zip([s["step"] for s in specs], await insert(conn, q, *specs), strict=True))
+    async with connections(dsn, 1) as (other,), other.transaction():
+        await other.execute(
+            f'SELECT 1 FROM "{schema}".gen_durable WHERE id = %s FOR NO KEY UPDATE',
+            (ids["p0-locked"],),
+        )
+        got = await asyncio.wait_for(claim(conn, q, "node-a:1", limit=3), 10)
+        assert sorted(r[3] for r in got) == ["p1-new", "p1-old", "p2"]
+        assert [r[3] for r in await claim(conn, q, "node-a:2", limit=10)] == ["p3"]
+    assert [r[3] for r in await claim(conn, q, "node-a:3", limit=10)] == ["p0-locked"]
+    for step in ("delayed-1", "delayed-2"):
+        assert (await fetch(conn, schema, ids[step]))["status"] == "runnable"
+
+
 async def test_pick_skips_rows_locked_by_another_transaction(dsn, conn, q, schema) -> None:
     first, second = await insert(conn, q, {"eligible_at": _ago(20)}, {"eligible_at": _ago(10)})
     async with connections(dsn, 1) as (other,), other.transaction():
