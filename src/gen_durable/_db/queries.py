@@ -626,27 +626,17 @@ class InsertRows:
 
 @dataclass(slots=True)
 class CompleteBatch:
-    """Column arrays for :meth:`Queries.complete`, one entry per outcome."""
+    """Outcomes for :meth:`Queries.complete`, each encoded at once as the JSON array
+    the statement unpacks (no intermediate column lists: this runs once per step)."""
 
-    ids: list[int]
-    tokens: list[str]
-    kinds: list[str]
-    steps: list[str | None]
-    states: list[str | None]
-    results: list[str | None]
-    errors: list[str | None]
-    delays: list[float]
-    awaits: list[str | None]
-    consume: list[str | None]
-    seen: list[str]
-    keep: list[bool]
+    rows: list[str]
 
     @classmethod
     def empty(cls) -> CompleteBatch:
-        return cls([], [], [], [], [], [], [], [], [], [], [], [])
+        return cls([])
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.rows)
 
     def add(
         self,
@@ -664,28 +654,15 @@ class CompleteBatch:
         seen: list[int] | tuple[int, ...] = (),
         keep: bool = False,
     ) -> None:
-        self.ids.append(id)
-        self.tokens.append(token)
-        self.kinds.append(kind)
-        self.steps.append(step)
-        self.states.append(state)
-        self.results.append(result)
-        self.errors.append(error)
-        self.delays.append(delay)
-        self.awaits.append(awaits)
-        self.consume.append(consume)
-        self.seen.append("{" + ",".join(map(str, seen)) + "}")
-        self.keep.append(keep)
+        # `seen` travels as an int8[] literal; digits and commas need no JSON escaping.
+        self.rows.append(
+            f"[{id},{_enc(token)},{_enc(kind)},{_opt(step)},{state or 'null'},"
+            f"{result or 'null'},{_opt(error)},{delay!r},{_opt(awaits)},"
+            f'{_opt(consume)},"{{{",".join(map(str, seen))}}}",{"true" if keep else "false"}]'
+        )
 
     def params(self) -> dict[str, Any]:
-        rows = [
-            f"[{self.ids[i]},{_enc(self.tokens[i])},{_enc(self.kinds[i])},{_opt(self.steps[i])},"
-            f"{self.states[i] or 'null'},{self.results[i] or 'null'},{_opt(self.errors[i])},"
-            f"{self.delays[i]!r},{_opt(self.awaits[i])},{_opt(self.consume[i])},"
-            f"{_enc(self.seen[i])},{'true' if self.keep[i] else 'false'}]"
-            for i in range(len(self.ids))
-        ]
-        return {"batch": "[" + ",".join(rows) + "]"}
+        return {"batch": "[" + ",".join(self.rows) + "]"}
 
 
 def _opt(value: str | None) -> str:
