@@ -239,7 +239,7 @@ class Progress:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    from .cli import table
+    from .cli.common import table
 
     return table(headers, rows)
 
@@ -465,7 +465,7 @@ def run_demo(
     out = out or sys.stdout
     t0 = time.monotonic()
     if schema == "public":
-        from .cli import UsageError
+        from .cli.common import UsageError
 
         raise UsageError("the demo drops and recreates its tables: give it its own --schema")
     dsn = dsn or os.environ.get("GEN_DURABLE_DSN") or os.environ.get("DATABASE_URL")
@@ -473,7 +473,7 @@ def run_demo(
     if embedded or dsn is None:
         data = Path.cwd() / ".pgdata"
         print(f"Starting the embedded PostgreSQL server in {data} ...", file=out, flush=True)
-        from .cli import start_embedded
+        from .cli.common import start_embedded
 
         dsn = start_embedded(data)
         given = None

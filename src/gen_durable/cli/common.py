@@ -1,0 +1,312 @@
+"""What every command shares: errors, argument types, the DSN, output, imports."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import psycopg
+import pydantic
+
+from ..engine import Engine, resolve_dsn
+from ..errors import ConfigurationError, GenDurableError
+from ..machine import Machine
+from ..migrate import installed_version
+from ..registry import REGISTRY
+
+log = logging.getLogger("gen_durable.cli")
+
+PROG = "gen-durable"
+EXPIRED_SHOWN = 100  # `status` lists at most this many expired leases
+WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (
+    ("lease_ttl", float, "seconds a claim stays valid without a heartbeat"),
+    ("heartbeat_interval", float, "seconds between lease extensions"),
+    ("poll_interval", float, "base idle poll, seconds"),
+    ("max_poll_interval", float, "idle poll ceiling, seconds"),
+    ("reap_interval", float, "seconds between expired-lease sweeps"),
+    ("prefetch", int, "rows claimed beyond the running slots"),
+    ("min_demand", int, "free slots needed before picking"),
+    ("drain_timeout", float, "seconds running steps get to finish on stop"),
+)
+
+
+class UsageError(Exception):
+    """A wrong command line that argparse could not see (exit code 2)."""
+
+
+class CommandError(Exception):
+    """The command ran and failed; the message is the whole story (exit code 1)."""
+
+
+class CannotConnect(CommandError):
+    """The database did not accept a connection (the worker retries these)."""
+
+
+# -- argument parsing ------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage dump: the user asked for one clear line.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+        ) from None
+
+
+def _queue(text: str) -> tuple[str, int]:
+    name, sep, conc = text.partition("=")
+    if not name or (sep and not conc.strip().isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=CONCURRENCY (e.g. default=10), not {text!r}"
+        )
+    return name, int(conc) if sep else 10
+
+
+def _instance_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an instance id is an integer, not {text!r}") from None
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"an instance id is a positive integer, not {text!r}")
+    return value
+
+
+def _common(db: bool = True, json_out: bool = True) -> _Parser:
+    """Options every subcommand accepts. SUPPRESS keeps a value given before the
+    subcommand from being overwritten by the subcommand's own default."""
+    p = _Parser(add_help=False)
+    if db:
+        p.add_argument(
+            "--dsn",
+            default=argparse.SUPPRESS,
+            help="PostgreSQL connection string (default: $GEN_DURABLE_DSN, then $DATABASE_URL)",
+        )
+        p.add_argument(
+            "--schema", default=argparse.SUPPRESS, help="schema holding the tables (default public)"
+        )
+        p.add_argument(
+            "--embedded",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="use the embedded PostgreSQL server in ./.pgdata (started for this command)",
+        )
+    if json_out:
+        p.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+        )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="debug logs, and tracebacks on errors",
+    )
+    return p
+
+
+def _opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+    return getattr(args, name, default)
+
+
+# -- shared plumbing -----------------------------------------------------------------
+
+
+def _schema(args: argparse.Namespace) -> str:
+    return str(_opt(args, "schema") or "public")
+
+
+def start_embedded(data: Path) -> str:
+    """The embedded server in ``data`` (SPEC §16), started for this process."""
+    from .. import embedded
+
+    # The server package warns (through platformdirs) when XDG_RUNTIME_DIR is unset or
+    # not private, then falls back to a usable directory: noise for a newcomer.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return embedded.start(data)
+
+
+def dsn_of(args: argparse.Namespace) -> str:
+    if _opt(args, "embedded"):
+        return start_embedded(Path.cwd() / ".pgdata")
+    try:
+        return resolve_dsn(_opt(args, "dsn"))
+    except ConfigurationError:
+        raise UsageError(
+            "no database configured: pass --dsn, set GEN_DURABLE_DSN or DATABASE_URL, "
+            "or add --embedded for a local server in ./.pgdata"
+        ) from None
+
+
+async def connect(dsn: str, timeout: int = 10) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=timeout)
+    except psycopg.OperationalError as exc:  # refused, unreachable, auth: maybe transient
+        raise CannotConnect(f"cannot connect to the database: {one_line(str(exc))}") from exc
+    except psycopg.ProgrammingError as exc:  # a malformed DSN: retrying cannot help
+        raise CommandError(f"invalid database DSN: {one_line(str(exc))}") from exc
+
+
+async def require_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
+    version = await installed_version(conn, schema)
+    if version == 0:
+        raise CommandError(
+            f"schema {schema!r} has no gen_durable tables; create them with: "
+            f"gen-durable migrate --schema {schema}"
+        )
+    return version
+
+
+async def open_client(args: argparse.Namespace) -> Engine:
+    """A started pure-client engine, after checking the database and the schema."""
+    dsn, schema = dsn_of(args), _schema(args)
+    async with await connect(dsn) as conn:
+        await require_schema(conn, schema)
+    engine = Engine(dsn, queues={}, schema=schema, pool_size=2)
+    await engine.start()
+    return engine
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | memoryview):
+        raw = bytes(value)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "\\x" + raw.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, default=jsonable, indent=2, ensure_ascii=False))
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    if isinstance(value, dt.datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) or "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=jsonable, ensure_ascii=False)
+    if isinstance(value, bytes | memoryview):
+        return str(jsonable(value))
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned table; numbers right-aligned."""
+    texts = [[cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in texts:
+        widths = [max(w, len(t)) for w, t in zip(widths, row, strict=True)]
+    numeric = [
+        bool(rows) and all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(list(headers)), line(["-" * w for w in widths])]
+    out.extend(line(row) for row in texts)
+    return "\n".join(out)
+
+
+def import_apps(paths: Sequence[str], apps: Sequence[str]) -> list[str]:
+    """Put ``paths`` (and the current directory) on sys.path and import ``apps``."""
+    for entry in [*reversed(paths), "."]:
+        full = os.path.abspath(entry)
+        if full not in sys.path:
+            sys.path.insert(0, full)
+    imported = []
+    for name in apps:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise CommandError(f"cannot import --app {name!r}: {exc}") from exc
+        imported.append(name)
+    return imported
+
+
+def resolve_machine(spec: str) -> type[Machine]:
+    """A machine from a registered name, ``pkg.module.Class`` or ``module:Class``."""
+    obj: Any = None
+    if ":" in spec:
+        module_name, _, attrs = spec.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise CommandError(
+                f"cannot import {module_name!r} for machine {spec!r}: {exc}"
+            ) from exc
+        for attr in attrs.split("."):
+            obj = getattr(obj, attr, None)
+    else:
+        named = [m for m in REGISTRY if m.__gd_name__ == spec]
+        if named:
+            return max(named, key=lambda m: m.__gd_version__)
+        parts = spec.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr, None)
+            break
+    if isinstance(obj, type) and issubclass(obj, Machine) and not obj.__gd_abstract__:
+        return obj
+    raise CommandError(
+        f"unknown machine {spec!r}: give a registered name, pkg.module.Class or "
+        "module:Class, and --app MODULE to import the module that defines it"
+    )
+
+
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def problems(exc: pydantic.ValidationError) -> str:
+    """A pydantic report on one line: ``field: message; field: message``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """One line for any error, saying what went wrong."""
+    if isinstance(exc, pydantic.ValidationError):
+        return f"invalid {exc.title}: {problems(exc)}"
+    text = one_line(str(exc))
+    if isinstance(exc, psycopg.Error):
+        return f"database error: {text}"
+    if isinstance(exc, GenDurableError | CommandError | UsageError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

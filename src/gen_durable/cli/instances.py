@@ -1,0 +1,196 @@
+"""``insert``, ``signal``, ``show``, ``status`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import psycopg
+import pydantic
+
+from .._db.admin_queries import AdminQueries
+from .common import (
+    EXPIRED_SHOWN,
+    CommandError,
+    UsageError,
+    _opt,
+    _schema,
+    cell,
+    connect,
+    dsn_of,
+    import_apps,
+    open_client,
+    print_json,
+    problems,
+    require_schema,
+    resolve_machine,
+    table,
+)
+
+
+def cmd_insert(args: argparse.Namespace) -> int:
+    import_apps(args.path, args.app)
+    machine = resolve_machine(args.machine)
+    options: dict[str, Any] = {"priority": args.priority}
+    for name in ("state", "args", "step", "queue", "partition_key", "unique_key", "schedule_in"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    if args.unique_scope:
+        options["unique_scope"] = [s.strip() for s in args.unique_scope.split(",") if s.strip()]
+
+    async def run() -> int:
+        engine = await open_client(args)
+        try:
+            return await engine.insert(machine, **options)
+        except pydantic.ValidationError as exc:
+            raise CommandError(
+                f"invalid state for {machine.__gd_name__}: {problems(exc)}; nothing was written"
+            ) from exc
+        finally:
+            await engine.stop()
+
+    new_id = asyncio.run(run())
+    if _opt(args, "json"):
+        print_json({"id": new_id, "fsm": machine.__gd_name__, "version": machine.__gd_version__})
+    else:
+        print(new_id)
+    return 0
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    async def run() -> tuple[bool, str | None]:
+        engine = await open_client(args)
+        try:
+            stored = await engine.signal(args.id, args.name, args.payload, dedup_key=args.dedup_key)
+            inst = await engine.get(args.id)
+            return stored, inst.status if inst else None
+        finally:
+            await engine.stop()
+
+    stored, status = asyncio.run(run())
+    if not stored:
+        raise CommandError(
+            f"instance {args.id} is {status}: a finished instance takes no signals; "
+            "nothing was stored"
+        )
+    if _opt(args, "json"):
+        print_json({"id": args.id, "name": args.name, "stored": True, "status": status})
+    else:
+        print(f"signal {args.name!r} stored for instance {args.id} (now {status})")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    async def run() -> tuple[Any, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        engine = await open_client(args)
+        try:
+            inst = await engine.get(args.id)
+            if inst is None:
+                raise CommandError(f"no instance with id {args.id} in schema {_schema(args)!r}")
+            return inst, await engine.inbox(args.id), await engine.children(args.id)
+        finally:
+            await engine.stop()
+
+    inst, inbox, children = asyncio.run(run())
+    inbox_cols = ("id", "name", "payload", "dedup_key", "inserted_at")
+    child_cols = ("id", "fsm", "status", "state", "result", "last_error")
+    fields = {name: getattr(inst, name) for name in inst.__dataclass_fields__}
+    if _opt(args, "json"):
+        print_json(
+            {
+                **fields,
+                "inbox": [dict(zip(inbox_cols, r, strict=True)) for r in inbox],
+                "children": [dict(zip(child_cols, r, strict=True)) for r in children],
+            }
+        )
+        return 0
+    print(f"instance {inst.id}: {inst.fsm} v{inst.fsm_version}")
+    width = max(len(k) for k in fields)
+    for key, value in fields.items():
+        if key not in ("id", "fsm", "fsm_version"):
+            print(f"  {key.ljust(width)}  {cell(value)}")
+    print(f"\ninbox ({len(inbox)} signal(s))")
+    if inbox:
+        print(table(inbox_cols, inbox))
+    print(f"\nchildren ({len(children)})")
+    if children:
+        print(table(child_cols, children))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    dsn, schema = dsn_of(args), _schema(args)
+    admin = AdminQueries(schema)
+
+    async def fetch(conn: psycopg.AsyncConnection[Any], stmt: Any) -> list[tuple[Any, ...]]:
+        cur = await conn.execute(stmt.query, stmt.params)
+        return await cur.fetchall()
+
+    async def run() -> tuple[int, list[Any], list[Any], list[Any]]:
+        async with await connect(dsn) as conn:
+            version = await require_schema(conn, schema)
+            # One snapshot, so the three reads agree with each other.
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                counts = await fetch(conn, admin.counts())
+                backlog = await fetch(conn, admin.backlog())
+                expired = await fetch(conn, admin.expired_leases(EXPIRED_SHOWN))
+            return version, counts, backlog, expired
+
+    version, counts, backlog, expired = asyncio.run(run())
+    statuses = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
+    per_queue: dict[str, dict[str, int]] = {}
+    for queue, status, n in counts:
+        per_queue.setdefault(queue, dict.fromkeys(statuses, 0))[status] = n
+    if _opt(args, "json"):
+        print_json(
+            {
+                "schema": schema,
+                "version": version,
+                "queues": per_queue,
+                "backlog": [
+                    {"queue": q, "ready": r, "scheduled": s, "oldest_ready_age": a}
+                    for q, r, s, a in backlog
+                ],
+                "expired_leases": [
+                    dict(
+                        zip(
+                            ("id", "fsm", "step", "queue", "locked_by", "expired_for"),
+                            r,
+                            strict=True,
+                        )
+                    )
+                    for r in expired
+                ],
+            }
+        )
+        return 0
+    print(f"schema {schema!r} (version {version})\n")
+    if not per_queue:
+        print("no instances")
+    else:
+        rows = [[q, *(c[s] for s in statuses), sum(c.values())] for q, c in per_queue.items()]
+        print(table(["queue", *statuses, "total"], rows))
+    if backlog:
+        print("\nrunnable backlog")
+        print(table(["queue", "ready", "scheduled", "oldest ready (s)"], backlog))
+    many = f" or more (the oldest {EXPIRED_SHOWN} shown)" if len(expired) >= EXPIRED_SHOWN else ""
+    print(f"\nexecuting with an expired lease: {len(expired)}{many}")
+    if expired:
+        print(table(["id", "fsm", "step", "queue", "locked_by", "expired for (s)"], expired))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    if args.size < 1:
+        raise UsageError("--size must be at least 1")
+    return run_demo(
+        dsn=_opt(args, "dsn"),
+        schema=_opt(args, "schema") or "gen_durable_demo",
+        size=args.size,
+        embedded=bool(_opt(args, "embedded")),
+    )

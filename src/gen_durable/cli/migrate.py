@@ -1,0 +1,81 @@
+"""``gen-durable migrate`` (up, down, status, sql)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from ..migrate import LATEST_VERSION, installed_version, migrate, migrate_down, migration_sql
+from .common import CommandError, _opt, _schema, connect, dsn_of, print_json
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    target: int | None = args.to
+    if target is not None and not 0 <= target <= LATEST_VERSION:
+        raise CommandError(f"unknown schema version {target}; versions are 0..{LATEST_VERSION}")
+    dsn, schema = dsn_of(args), _schema(args)
+
+    async def run() -> tuple[int, int]:
+        async with await connect(dsn) as conn:
+            current = await installed_version(conn, schema)
+            goal = target if target is not None else (0 if args.down else LATEST_VERSION)
+            if args.down and goal > current:
+                raise CommandError(
+                    f"schema {schema!r} is at version {current}; cannot migrate down to {goal} "
+                    "(drop --down to go up)"
+                )
+            if not args.down and goal < current:
+                raise CommandError(
+                    f"schema {schema!r} is at version {current}, above {goal}; "
+                    "add --down to migrate down"
+                )
+            if args.down:
+                await migrate_down(conn, schema=schema, version=goal)
+            else:
+                await migrate(conn, schema=schema, version=goal)
+            return current, goal
+
+    before, after = asyncio.run(run())
+    if _opt(args, "json"):
+        print_json({"schema": schema, "from": before, "to": after, "latest": LATEST_VERSION})
+    elif before == after:
+        print(f"schema {schema!r} is already at version {after}")
+    else:
+        print(f"schema {schema!r} migrated from version {before} to {after}")
+    return 0
+
+
+def cmd_migrate_status(args: argparse.Namespace) -> int:
+    dsn, schema = dsn_of(args), _schema(args)
+
+    async def run() -> int:
+        async with await connect(dsn) as conn:
+            return await installed_version(conn, schema)
+
+    installed = asyncio.run(run())
+    pending = LATEST_VERSION - installed
+    if _opt(args, "json"):
+        print_json(
+            {"schema": schema, "installed": installed, "latest": LATEST_VERSION, "pending": pending}
+        )
+    else:
+        state = "up to date" if not pending else f"{pending} migration(s) pending"
+        print(
+            f"schema {schema!r}: installed version {installed}, latest {LATEST_VERSION} ({state})"
+        )
+    return 0
+
+
+def cmd_migrate_sql(args: argparse.Namespace) -> int:
+    if args.version is not None:
+        versions = [args.version]
+    else:
+        versions = list(range(1, LATEST_VERSION + 1))
+        if args.down:
+            versions.reverse()
+    for version in versions:  # migration_sql refuses unknown versions
+        text = migration_sql(version, schema=_schema(args), down=args.down)
+        print(f"-- gen_durable schema version {version} ({'down' if args.down else 'up'})")
+        print(text.rstrip())
+        print()
+    return 0

@@ -1,0 +1,168 @@
+"""The argument parser: every command, its options and its help."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .. import __version__
+from .._runtime.config import Config
+from .common import PROG, WORKER_KNOBS, _common, _instance_id, _json_value, _Parser, _queue
+from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
+from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
+from .worker import cmd_worker
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog=PROG,
+        description="Run and operate gen_durable machines on PostgreSQL.",
+        parents=[common],
+        epilog="Run `gen-durable COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"gen_durable {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="migrate the schema (up by default), or show status / print SQL",
+        description="Bring the schema to the latest version, or to --to N. "
+        "With --down, go down to version 0 (or --to N), dropping what gen_durable owns.",
+    )
+    p.add_argument("--to", type=int, metavar="N", help="target schema version")
+    p.add_argument("--down", action="store_true", help="migrate down (default target 0)")
+    p.set_defaults(func=cmd_migrate, migrate_cmd=None)
+    msub = p.add_subparsers(dest="migrate_cmd", metavar="{status,sql}", parser_class=_Parser)
+    ps = msub.add_parser("status", parents=[common], help="installed vs latest schema version")
+    ps.set_defaults(func=cmd_migrate_status)
+    pq = msub.add_parser(
+        "sql",
+        parents=[_common(db=False, json_out=False)],
+        help="print the DDL (for Alembic, Django or review)",
+        description="Print the SQL of one version step (--version N) or of every step. "
+        "No database is needed.",
+    )
+    pq.add_argument("--version", type=int, metavar="N", help="only this version step")
+    pq.add_argument("--down", action="store_true", help="the SQL that goes down instead")
+    pq.add_argument("--schema", default=argparse.SUPPRESS, help="schema to render (default public)")
+    pq.set_defaults(func=cmd_migrate_sql)
+
+    p = sub.add_parser(
+        "worker",
+        parents=[_common(json_out=False)],
+        help="run a node: claim and execute steps until SIGINT/SIGTERM",
+        description="Import the modules that define machines and run their instances. "
+        "SIGINT/SIGTERM stop gracefully (buffered rows released, running steps given "
+        "--drain-timeout); a second signal stops at once.",
+    )
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module defining machines, e.g. myapp.machines (repeatable)",
+    )
+    p.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory added to sys.path before importing (repeatable; '.' is always there)",
+    )
+    p.add_argument(
+        "--queue",
+        action="append",
+        type=_queue,
+        default=[],
+        metavar="NAME=N",
+        help="serve queue NAME with concurrency N (repeatable; default default=10)",
+    )
+    # The SPEC §8 knobs; unset ones keep the engine's own defaults (shown in --help).
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for name, kind, text in WORKER_KNOBS:
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            metavar="N" if kind is int else "SECONDS",
+            help=f"{text} (default {defaults[name]:g})",
+        )
+    p.add_argument("--node-id", help="node identity in locked_by (default host:pid:random)")
+    p.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop to run on; uvloop needs the extra gen_durable[uvloop] (default asyncio)",
+    )
+    p.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="keep retrying an unreachable database this long at start; 0 = forever (default 60)",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "insert",
+        parents=[common],
+        help="insert one instance and print its id",
+        description="MACHINE is a registered name, a dotted path (pkg.module.Class) or "
+        "module:Class. Use --app to import the module that defines it.",
+    )
+    p.add_argument("machine", metavar="MACHINE")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--state", type=_json_value, metavar="JSON", help="initial state")
+    group.add_argument("--args", type=_json_value, metavar="JSON", help="job arguments (= state)")
+    p.add_argument("--step", help="start at this step instead of the machine's initial one")
+    p.add_argument("--queue", help="queue (default: the machine's)")
+    p.add_argument("--priority", type=int, default=0, help="lower runs earlier (default 0)")
+    p.add_argument("--partition-key", help="never run concurrently with the same key")
+    p.add_argument("--unique-key", help="refuse the insert while this key is occupied")
+    p.add_argument(
+        "--unique-scope",
+        help="comma-separated statuses in which the key is occupied (default: non-terminal)",
+    )
+    p.add_argument("--schedule-in", type=float, metavar="SECONDS", help="not before this delay")
+    p.add_argument("--app", action="append", default=[], metavar="MODULE", help="import first")
+    p.add_argument("--path", action="append", default=[], metavar="DIR", help="add to sys.path")
+    p.set_defaults(func=cmd_insert)
+
+    p = sub.add_parser(
+        "signal",
+        parents=[common],
+        help="deliver a signal to an instance",
+        description="Store a signal in the instance's inbox and wake it if it awaits NAME. "
+        "Fails (exit 1) for an unknown id or a finished instance.",
+    )
+    p.add_argument("id", type=_instance_id, metavar="ID")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--payload", type=_json_value, metavar="JSON", help="payload (default {})")
+    p.add_argument("--dedup-key", metavar="KEY", help="store at most once per instance and key")
+    p.set_defaults(func=cmd_signal)
+
+    p = sub.add_parser("show", parents=[common], help="one instance with its inbox and children")
+    p.add_argument("id", type=_instance_id, metavar="ID")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="counts per queue and status, backlog age, expired leases",
+    )
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[_common(json_out=False)],
+        help="run the guided demo (embedded PostgreSQL unless a DSN is configured)",
+        description="Run a small order-processing scenario that uses every primitive, "
+        "with live progress and a summary. Without --dsn (or GEN_DURABLE_DSN / "
+        "DATABASE_URL) it starts an embedded PostgreSQL server in ./.pgdata. The demo "
+        "schema (default gen_durable_demo) is dropped and recreated on every run.",
+    )
+    p.add_argument("--size", type=int, default=40, help="number of orders (default 40)")
+    p.set_defaults(func=cmd_demo)
+    return parser
