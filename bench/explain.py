@@ -52,7 +52,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import gen_durable as gd
-from gen_durable._db.queries import CompleteBatch, InsertRows, Queries, Stmt
+from gen_durable._db.queries import PICK_WALK, CompleteBatch, InsertRows, Queries, Stmt
 from gen_durable._db.schema import quote_ident
 from gen_durable.client import build_insert
 
@@ -284,25 +284,28 @@ def _reap(s: Session) -> tuple[Stmt, int]:
 DELAYED_PER_BATCH = 2000  # future rows put ahead of the pick, per row of the batch
 
 
+SPREAD_PRIORITIES = 1000  # distinct priorities of the spread case
+
+
 @contextmanager
-def _delayed_rows(s: Session, batch: int) -> Iterator[None]:
-    """Rows scheduled for tomorrow at a more urgent priority than any other: in index
-    order they all sit before every row the pick can take. Committed and vacuumed, as
-    they would be in a lived-in table, then removed so that later cases never see them
-    (nor their dead index entries)."""
+def _delayed_rows(s: Session, batch: int, priorities: int = 1) -> Iterator[None]:
+    """Rows scheduled for tomorrow at priorities more urgent than any other (-1, or
+    -1 down to -``priorities``): in index order they all sit before every row the pick
+    can take. Committed and vacuumed, as they would be in a lived-in table, then
+    removed so that later cases never see them (nor their dead index entries)."""
     table = f"{quote_ident(s.q.schema)}.gen_durable"
     s.conn.execute(
         f"INSERT INTO {table} (fsm, step, queue, priority, eligible_at)"
-        " SELECT 'order.process', 'start', 'default', -1,"
+        " SELECT 'order.process', 'start', 'default', -1 - (i %% %s),"
         "        now() + interval '1 day' + i * interval '1 ms'"
         " FROM generate_series(1, %s) i",
-        [DELAYED_PER_BATCH * batch],
+        [priorities, DELAYED_PER_BATCH * batch],
     )
     s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
     try:
         yield
     finally:
-        s.conn.execute(f"DELETE FROM {table} WHERE priority = -1".encode())
+        s.conn.execute(f"DELETE FROM {table} WHERE priority < 0".encode())
         s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
 
 
@@ -354,6 +357,20 @@ def cases(batch: int) -> list[Case]:
             " queue in `(priority, eligible_at)` order would step over every one of"
             " them on each pick.)",
             around=lambda s: _delayed_rows(s, b),
+        ),
+        Case(
+            "pick.spread",
+            f"pick behind {DELAYED_PER_BATCH * b:,} delayed rows at"
+            f" {SPREAD_PRIORITIES:,} priorities (batch {b})",
+            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            f"Delayed rows spread over {SPREAD_PRIORITIES:,} distinct priorities, all"
+            " more urgent than the work at hand. The pick visits at most"
+            f" {PICK_WALK} priorities one by one (`prio`), then takes the rest of the"
+            " queue in one scan in `(priority, eligible_at)` order (the second branch of"
+            " `cand`), which steps over the remaining delayed rows inside the index"
+            " without visiting the heap: the cost stays near one index page per few"
+            " hundred delayed rows instead of two index probes per priority.",
+            around=lambda s: _delayed_rows(s, b, SPREAD_PRIORITIES),
         ),
         Case(
             "reap",
@@ -567,7 +584,7 @@ def _touched(explain: Plan, expected: int) -> Check:
 
 def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
     plan = explain["Plan"]
-    if case in ("pick", "pick.delayed"):
+    if case in ("pick", "pick.delayed", "pick.spread"):
         picks = [n for n in scans(plan) if n.get("Index Name") == "gen_durable_pick"]
         seen = sum(visited(n) for n in picks)
         claimed = plan["Actual Rows"]
@@ -581,6 +598,21 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
                     f"gen_durable_pick scans read {read} buffers for a batch of {batch}"
                     f" behind {DELAYED_PER_BATCH * batch:,} delayed rows"
                     f" (limit {2 * batch + 40})",
+                )
+            )
+        if case == "pick.spread":
+            walked = sum(
+                n["Actual Rows"] for _, n in walk(plan) if n["Node Type"] == "Recursive Union"
+            )
+            delayed = DELAYED_PER_BATCH * batch
+            limit = delayed // 100 + 10 * PICK_WALK + 3 * batch
+            extra.append(
+                Check(
+                    "priorities walked one by one are capped",
+                    bool(picks) and claimed > 0 and walked <= PICK_WALK and read <= limit,
+                    f"{walked:.0f} priorities walked (cap {PICK_WALK}); gen_durable_pick"
+                    f" scans read {read} buffers behind {delayed:,} delayed rows"
+                    f" (limit {limit})",
                 )
             )
         return [

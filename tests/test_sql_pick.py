@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 
-from gen_durable._db.queries import Queries
+from gen_durable._db.queries import PICK_WALK, Queries
 
 from .sqlhelp import (
     backend_pid,
@@ -104,6 +104,25 @@ async def test_pick_walks_priorities_past_delayed_and_locked_rows(dsn, conn, q, 
     assert [r[3] for r in await claim(conn, q, "node-a:3", limit=10)] == ["p0-locked"]
     for step in ("delayed-1", "delayed-2"):
         assert (await fetch(conn, schema, ids[step]))["status"] == "runnable"
+
+
+async def test_pick_past_its_priority_walk_scans_the_rest_in_order(conn, q, schema) -> None:
+    """More distinct priorities than PICK_WALK: the walk stops and the rest of the queue
+    is taken by one scan, still in (priority, eligible_at) order."""
+    delayed = [{"step": f"delayed{p}", "priority": p, "delay": 600.0} for p in range(-40, 0)]
+    await insert(conn, q, *delayed)
+    await insert(
+        conn,
+        q,
+        {"step": "p5", "priority": 5, "eligible_at": _ago(90)},
+        {"step": "p3-new", "priority": 3, "eligible_at": _ago(5)},
+        {"step": "p3-old", "priority": 3, "eligible_at": _ago(40)},
+    )
+    assert PICK_WALK < 40  # the eligible rows lie past the walk
+    assert [r[3] for r in await claim(conn, q, "node-a:1", limit=1)] == ["p3-old"]
+    assert [r[3] for r in await claim(conn, q, "node-a:2", limit=1)] == ["p3-new"]
+    assert [r[3] for r in await claim(conn, q, "node-a:3", limit=10)] == ["p5"]
+    assert await claim(conn, q, "node-a:4", limit=10) == []
 
 
 async def test_pick_skips_rows_locked_by_another_transaction(dsn, conn, q, schema) -> None:

@@ -84,6 +84,9 @@ _ON_CONFLICT = "ON CONFLICT (unique_guard) WHERE unique_guard IS NOT NULL DO NOT
 
 _KEY_ORDER = "ORDER BY x.unique_key NULLS LAST, x.ord"
 
+PICK_WALK = 16
+"""Priorities the pick visits one by one before it scans the rest of the queue at once."""
+
 # (id, token) pairs of claimed rows, as one JSON array of [id, token].
 _CLAIMS = """(SELECT (e->>0)::int8 AS id, e->>1 AS token
      FROM jsonb_array_elements(%(claims)s::jsonb) e)"""
@@ -130,12 +133,16 @@ SELECT array_agg(id ORDER BY id), (SELECT count(*) FROM nudge) FROM ins"""
         # -- pick (§8, §9) ---------------------------------------------------------
         # `prio` lists the queue's runnable priorities, most urgent first, one index
         # probe each (a loose index scan; a recursive query yields its rows in the
-        # order it finds them). For each, `cand` walks gen_durable_pick with queue and
-        # priority fixed, so `eligible_at <= now()` bounds the scan: rows scheduled
-        # for later are never read. A single scan over (queue, priority, eligible_at)
-        # with only the queue fixed would have to step over every future row of a
-        # more urgent priority — 25 ms per pick behind a million delayed rows. The
-        # nested loop stops at `limit` lockable rows, so a less urgent priority is
+        # order it finds them), for at most PICK_WALK of them. For each, the first
+        # branch of `cand` walks gen_durable_pick with queue and priority fixed, so
+        # `eligible_at <= now()` bounds the scan: rows scheduled for later are not
+        # read. (One scan over (queue, priority, eligible_at) with only the queue
+        # fixed steps over every future row of a more urgent priority: 25 ms per pick
+        # behind a million delayed rows.) Priorities past the walk are taken by the
+        # second branch, that one scan, from the last walked priority on: a queue
+        # with thousands of distinct priorities costs PICK_WALK probes more than the
+        # single scan, never a probe per priority. UNION ALL runs its branches in
+        # order and the outer LIMIT stops at the batch, so a less urgent priority is
         # only visited when the ones before it ran short.
         # Keys that already have an executing row are skipped by a probe of
         # gen_durable_partition_active — written as a closed range rather than `=`,
@@ -145,26 +152,11 @@ SELECT array_agg(id ORDER BY id), (SELECT count(*) FROM nudge) FROM ins"""
         # per key; the others were only locked for this statement and stay runnable.
         # The UNIQUE index on executing keys is the cross-node guard: a concurrent
         # pick that slipped past the probe fails on it and is retried by the caller.
+        # The UPDATE finds the chosen rows through `id = ANY (ARRAY(...))`, a primary-
+        # key lookup whatever the planner guesses of the batch size (a join on
+        # `chosen` became a hash join over the whole table in a generic plan).
         # Inbox and children ride along in RETURNING (§17: no extra round trip).
-        self._pick = render(
-            """
-WITH RECURSIVE prio AS (
-    (SELECT g.priority FROM {s}.gen_durable g
-     WHERE g.queue = %(queue)s AND g.status = 'runnable'
-     ORDER BY g.priority LIMIT 1)
-    UNION ALL
-    SELECT (SELECT g.priority FROM {s}.gen_durable g
-            WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.priority > p.priority
-            ORDER BY g.priority LIMIT 1)
-    FROM prio p WHERE p.priority IS NOT NULL
-), cand AS (
-    SELECT c.id, c.partition_key, c.priority, c.eligible_at
-    FROM prio p CROSS JOIN LATERAL (
-        SELECT g.id, g.partition_key, g.priority, g.eligible_at
-        FROM {s}.gen_durable g
-        WHERE g.queue = %(queue)s AND g.priority = p.priority AND g.status = 'runnable'
-          AND g.eligible_at <= now()
-          AND (g.partition_key IS NULL OR NOT EXISTS (
+        guard = """(g.partition_key IS NULL OR NOT EXISTS (
                 SELECT 1 FROM {s}.gen_durable e
                 WHERE e.partition_key >= g.partition_key AND e.partition_key <= g.partition_key
                   AND e.status = 'executing')
@@ -172,12 +164,45 @@ WITH RECURSIVE prio AS (
                 SELECT 1 FROM {s}.gen_durable h
                 WHERE h.partition_key >= g.partition_key AND h.partition_key <= g.partition_key
                   AND h.status = 'runnable' AND h.eligible_at <= now()
-                  AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)))
-        ORDER BY g.eligible_at
-        LIMIT %(limit)s
-        FOR NO KEY UPDATE OF g SKIP LOCKED
-    ) c
-    WHERE p.priority IS NOT NULL
+                  AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)))"""
+        self._pick = render(
+            """
+WITH RECURSIVE prio AS (
+    (SELECT g.priority, 1 AS depth FROM {s}.gen_durable g
+     WHERE g.queue = %(queue)s AND g.status = 'runnable'
+     ORDER BY g.priority LIMIT 1)
+    UNION ALL
+    SELECT (SELECT g.priority FROM {s}.gen_durable g
+            WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.priority > p.priority
+            ORDER BY g.priority LIMIT 1),
+           p.depth + 1
+    FROM prio p WHERE p.priority IS NOT NULL AND p.depth < {walk}
+), cand AS (
+    SELECT w.id, w.partition_key, w.priority, w.eligible_at FROM (
+        SELECT c.id, c.partition_key, c.priority, c.eligible_at
+        FROM prio p CROSS JOIN LATERAL (
+            SELECT g.id, g.partition_key, g.priority, g.eligible_at
+            FROM {s}.gen_durable g
+            WHERE g.queue = %(queue)s AND g.priority = p.priority AND g.status = 'runnable'
+              AND g.eligible_at <= now()
+              AND {guard}
+            ORDER BY g.eligible_at
+            LIMIT %(limit)s
+            FOR NO KEY UPDATE OF g SKIP LOCKED
+        ) c
+        WHERE p.priority IS NOT NULL
+        UNION ALL
+        SELECT t.id, t.partition_key, t.priority, t.eligible_at FROM (
+            SELECT g.id, g.partition_key, g.priority, g.eligible_at
+            FROM {s}.gen_durable g
+            WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.eligible_at <= now()
+              AND g.priority > (SELECT p.priority FROM prio p WHERE p.depth = {walk})
+              AND {guard}
+            ORDER BY g.priority, g.eligible_at
+            LIMIT %(limit)s
+            FOR NO KEY UPDATE OF g SKIP LOCKED
+        ) t
+    ) w
     LIMIT %(limit)s
 ), chosen AS (
     SELECT c.id FROM (
@@ -189,8 +214,7 @@ WITH RECURSIVE prio AS (
 UPDATE {s}.gen_durable g
 SET status = 'executing', locked_by = %(token)s,
     lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
-FROM chosen
-WHERE g.id = chosen.id
+WHERE g.id = ANY (ARRAY(SELECT id FROM chosen))
 RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text, g.attempt, g.awaits,
     g.priority, g.partition_key,
     (SELECT json_agg(json_build_array(s.id, s.name, s.payload) ORDER BY s.id)::text
@@ -198,7 +222,9 @@ RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text, g.attempt, g.awaits
     (SELECT json_agg(json_build_array(c.id, c.fsm, c.status, c.state, c.result,
                                       c.last_error) ORDER BY c.id)::text
        FROM {s}.gen_durable c WHERE c.parent_id = g.id)
-"""
+""",
+            guard=guard.format(s=s),
+            walk=str(PICK_WALK),
         )
 
         # -- lease maintenance (§8) ----------------------------------------------
