@@ -78,7 +78,6 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 RUN_TIMEOUT = 900
-GD_LOOP = "uvloop"  # --loop: the event loop gen_durable's worker process runs on
 
 
 # -- environments -------------------------------------------------------------------
@@ -124,10 +123,11 @@ def peer_version(python: str, package: str) -> str:
 
 
 def command_for(
-    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str
+    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str, loop: str
 ) -> list[str]:
+    """The command of one run; ``loop`` is gen_durable's event loop (``--loop``)."""
     if system == "gen_durable":
-        cmd = [python, str(HERE / "gd_worker.py"), scenario, "--dsn", dsn, "--loop", GD_LOOP]
+        cmd = [python, str(HERE / "gd_worker.py"), scenario, "--dsn", dsn, "--loop", loop]
     else:
         cmd = [python, str(HERE / "peers" / f"{system}_bench.py"), scenario, "--dsn", dsn]
     for key, value in size.items():
@@ -137,12 +137,12 @@ def command_for(
 
 
 def run_one(
-    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str
+    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str, loop: str
 ) -> dict[str, Any]:
     with fresh_database(dsn, f"{system[:8]}_{scenario}") as db:
         started = time.monotonic()
         done = subprocess.run(
-            command_for(system, scenario, db, size, python),
+            command_for(system, scenario, db, size, python, loop),
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT,
@@ -156,14 +156,18 @@ def run_one(
     return result
 
 
-def profile_chain(dsn: str, size: dict[str, Any], top: int = 15) -> list[dict[str, Any]]:
+def profile_chain(dsn: str, size: dict[str, Any], loop: str, top: int = 15) -> list[dict[str, Any]]:
     """One extra, untimed-for-the-table chain run under cProfile: the top functions."""
     import pstats
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp, fresh_database(dsn, "gd_profile") as db:
         out = os.path.join(tmp, "chain.prof")
-        cmd = [*command_for("gen_durable", "chain", db, size, sys.executable), "--profile", out]
+        cmd = [
+            *command_for("gen_durable", "chain", db, size, sys.executable, loop),
+            "--profile",
+            out,
+        ]
         subprocess.run(cmd, check=True, capture_output=True, timeout=RUN_TIMEOUT)
         st = pstats.Stats(out)
     total = sum(v[2] for v in st.stats.values())  # type: ignore[attr-defined]
@@ -618,8 +622,6 @@ def main(argv: list[str] | None = None) -> int:
         help="gen_durable's event loop (default uvloop, as PgQueuer's settings use)",
     )
     args = parser.parse_args(argv)
-    global GD_LOOP
-    GD_LOOP = args.loop
 
     size_name = args.size or ("quick" if args.quick else "full")
     runs = args.runs or (1 if args.quick else 3)
@@ -658,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
                 size = SIZES[size_name][scenario]
                 log(f"run {run}/{runs}: {system} {scenario} {size}")
                 try:
-                    result = run_one(system, scenario, args.dsn, size, pythons[system])
+                    result = run_one(system, scenario, args.dsn, size, pythons[system], args.loop)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                     failures.append(f"run {run}, {system} {scenario}: {exc}")
                     log(f"FAILED: {exc}")
@@ -673,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         log("profiling the chain scenario")
         try:
-            profile = profile_chain(args.dsn, SIZES[size_name]["chain"])
+            profile = profile_chain(args.dsn, SIZES[size_name]["chain"], args.loop)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             failures.append(f"profile: {exc}")
     shown = list(argv if argv is not None else sys.argv[1:])

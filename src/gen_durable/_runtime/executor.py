@@ -134,7 +134,7 @@ class Executor:
                 and may_keep(claim.priority)
             ):
                 completion.keep = True
-            committed = await self._commit(claim, completion, completion.kind)
+            committed = await self._commit(claim, completion)
             self._stats.steps += 1
             if committed is None or committed[0] != "executing":
                 return None if committed is None else committed[0]
@@ -163,7 +163,6 @@ class Executor:
     ) -> tuple[Completion, Any]:
         """Run one step; returns its encoded outcome and the state the step saw."""
         started = time.perf_counter()
-        claim_started = started
         try:
             if state is _UNLOADED:
                 state = machine.load_state(claim.state_text)
@@ -177,7 +176,7 @@ class Executor:
                 "stop",
                 error=f"cannot load state of {machine.describe()}: {describe_error(exc)}",
             )
-            completion.started = claim_started
+            completion.started = started
             return completion, None
         signals = claim.signals()
         ctx: Context[Any] = Context(
@@ -217,7 +216,8 @@ class Executor:
         completion.started = started
         return completion, state
 
-    async def _commit(self, claim: Claim, completion: Completion, kind: str) -> Committed | None:
+    async def _commit(self, claim: Claim, completion: Completion) -> Committed | None:
+        kind = completion.kind
         committed = await self._completer.commit(completion)
         if committed is None:
             log.warning(

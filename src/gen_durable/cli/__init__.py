@@ -28,7 +28,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 
-from .common import PROG, UsageError, _opt, describe
+from .common import PROG, UsageError, describe, option
 from .parser import build_parser
 
 __all__ = ["main"]
@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
-    verbose = int(_opt(args, "verbose", 0) or 0)
+    verbose = int(option(args, "verbose", 0) or 0)
     _setup_logging(args.command, verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

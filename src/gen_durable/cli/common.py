@@ -54,13 +54,13 @@ class CannotConnect(CommandError):
 # -- argument parsing ------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage dump: the user asked for one clear line.
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _json_value(text: str) -> Any:
+def json_arg(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -69,7 +69,7 @@ def _json_value(text: str) -> Any:
         ) from None
 
 
-def _queue(text: str) -> tuple[str, int]:
+def queue_arg(text: str) -> tuple[str, int]:
     name, sep, conc = text.partition("=")
     if not name or (sep and not conc.strip().isdigit()):
         raise argparse.ArgumentTypeError(
@@ -78,7 +78,7 @@ def _queue(text: str) -> tuple[str, int]:
     return name, int(conc) if sep else 10
 
 
-def _instance_id(text: str) -> int:
+def instance_id_arg(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -88,10 +88,10 @@ def _instance_id(text: str) -> int:
     return value
 
 
-def _common(db: bool = True, json_out: bool = True) -> _Parser:
+def common_options(db: bool = True, json_out: bool = True) -> Parser:
     """Options every subcommand accepts. SUPPRESS keeps a value given before the
     subcommand from being overwritten by the subcommand's own default."""
-    p = _Parser(add_help=False)
+    p = Parser(add_help=False)
     if db:
         p.add_argument(
             "--dsn",
@@ -121,15 +121,15 @@ def _common(db: bool = True, json_out: bool = True) -> _Parser:
     return p
 
 
-def _opt(args: argparse.Namespace, name: str, default: Any = None) -> Any:
+def option(args: argparse.Namespace, name: str, default: Any = None) -> Any:
     return getattr(args, name, default)
 
 
 # -- shared plumbing -----------------------------------------------------------------
 
 
-def _schema(args: argparse.Namespace) -> str:
-    return str(_opt(args, "schema") or "public")
+def schema_of(args: argparse.Namespace) -> str:
+    return str(option(args, "schema") or "public")
 
 
 def start_embedded(data: Path) -> str:
@@ -144,10 +144,10 @@ def start_embedded(data: Path) -> str:
 
 
 def dsn_of(args: argparse.Namespace) -> str:
-    if _opt(args, "embedded"):
+    if option(args, "embedded"):
         return start_embedded(Path.cwd() / ".pgdata")
     try:
-        return resolve_dsn(_opt(args, "dsn"))
+        return resolve_dsn(option(args, "dsn"))
     except ConfigurationError:
         raise UsageError(
             "no database configured: pass --dsn, set GEN_DURABLE_DSN or DATABASE_URL, "
@@ -176,7 +176,7 @@ async def require_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> int
 
 async def open_client(args: argparse.Namespace) -> Engine:
     """A started pure-client engine, after checking the database and the schema."""
-    dsn, schema = dsn_of(args), _schema(args)
+    dsn, schema = dsn_of(args), schema_of(args)
     async with await connect(dsn) as conn:
         await require_schema(conn, schema)
     engine = Engine(dsn, queues={}, schema=schema, pool_size=2)

@@ -14,17 +14,17 @@ from .common import (
     EXPIRED_SHOWN,
     CommandError,
     UsageError,
-    _opt,
-    _schema,
     cell,
     connect,
     dsn_of,
     import_apps,
     open_client,
+    option,
     print_json,
     problems,
     require_schema,
     resolve_machine,
+    schema_of,
     table,
 )
 
@@ -52,7 +52,7 @@ def cmd_insert(args: argparse.Namespace) -> int:
             await engine.stop()
 
     new_id = asyncio.run(run())
-    if _opt(args, "json"):
+    if option(args, "json"):
         print_json({"id": new_id, "fsm": machine.__gd_name__, "version": machine.__gd_version__})
     else:
         print(new_id)
@@ -75,7 +75,7 @@ def cmd_signal(args: argparse.Namespace) -> int:
             f"instance {args.id} is {status}: a finished instance takes no signals; "
             "nothing was stored"
         )
-    if _opt(args, "json"):
+    if option(args, "json"):
         print_json({"id": args.id, "name": args.name, "stored": True, "status": status})
     else:
         print(f"signal {args.name!r} stored for instance {args.id} (now {status})")
@@ -88,7 +88,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         try:
             inst = await engine.get(args.id)
             if inst is None:
-                raise CommandError(f"no instance with id {args.id} in schema {_schema(args)!r}")
+                raise CommandError(f"no instance with id {args.id} in schema {schema_of(args)!r}")
             return inst, await engine.inbox(args.id), await engine.children(args.id)
         finally:
             await engine.stop()
@@ -97,7 +97,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     inbox_cols = ("id", "name", "payload", "dedup_key", "inserted_at")
     child_cols = ("id", "fsm", "status", "state", "result", "last_error")
     fields = {name: getattr(inst, name) for name in inst.__dataclass_fields__}
-    if _opt(args, "json"):
+    if option(args, "json"):
         print_json(
             {
                 **fields,
@@ -121,7 +121,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    dsn, schema = dsn_of(args), _schema(args)
+    dsn, schema = dsn_of(args), schema_of(args)
     admin = AdminQueries(schema)
 
     async def fetch(conn: psycopg.AsyncConnection[Any], stmt: Any) -> list[tuple[Any, ...]]:
@@ -144,7 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     per_queue: dict[str, dict[str, int]] = {}
     for queue, status, n in counts:
         per_queue.setdefault(queue, dict.fromkeys(statuses, 0))[status] = n
-    if _opt(args, "json"):
+    if option(args, "json"):
         print_json(
             {
                 "schema": schema,
@@ -189,8 +189,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.size < 1:
         raise UsageError("--size must be at least 1")
     return run_demo(
-        dsn=_opt(args, "dsn"),
-        schema=_opt(args, "schema") or "gen_durable_demo",
+        dsn=option(args, "dsn"),
+        schema=option(args, "schema") or "gen_durable_demo",
         size=args.size,
-        embedded=bool(_opt(args, "embedded")),
+        embedded=bool(option(args, "embedded")),
     )

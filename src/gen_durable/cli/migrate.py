@@ -6,14 +6,14 @@ import argparse
 import asyncio
 
 from ..migrate import LATEST_VERSION, installed_version, migrate, migrate_down, migration_sql
-from .common import CommandError, _opt, _schema, connect, dsn_of, print_json
+from .common import CommandError, connect, dsn_of, option, print_json, schema_of
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     target: int | None = args.to
     if target is not None and not 0 <= target <= LATEST_VERSION:
         raise CommandError(f"unknown schema version {target}; versions are 0..{LATEST_VERSION}")
-    dsn, schema = dsn_of(args), _schema(args)
+    dsn, schema = dsn_of(args), schema_of(args)
 
     async def run() -> tuple[int, int]:
         async with await connect(dsn) as conn:
@@ -36,7 +36,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             return current, goal
 
     before, after = asyncio.run(run())
-    if _opt(args, "json"):
+    if option(args, "json"):
         print_json({"schema": schema, "from": before, "to": after, "latest": LATEST_VERSION})
     elif before == after:
         print(f"schema {schema!r} is already at version {after}")
@@ -46,7 +46,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_status(args: argparse.Namespace) -> int:
-    dsn, schema = dsn_of(args), _schema(args)
+    dsn, schema = dsn_of(args), schema_of(args)
 
     async def run() -> int:
         async with await connect(dsn) as conn:
@@ -54,7 +54,7 @@ def cmd_migrate_status(args: argparse.Namespace) -> int:
 
     installed = asyncio.run(run())
     pending = LATEST_VERSION - installed
-    if _opt(args, "json"):
+    if option(args, "json"):
         print_json(
             {"schema": schema, "installed": installed, "latest": LATEST_VERSION, "pending": pending}
         )
@@ -74,7 +74,7 @@ def cmd_migrate_sql(args: argparse.Namespace) -> int:
         if args.down:
             versions.reverse()
     for version in versions:  # migration_sql refuses unknown versions
-        text = migration_sql(version, schema=_schema(args), down=args.down)
+        text = migration_sql(version, schema=schema_of(args), down=args.down)
         print(f"-- gen_durable schema version {version} ({'down' if args.down else 'up'})")
         print(text.rstrip())
         print()

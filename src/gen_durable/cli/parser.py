@@ -7,22 +7,22 @@ import dataclasses
 
 from .. import __version__
 from .._runtime.config import Config
-from .common import PROG, WORKER_KNOBS, _common, _instance_id, _json_value, _Parser, _queue
+from .common import PROG, WORKER_KNOBS, Parser, common_options, instance_id_arg, json_arg, queue_arg
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = _Parser(
+    common = common_options()
+    parser = Parser(
         prog=PROG,
         description="Run and operate gen_durable machines on PostgreSQL.",
         parents=[common],
         epilog="Run `gen-durable COMMAND --help` for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"gen_durable {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     p = sub.add_parser(
@@ -35,12 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, metavar="N", help="target schema version")
     p.add_argument("--down", action="store_true", help="migrate down (default target 0)")
     p.set_defaults(func=cmd_migrate, migrate_cmd=None)
-    msub = p.add_subparsers(dest="migrate_cmd", metavar="{status,sql}", parser_class=_Parser)
+    msub = p.add_subparsers(dest="migrate_cmd", metavar="{status,sql}", parser_class=Parser)
     ps = msub.add_parser("status", parents=[common], help="installed vs latest schema version")
     ps.set_defaults(func=cmd_migrate_status)
     pq = msub.add_parser(
         "sql",
-        parents=[_common(db=False, json_out=False)],
+        parents=[common_options(db=False, json_out=False)],
         help="print the DDL (for Alembic, Django or review)",
         description="Print the SQL of one version step (--version N) or of every step. "
         "No database is needed.",
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "worker",
-        parents=[_common(json_out=False)],
+        parents=[common_options(json_out=False)],
         help="run a node: claim and execute steps until SIGINT/SIGTERM",
         description="Import the modules that define machines and run their instances. "
         "SIGINT/SIGTERM stop gracefully (buffered rows released, running steps given "
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--queue",
         action="append",
-        type=_queue,
+        type=queue_arg,
         default=[],
         metavar="NAME=N",
         help="serve queue NAME with concurrency N (repeatable; default default=10)",
@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("machine", metavar="MACHINE")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--state", type=_json_value, metavar="JSON", help="initial state")
-    group.add_argument("--args", type=_json_value, metavar="JSON", help="job arguments (= state)")
+    group.add_argument("--state", type=json_arg, metavar="JSON", help="initial state")
+    group.add_argument("--args", type=json_arg, metavar="JSON", help="job arguments (= state)")
     p.add_argument("--step", help="start at this step instead of the machine's initial one")
     p.add_argument("--queue", help="queue (default: the machine's)")
     p.add_argument("--priority", type=int, default=0, help="lower runs earlier (default 0)")
@@ -137,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Store a signal in the instance's inbox and wake it if it awaits NAME. "
         "Fails (exit 1) for an unknown id or a finished instance.",
     )
-    p.add_argument("id", type=_instance_id, metavar="ID")
+    p.add_argument("id", type=instance_id_arg, metavar="ID")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--payload", type=_json_value, metavar="JSON", help="payload (default {})")
+    p.add_argument("--payload", type=json_arg, metavar="JSON", help="payload (default {})")
     p.add_argument("--dedup-key", metavar="KEY", help="store at most once per instance and key")
     p.set_defaults(func=cmd_signal)
 
     p = sub.add_parser("show", parents=[common], help="one instance with its inbox and children")
-    p.add_argument("id", type=_instance_id, metavar="ID")
+    p.add_argument("id", type=instance_id_arg, metavar="ID")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        parents=[_common(json_out=False)],
+        parents=[common_options(json_out=False)],
         help="run the guided demo (embedded PostgreSQL unless a DSN is configured)",
         description="Run a small order-processing scenario that uses every primitive, "
         "with live progress and a summary. Without --dsn (or GEN_DURABLE_DSN / "

@@ -17,13 +17,13 @@ from .common import (
     CannotConnect,
     CommandError,
     UsageError,
-    _schema,
     connect,
     describe,
     dsn_of,
     import_apps,
     log,
     require_schema,
+    schema_of,
 )
 
 
@@ -37,7 +37,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.node_id:
         knobs["node_id"] = args.node_id
     try:
-        engine = Engine(dsn, queues=queues, schema=_schema(args), **knobs)
+        engine = Engine(dsn, queues=queues, schema=schema_of(args), **knobs)
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
     if not apps:
