@@ -231,6 +231,20 @@ def check_single(ids: list[int], rows: InsertRows) -> int:
     return ids[0]
 
 
+def wait_verdict(
+    inst: Instance | None, instance_id: int, expired: bool, timeout: float | None
+) -> Instance | None:
+    """One poll of ``wait``: the instance once terminal, None to poll again;
+    ``gd.NoSuchInstance`` for an unknown id, ``TimeoutError`` once ``expired``."""
+    if inst is None:
+        raise NoSuchInstance(instance_id)
+    if inst.terminal:
+        return inst
+    if expired:
+        raise TimeoutError(f"instance {instance_id} still {inst.status} after {timeout}s")
+    return None
+
+
 def signal_params(
     target_id: int, name: str, payload: Any, dedup_key: str | None
 ) -> tuple[int, str, str, str | None]:
@@ -317,13 +331,10 @@ class SyncClient:
         """Block until the instance is terminal and return it (see ``Engine.wait``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            inst = self.get(instance_id)
-            if inst is None:
-                raise NoSuchInstance(instance_id)
-            if inst.terminal:
-                return inst
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"instance {instance_id} still {inst.status} after {timeout}s")
+            expired = deadline is not None and time.monotonic() >= deadline
+            done = wait_verdict(self.get(instance_id), instance_id, expired, timeout)
+            if done is not None:
+                return done
             time.sleep(interval)
 
     def close(self) -> None:

@@ -39,8 +39,9 @@ from .client import (
     inserted_ids,
     signal_params,
     signal_result,
+    wait_verdict,
 )
-from .errors import ConfigurationError, GenDurableError, NoSuchInstance, SchemaError
+from .errors import ConfigurationError, GenDurableError, SchemaError
 from .machine import Machine
 from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
@@ -283,13 +284,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            inst = await self.get(instance_id)
-            if inst is None:
-                raise NoSuchInstance(instance_id)
-            if inst.terminal:
-                return inst
-            if deadline is not None and loop.time() >= deadline:
-                raise TimeoutError(f"instance {instance_id} still {inst.status} after {timeout}s")
+            expired = deadline is not None and loop.time() >= deadline
+            done = wait_verdict(await self.get(instance_id), instance_id, expired, timeout)
+            if done is not None:
+                return done
             await asyncio.sleep(interval)
 
     async def inbox(self, instance_id: int) -> list[tuple[Any, ...]]:
