@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .. import telemetry
-from .._db.queries import Queries
+from .._db.queries import Queries, Stmt
 from ..registry import Registry
 from .completer import Completer
 from .config import Config
@@ -128,6 +128,13 @@ class Node:
     def held(self) -> list[Claim]:
         return [c for s in self.schedulers.values() for c in s.held()]
 
+    async def fetch(self, stmt: Stmt) -> list[tuple[Any, ...]]:
+        """Run one statement on a pooled autocommit connection; its rows, if any."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(stmt.query, stmt.params)
+            rows: list[tuple[Any, ...]] = await cur.fetchall() if cur.description else []
+            return rows
+
     async def release(self, claims: list[Claim], delay: float = 0.0, bump: bool = False) -> int:
         """Hand claimed rows back to runnable (``bump``: count the attempt)."""
         if not claims:
@@ -136,9 +143,7 @@ class Node:
             [c.id for c in claims], [c.token for c in claims], delay, bump=bump
         )
         try:
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(stmt.query, stmt.params)
-                n = len(await cur.fetchall())
+            n = len(await self.fetch(stmt))
         except psycopg.Error as exc:
             log.warning("releasing %d rows failed (%s); their leases will expire", len(claims), exc)
             return 0
@@ -158,8 +163,7 @@ class Node:
                 [c.id for c in held], [c.token for c in held], self.config.lease_ttl
             )
             try:
-                async with self.pool.connection() as conn:
-                    await conn.execute(stmt.query, stmt.params)
+                await self.fetch(stmt)
                 self.stats.add(statements=1, commits=1, heartbeats=1)
             except psycopg.Error as exc:
                 log.warning("heartbeat for %d rows failed: %s", len(held), exc)
@@ -171,10 +175,7 @@ class Node:
             await asyncio.sleep(interval)
             try:
                 while True:
-                    stmt = self.queries.reap(limit)
-                    async with self.pool.connection() as conn:
-                        cur = await conn.execute(stmt.query, stmt.params)
-                        ids = [r[0] for r in await cur.fetchall()]
+                    ids = [r[0] for r in await self.fetch(self.queries.reap(limit))]
                     self.stats.add(statements=1, commits=1, reaped=len(ids))
                     if ids:
                         log.warning("reaper: %d expired lease(s) returned to runnable", len(ids))

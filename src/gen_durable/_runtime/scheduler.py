@@ -154,9 +154,7 @@ class QueueScheduler:
         stmt = node.queries.pick(self.queue, limit, token, node.config.lease_ttl)
         for attempt in range(3):
             try:
-                async with node.pool.connection() as conn:
-                    cur = await conn.execute(stmt.query, stmt.params)
-                    rows = await cur.fetchall()
+                rows = await node.fetch(stmt)
                 break
             except pg_errors.UniqueViolation as exc:
                 # Two picks raced past the executing-key probe; the unique index on
@@ -212,12 +210,10 @@ class QueueScheduler:
             return None, None
         stmt = self.node.queries.next_for_key(self.queue, key)
         try:
-            async with self.node.pool.connection() as conn:
-                cur = await conn.execute(stmt.query, stmt.params)
-                row = await cur.fetchone()
+            rows = await self.node.fetch(stmt)
         except Exception:
             return None, None
-        return (row[0], row[1]) if row else (None, None)
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
 
     async def _hand_back_unknown(self, claims: list[Claim]) -> None:
         # Not failed, not lost: another node (with the code) can run it (SPEC §13).
