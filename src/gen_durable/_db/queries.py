@@ -264,9 +264,12 @@ FROM x WHERE g.id = x.id
 RETURNING g.id
 """
         )
-        # Hand claimed-but-unstarted rows back: drain, unknown machine (§13),
-        # partition contention. Attempt unchanged: the step never ran. Locks in id
-        # order so two releases cannot deadlock each other.
+        # Hand claimed rows back: drain, unknown machine (§13), stragglers. Attempt
+        # unchanged unless `bump` (the step was interrupted). Locks in id order so two
+        # releases cannot deadlock each other, and SKIP LOCKED so a client holding one
+        # of the rows in an open transaction cannot hold a stop or a queue's feeder
+        # hostage: a skipped row keeps its lease and falls to the reaper. `reason`
+        # (unknown machine) is left in last_error for `show` and `status`.
         self._release = render(
             """
 WITH r AS (
@@ -274,13 +277,14 @@ WITH r AS (
     JOIN {claims} AS r ON g.id = r.id AND g.locked_by = r.token
     WHERE g.status = 'executing'
     ORDER BY g.id
-    FOR NO KEY UPDATE OF g
+    FOR NO KEY UPDATE OF g SKIP LOCKED
 )
 UPDATE {s}.gen_durable g
 SET status = 'runnable', locked_by = NULL, lease_expires_at = NULL, updated_at = now(),
     attempt = g.attempt + %(bump)s,
     eligible_at = CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s)
-                       ELSE g.eligible_at END
+                       ELSE g.eligible_at END,
+    last_error = coalesce(%(reason)s::text, g.last_error)
 FROM r WHERE g.id = r.id
 RETURNING g.id
 """
@@ -535,12 +539,24 @@ WHERE parent_id = %(id)s ORDER BY id
         return Stmt(self._reap, {"limit": limit})
 
     def release(
-        self, ids: list[int], tokens: list[str], delay: float = 0.0, *, bump: bool = False
+        self,
+        ids: list[int],
+        tokens: list[str],
+        delay: float = 0.0,
+        *,
+        bump: bool = False,
+        reason: str | None = None,
     ) -> Stmt:
-        """Hand claimed rows back to runnable; ``bump`` counts an interrupted attempt."""
+        """Hand claimed rows back to runnable; ``bump`` counts an interrupted attempt,
+        ``reason`` (if given) is recorded in ``last_error``."""
         return Stmt(
             self._release,
-            {"claims": claims_json(ids, tokens), "delay": delay, "bump": int(bump)},
+            {
+                "claims": claims_json(ids, tokens),
+                "delay": delay,
+                "bump": int(bump),
+                "reason": reason,
+            },
         )
 
     def lock_claimed(self, ids: list[int], tokens: list[str]) -> Stmt:

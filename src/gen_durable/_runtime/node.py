@@ -135,12 +135,20 @@ class Node:
             rows: list[tuple[Any, ...]] = await cur.fetchall() if cur.description else []
             return rows
 
-    async def release(self, claims: list[Claim], delay: float = 0.0, bump: bool = False) -> int:
-        """Hand claimed rows back to runnable (``bump``: count the attempt)."""
+    async def release(
+        self,
+        claims: list[Claim],
+        delay: float = 0.0,
+        bump: bool = False,
+        reason: str | None = None,
+    ) -> int:
+        """Hand claimed rows back to runnable (``bump``: count the attempt; ``reason``:
+        recorded in ``last_error``). Rows a client holds locked are skipped: they keep
+        their lease and fall to the reaper."""
         if not claims:
             return 0
         stmt = self.queries.release(
-            [c.id for c in claims], [c.token for c in claims], delay, bump=bump
+            [c.id for c in claims], [c.token for c in claims], delay, bump=bump, reason=reason
         )
         try:
             n = len(await self.fetch(stmt))
