@@ -224,28 +224,35 @@ async def test_stale_run_finishing_does_not_drop_the_new_claim_from_the_heartbea
     assert inst.result == {"attempt": 1}
 
 
-# -- a drained sync step keeps running in its thread (§8, §9) -------------------------
+# -- a drained sync step is handed back; its thread's late result is dropped (§8) ----
 
 SYNC_GATE = threading.Event()
 SYNC_INSIDE = threading.Event()
+SYNC_RETURNED = threading.Event()
+
+
+def _step_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("gen_durable-step")]
 
 
 class SyncBlocker(gd.FSM):
     def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
         SYNC_INSIDE.set()
         SYNC_GATE.wait(20)  # a sync step cancellation cannot interrupt: under test
+        SYNC_RETURNED.set()
         return gd.Done()
 
 
-async def test_drained_sync_step_still_running_is_not_handed_back(
+async def test_drained_sync_step_still_running_is_handed_back_and_its_result_dropped(
     make_engine, conn, schema
 ) -> None:
-    """Cancelling the task of a sync step does not stop its thread. Handing the row
-    back at once lets another node run the same instance (and its partition key)
-    while this one still does; such a straggler must stay claimed until its lease
-    runs out (§8 "stragglers fall to the reaper", §9)."""
+    """Cancelling the task of a sync step does not stop its thread. At the drain limit
+    the row is handed back anyway (runnable, the interrupted attempt counted), so it
+    does not wait a whole lease for another node; what the thread returns later is
+    discarded — it never reaches the row."""
     SYNC_GATE.clear()
     SYNC_INSIDE.clear()
+    SYNC_RETURNED.clear()
     engine = make_engine(queues={"default": 1}, lease_ttl=60, drain_timeout=0.3)
     await engine.start()
     try:
@@ -253,10 +260,14 @@ async def test_drained_sync_step_still_running_is_not_handed_back(
         await wait_for(lambda: asyncio.sleep(0, SYNC_INSIDE.is_set()))
         await engine.stop()
         assert not SYNC_GATE.is_set()  # the step is still inside user code
-        status, _, locked_by, _ = await _row(conn, schema, iid)
+        status, attempt, locked_by, _ = await _row(conn, schema, iid)
+        assert (status, attempt, locked_by) == ("runnable", 1, None)
     finally:
         SYNC_GATE.set()
-    assert status == "executing" and locked_by is not None
+    # The pool was shut down by the stop: the thread ends once its step returned.
+    await wait_for(lambda: asyncio.sleep(0, SYNC_RETURNED.is_set() and not _step_threads()))
+    status, attempt, locked_by, _ = await _row(conn, schema, iid)
+    assert (status, attempt, locked_by) == ("runnable", 1, None)
 
 
 # -- per-key order holds when the key's head row is locked (§9) -----------------------
@@ -428,7 +439,7 @@ async def test_stale_outcome_in_the_same_flush_as_the_live_one_changes_nothing(
     assert inbox == [(go,)]
 
 
-# -- BaseExceptions are crashes, not errors (§5.3) ------------------------------------
+# -- BaseExceptions raised by user code are errors of the step (§5, v2) --------------
 
 
 class Interrupted(BaseException):
@@ -436,7 +447,7 @@ class Interrupted(BaseException):
 
 
 class CrashesFirst(gd.FSM):
-    """Attempt 0 dies with a BaseException; handle must not see it."""
+    """Attempt 0 raises a BaseException; handle sees it like any error."""
 
     async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
         _count(f"crash:{ctx.state['key']}")
@@ -467,13 +478,18 @@ class SyncCrashesFirst(gd.FSM):
     ("machine", "how"),
     [(CrashesFirst, "cancelled"), (CrashesFirst, "interrupted"), (SyncCrashesFirst, "interrupted")],
 )
-async def test_base_exception_in_a_step_is_a_crash_the_reaper_recovers(
+async def test_base_exception_raised_by_a_step_goes_through_handle(
     make_engine, machine: type[gd.FSM], how: str
 ) -> None:
+    """v1 treated these as crashes left to the reaper; a poisoned row then killed or
+    stalled node after node. Now the step's own BaseException — even a CancelledError
+    it raised itself — is an error: handle decides, once, on the first run."""
     async with make_engine(**CRASHY) as engine:
         key = uuid.uuid4().hex
         iid = await engine.insert(machine, state={"how": how, "key": key})
         inst = await finished(engine, iid, timeout=10)
-    assert inst.status == "done" and inst.result == {"attempt": 1}
-    assert RUNS[f"crash:{key}"] == 2  # re-run from scratch, attempt + 1
-    assert f"handled:{key}" not in RUNS  # handle is not called for a crash
+    assert inst.status == "failed" and inst.attempt == 0
+    assert inst.last_error is not None
+    assert ("CancelledError" if how == "cancelled" else "Interrupted") in inst.last_error
+    assert RUNS[f"crash:{key}"] == 1  # not re-run by the reaper
+    assert RUNS[f"handled:{key}"] == 1

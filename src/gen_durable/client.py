@@ -25,6 +25,7 @@ from psycopg.rows import TupleRow
 
 from ._db import codec
 from ._db.queries import NON_TERMINAL, STATUSES, InsertRows, Queries
+from ._db.translate import refused_input
 from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
 from .machine import Machine
 from .outcomes import Spec, seconds
@@ -103,11 +104,13 @@ def _check_machine(machine: object) -> type[Machine]:
 def _timestamp(value: Any, what: str) -> dt.datetime:
     if not isinstance(value, dt.datetime):
         raise ConfigurationError(f"{what} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None:
+    if value.tzinfo is None or value.utcoffset() is None:
         raise ConfigurationError(
             f"{what} must be timezone-aware (e.g. datetime.now(timezone.utc)); got {value}"
         )
-    return value
+    # Python allows UTC offsets up to ±23:59, PostgreSQL only up to ±15:59: the same
+    # instant in UTC is stored whatever offset the caller used.
+    return value.astimezone(dt.UTC)
 
 
 def _scope(value: Any) -> str | None:
@@ -289,8 +292,14 @@ class SyncClient:
         return self._conn
 
     def _one(self, conn: psycopg.Connection[Any] | None, stmt: Any) -> tuple[Any, ...] | None:
-        cur = self._connection(conn).execute(stmt.query, stmt.params)
-        row: tuple[Any, ...] | None = cur.fetchone()
+        try:
+            cur = self._connection(conn).execute(stmt.query, stmt.params)
+            row: tuple[Any, ...] | None = cur.fetchone()
+        except psycopg.Error as exc:
+            typed = refused_input(exc)
+            if typed is None:
+                raise
+            raise typed from exc
         return row
 
     def insert(

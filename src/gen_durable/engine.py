@@ -28,6 +28,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ._db.queries import Queries, Stmt
+from ._db.translate import refused_input
 from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
@@ -117,6 +118,7 @@ class Engine:
         )
         self._pool: AsyncConnectionPool[Any] | None = None
         self._node: Node | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -126,6 +128,8 @@ class Engine:
 
     async def start(self) -> None:
         """Open the connection pool and start the workers (none for ``queues={}``)."""
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)  # a stop in progress ends first
         if self._pool is not None:
             return
         size = self.config.pool_size or (len(self.config.queues) + 6)
@@ -149,7 +153,7 @@ class Engine:
             raise
         self._pool = pool
         if self.config.queues:
-            node = Node(self.config, pool, self.queries, self.registry, self.stats, self.node_id)
+            node = Node(self.config, self.queries, self.registry, self.stats, self.node_id)
             try:
                 await node.start()
             except Exception as exc:
@@ -176,14 +180,34 @@ class Engine:
             )
 
     async def stop(self) -> None:
-        """Drain the workers (SPEC §8) and close the pool. Idempotent."""
+        """Drain the workers (SPEC §8) and close the pool.
+
+        Idempotent and safe to call concurrently (a signal handler and an ``async
+        with`` exit, say): every caller waits for the one drain, and the pool closes
+        only after it. Returns within ``drain_timeout`` plus a small margin whatever
+        clients hold; rows it could not hand back fall to the reaper.
+        """
+        if self._stopping is None:
+            if self._pool is None:
+                return
+            self._stopping = asyncio.ensure_future(self._stop())
+        task = self._stopping
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._stopping is task:
+                self._stopping = None
+
+    async def _stop(self) -> None:
         node, pool = self._node, self._pool
-        self._node = None
-        if node is not None:
-            await node.stop()
-        if pool is not None:
+        try:
+            if node is not None:
+                await node.stop()
+        finally:
+            self._node = None
             self._pool = None
-            await pool.close()
+            if pool is not None:
+                await pool.close(timeout=1.0)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -202,14 +226,20 @@ class Engine:
     async def _one(
         self, stmt: Stmt, conn: psycopg.AsyncConnection[Any] | None
     ) -> tuple[Any, ...] | None:
-        if conn is not None:
-            cur = await conn.execute(stmt.query, stmt.params)
-            row: tuple[Any, ...] | None = await cur.fetchone()
-            return row
-        async with self._require_pool().connection() as own:
-            cur = await own.execute(stmt.query, stmt.params)
-            row = await cur.fetchone()
-            return row
+        try:
+            if conn is not None:
+                cur = await conn.execute(stmt.query, stmt.params)
+                row: tuple[Any, ...] | None = await cur.fetchone()
+                return row
+            async with self._require_pool().connection() as own:
+                cur = await own.execute(stmt.query, stmt.params)
+                row = await cur.fetchone()
+                return row
+        except psycopg.Error as exc:
+            typed = refused_input(exc)
+            if typed is None:
+                raise
+            raise typed from exc
 
     async def _all(self, stmt: Stmt) -> list[tuple[Any, ...]]:
         async with self._require_pool().connection() as own:

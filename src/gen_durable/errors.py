@@ -61,6 +61,13 @@ class EncodingError(GenDurableError, ValueError):
     """State, result, payload or a text field cannot be stored in PostgreSQL."""
 
 
+class OutcomeRefused(GenDurableError):
+    """PostgreSQL refused to store a step's outcome for a reason retrying cannot cure
+    (a value too large to index, a statement timeout, data it rejects). The step's
+    ``handle`` receives it like any other error; the database's error is its
+    ``__cause__``."""
+
+
 class SchemaError(GenDurableError):
     """The database schema is missing, foreign, or at an unknown version."""
 
@@ -83,5 +90,6 @@ __all__ = [
     "InvalidOutcome",
     "NoSuchInstance",
     "NotFound",
+    "OutcomeRefused",
     "SchemaError",
 ]

@@ -245,6 +245,18 @@ FROM h WHERE g.id = h.id
 RETURNING g.id
 """
         )
+        # One lease the heartbeat skipped because another transaction holds the row:
+        # this waits for that lock, so the extension lands before any reaper (which
+        # skips locked rows) can take the row once the lock is released. The wait may
+        # be long, hence clock_timestamp(), not the statement's start time.
+        self._hold_lease = render(
+            """
+UPDATE {s}.gen_durable
+SET lease_expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
+WHERE id = %(id)s AND locked_by = %(token)s AND status = 'executing'
+RETURNING id
+"""
+        )
         # Reads only gen_durable_lease below now(): cost follows the expired set.
         # Bounded per call; the caller loops while a full batch comes back. No ORDER
         # BY: any expired row will do, and without one the scan can stop at the limit
@@ -533,6 +545,10 @@ WHERE parent_id = %(id)s ORDER BY id
     def heartbeat(self, ids: list[int], tokens: list[str], ttl: float) -> Stmt:
         """Extend the lease of every (id, token) still held."""
         return Stmt(self._heartbeat, {"claims": claims_json(ids, tokens), "ttl": ttl})
+
+    def hold_lease(self, instance_id: int, token: str, ttl: float) -> Stmt:
+        """Extend one lease, waiting for a lock somebody else holds on the row."""
+        return Stmt(self._hold_lease, {"id": instance_id, "token": token, "ttl": ttl})
 
     def reap(self, limit: int) -> Stmt:
         """Return up to ``limit`` expired executing rows to runnable, attempt + 1."""

@@ -7,13 +7,25 @@ engine adds no latency. Each submitter awaits the commit of its own outcome befo
 step counts as done (the one guarantee, SPEC §0).
 
 A flush is one ``complete`` statement for all Next/Replay/Await/Done/Stop outcomes
-(parallel arrays through ``unnest``), one ``schedule_childs`` statement per fan-out,
-and — when a batch parks rows — the ``lock_claimed`` statement that must precede the
-inbox re-check (§18.1). Several statements are pipelined inside one transaction.
+(one jsonb batch parameter), one ``schedule_childs`` statement per fan-out, and — when
+a batch parks rows — the ``lock_claimed`` statement that must precede the inbox
+re-check (§18.1). Several statements are pipelined inside one transaction.
 
-Failures: a lost connection is retried (the claim guard makes a retry of an outcome
-that did commit match nothing); an error that is not transient splits the batch so one
-bad outcome cannot hold back the others.
+Failures come in three kinds, and none of them may hold up unrelated outcomes:
+
+* **Refused** — PostgreSQL rejects the data itself (a key too large for its index,
+  a value it cannot parse, a statement timeout on a huge fan-out): retrying the same
+  statement cannot help. The batch is bisected until the offending outcome stands
+  alone, the others commit, and that one fails its submitter with
+  :class:`~gen_durable.errors.OutcomeRefused`, which the executor routes through the
+  step's ``handle`` (§18.4).
+* **Locked** — a row is held by a client's open transaction; the completer's
+  connections run with a short ``lock_timeout``. The row is isolated and retried on
+  its own a little later, off the flusher.
+* **Transient** — a lost connection, a deadlock, a serialization failure. Every item
+  of the batch is set aside and retried after a backoff, each against its own
+  deadline (``retry_for``), while newer outcomes keep flushing. The claim guard makes
+  a retry of an outcome that did commit match nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
 from .._db.queries import CompleteBatch, InsertRows, Queries, Stmt
+from ..errors import OutcomeRefused
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
@@ -60,6 +73,10 @@ class Completion:
     # The coerced state object, so a run-ahead step need not decode what it encoded.
     state_obj: Any = None
     started: float = 0.0  # perf_counter when the step began (telemetry duration)
+    # Transient-failure retries: the loop time after which the item gives up, and the
+    # next backoff.
+    give_up_at: float = 0.0
+    backoff: float = 0.0
     # Set when submitted; resolved after the commit (None: stale).
     future: asyncio.Future[Committed | None] = field(init=False, repr=False)
 
@@ -90,15 +107,14 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._deferred = 0
-
-    def _undefer(self, item: Completion) -> None:
-        self._deferred -= 1
-        self._pending.append(item)
-        self._kick()
+        # Items set aside until a timer puts them back in `_pending`.
+        self._timers: dict[asyncio.TimerHandle, Completion] = {}
 
     async def commit(self, item: Completion) -> Committed | None:
-        """Queue ``item`` and wait for its commit; None when its claim was stale."""
+        """Queue ``item`` and wait for its commit; None when its claim was stale.
+
+        Raises :class:`OutcomeRefused` when the database refuses the outcome itself.
+        """
         item.future = asyncio.get_running_loop().create_future()
         self._pending.append(item)
         self._kick()
@@ -114,23 +130,70 @@ class Completer:
         ):
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
-            self._active += 1
-            self._idle.clear()
-            task = asyncio.create_task(self._run(batch), name="gen_durable.completer")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(batch)
 
-    async def drain(self) -> None:
-        """Wait until every submitted outcome has been flushed (or failed)."""
-        while self._pending or self._active or self._deferred:
-            if self._deferred and not self._pending and not self._active:
-                await asyncio.sleep(0.05)
+    def _start(self, batch: list[Completion]) -> None:
+        self._active += 1
+        self._idle.clear()
+        task = asyncio.create_task(self._run(batch), name="gen_durable.completer")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for every submitted outcome to be flushed (or to
+        fail); then give up on the rest — their rows keep their leases and fall to
+        the reaper, exactly as if the node had died."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._pending or self._active or self._timers:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            if self._timers and not self._pending and not self._active:
+                await asyncio.sleep(min(0.05, left))
                 continue
-            await self._idle.wait()
+            try:
+                await asyncio.wait_for(self._idle.wait(), left)
+            except TimeoutError:
+                break
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Drop whatever is still queued, deferred or in flight (stop only)."""
+        for handle, item in self._timers.items():
+            handle.cancel()
+            item.future.cancel()
+        self._timers.clear()
+        for item in self._pending:
+            item.future.cancel()
+        self._pending.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    def _defer(self, item: Completion, delay: float) -> None:
+        """Set ``item`` aside for ``delay`` seconds without holding a flusher."""
+        if item.future.done():  # its step was cancelled meanwhile (a drain)
+            return
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle | None = None
+
+        def back() -> None:
+            assert handle is not None
+            self._timers.pop(handle, None)
+            if not item.future.done():
+                self._pending.append(item)
+                self._kick()
+
+        handle = loop.call_later(delay, back)
+        self._timers[handle] = item
 
     async def _run(self, batch: list[Completion]) -> None:
         try:
             await self._flush_resilient(batch)
+        except asyncio.CancelledError:  # abandoned by a stop
+            for item in batch:
+                item.future.cancel()
+            raise
         except BaseException as exc:  # never leave a submitter waiting forever
             for item in batch:
                 if not item.future.done():
@@ -144,59 +207,53 @@ class Completer:
             self._kick()
 
     async def _flush_resilient(self, batch: list[Completion]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._retry_for
-        delay = 0.05
-        while True:
-            try:
-                await self._flush(batch)
-                return
-            except pg_errors.LockNotAvailable:
+        try:
+            await self._flush(batch)
+        except pg_errors.LockNotAvailable:
+            if len(batch) > 1:
+                await self._bisect(batch)  # isolate the row(s) a client holds
+            else:
+                self._defer(batch[0], 0.1)
+        except (psycopg.Error, OSError) as exc:
+            if refused(exc):
                 if len(batch) > 1:
-                    # Isolate the row(s) a client transaction holds; the rest commit.
-                    results = await asyncio.gather(
-                        *(self._flush_resilient([item]) for item in batch),
-                        return_exceptions=True,
-                    )
-                    for item, res in zip(batch, results, strict=True):
-                        if isinstance(res, BaseException) and not item.future.done():
-                            item.future.set_exception(res)
+                    await self._bisect(batch)
                     return
-                # Give the flusher back and try this one again a little later.
-                self._deferred += 1
-                loop.call_later(0.1, self._undefer, batch[0])
+                item = batch[0]
+                if not item.future.done():
+                    item.future.set_exception(_refusal(item, exc))
                 return
-            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
-                # Retried like a lost connection: bounded by the same deadline, backing
-                # off so two colliding batches do not meet again at once.
-                if loop.time() >= deadline:
-                    raise
-                log.warning("outcome batch of %d hit %s; retrying", len(batch), type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except psycopg.OperationalError as exc:
-                if loop.time() >= deadline:
-                    raise
-                log.warning(
-                    "outcome batch of %d not committed (%s); retrying in %.2fs",
-                    len(batch),
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-            except psycopg.Error:
-                if len(batch) == 1:
-                    raise
-                # Isolate the bad outcome: flush the others one by one.
-                log.exception("outcome batch of %d failed; retrying one by one", len(batch))
-                results = await asyncio.gather(
-                    *(self._flush_resilient([item]) for item in batch), return_exceptions=True
-                )
-                for item, res in zip(batch, results, strict=True):
-                    if isinstance(res, BaseException) and not item.future.done():
-                        item.future.set_exception(res)
-                return
+            self._retry_later(batch, exc)
+
+    async def _bisect(self, batch: list[Completion]) -> None:
+        """Flush the two halves separately: a refused outcome among many is found in
+        about 2·log2(n) statements, and every other outcome commits."""
+        mid = len(batch) // 2
+        await asyncio.gather(self._flush_resilient(batch[:mid]), self._flush_resilient(batch[mid:]))
+
+    def _retry_later(self, batch: list[Completion], exc: BaseException) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        failed = 0
+        for item in batch:
+            if item.future.done():
+                continue
+            if not item.give_up_at:
+                item.give_up_at = now + self._retry_for
+                item.backoff = 0.05
+            if now >= item.give_up_at:
+                item.future.set_exception(exc)
+                failed += 1
+                continue
+            self._defer(item, item.backoff)
+            item.backoff = min(item.backoff * 2, 2.0)
+        log.warning(
+            "outcome batch of %d not committed (%s: %s); retrying%s",
+            len(batch),
+            type(exc).__name__,
+            str(exc).strip(),
+            f", {failed} given up (their leases decide)" if failed else "",
+        )
 
     async def _flush(self, batch: Sequence[Completion]) -> None:
         simple = CompleteBatch.empty()
@@ -269,3 +326,30 @@ class Completer:
         for item in batch:
             if not item.future.done():
                 item.future.set_result(statuses.get((item.id, item.token), STALE))
+
+
+# Errors that say the statement itself is unacceptable, so the same statement would
+# fail again: data PostgreSQL rejects (class 22), integrity and program limits (23,
+# 54: an index row too large), a statement timeout (57014), and anything else with a
+# SQLSTATE outside the connection/resource/operator classes. Connection loss,
+# deadlocks, serialization failures, shutdowns and resource shortages are transient.
+_REFUSED = (pg_errors.ProgramLimitExceeded, pg_errors.QueryCanceled)
+
+
+def refused(exc: BaseException) -> bool:
+    if isinstance(exc, _REFUSED):
+        return True
+    return (
+        isinstance(exc, psycopg.DatabaseError)
+        and not isinstance(exc, psycopg.OperationalError)
+        and exc.sqlstate is not None
+        and not isinstance(exc, pg_errors.SerializationFailure | pg_errors.DeadlockDetected)
+    )
+
+
+def _refusal(item: Completion, exc: BaseException) -> OutcomeRefused:
+    what = "ScheduleChilds" if item.kind == "schedule_childs" else item.kind.capitalize()
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    err = OutcomeRefused(f"PostgreSQL refused the {what} outcome: {message}")
+    err.__cause__ = exc
+    return err

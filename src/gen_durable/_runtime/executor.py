@@ -6,9 +6,17 @@ the thread pool) → validate and encode the outcome. Everything from the call t
 encoding is the *guarded region*: any ``Exception`` in it — a user error, a bad outcome,
 unencodable state — goes through ``handle`` (§5), and a failure there ends the
 instance ``failed`` with the error recorded (§18.4). Nothing in it can crash the
-engine or leave the row for the reaper to re-run forever. ``BaseException``s that are
-not ``Exception``s (cancellation, ``SystemExit``) are crashes: they propagate, no
-outcome is written, and the lease decides.
+engine or leave the row for the reaper to re-run forever. That includes
+``BaseException``s raised by user code — ``SystemExit``, ``KeyboardInterrupt``, a
+``CancelledError`` the step raised itself (SPEC §5, v2): one poisoned row must not kill
+node after node. Only the engine's own cancellation of the step's task (a drain that
+gave up) propagates; then no outcome is written and the claim is handed back.
+
+An outcome PostgreSQL refuses for good (a child's key too large to index, a statement
+timeout on a huge fan-out) comes back from the completer as :class:`OutcomeRefused`:
+it is an error of the step, routed through ``handle`` like any other, and if ``handle``
+cannot produce an outcome the database accepts, the instance fails with the
+database's message — never a crash loop (issue A of the hardening work, §18.4).
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +32,11 @@ from .. import outcomes as oc
 from .. import telemetry
 from .._db import codec
 from ..client import build_insert
-from ..errors import Cancel, EncodingError, InvalidOutcome
+from ..errors import Cancel, EncodingError, InvalidOutcome, OutcomeRefused
 from ..machine import Child, Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
 from .stats import Stats
+from .threads import DaemonThreadPool
 
 log = logging.getLogger("gen_durable")
 
@@ -42,6 +50,26 @@ _KIND = {
     oc.Done: "done",
     oc.Stop: "stop",
 }
+
+
+def engine_cancelled(exc: BaseException) -> bool:
+    """True when ``exc`` is the engine cancelling the current task (a drain that gave
+    up), not a ``CancelledError`` that user code raised on its own."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+@dataclass(slots=True)
+class StepRun:
+    """One step's encoded outcome plus what ``handle`` needs if the database refuses it."""
+
+    completion: Completion
+    state: Any
+    instance: Machine | None = None
+    ctx: Context[Any] | None = None
+    signals: tuple[Signal, ...] = ()
 
 
 @dataclass(slots=True)
@@ -97,7 +125,7 @@ class Executor:
     def __init__(
         self,
         completer: Completer,
-        threads: ThreadPoolExecutor,
+        threads: DaemonThreadPool,
         stats: Stats,
         run_ahead: int = 0,
     ) -> None:
@@ -105,7 +133,6 @@ class Executor:
         self._threads = threads
         self._stats = stats
         self._run_ahead = run_ahead
-        self.in_thread: dict[int, int] = {}  # claim id -> user calls running in threads
 
     async def run(
         self,
@@ -126,7 +153,8 @@ class Executor:
         state: Any = _UNLOADED
         chained = 0
         while True:
-            completion, state = await self._step(claim, machine, state)
+            run = await self._step(claim, machine, state)
+            completion, state = run.completion, run.state
             if (
                 completion.kind == "next"
                 and chained < self._run_ahead
@@ -134,7 +162,7 @@ class Executor:
                 and may_keep(claim.priority)
             ):
                 completion.keep = True
-            committed = await self._commit(claim, completion)
+            committed = await self._commit_or_handle(claim, machine, run)
             self._stats.steps += 1
             if committed is None or committed[0] != "executing":
                 return None if committed is None else committed[0]
@@ -158,15 +186,15 @@ class Executor:
             # own object — decode the stored text afresh.
             state = completion.state_obj if completion.state_obj is not None else _UNLOADED
 
-    async def _step(
-        self, claim: Claim, machine: type[Machine], state: Any
-    ) -> tuple[Completion, Any]:
+    async def _step(self, claim: Claim, machine: type[Machine], state: Any) -> StepRun:
         """Run one step; returns its encoded outcome and the state the step saw."""
         started = time.perf_counter()
         try:
             if state is _UNLOADED:
                 state = machine.load_state(claim.state_text)
-        except Exception as exc:
+        except BaseException as exc:
+            if engine_cancelled(exc):
+                raise
             # The stored state no longer fits the model (the schema changed under
             # stored rows): deterministic, so retrying cannot help.
             log.error("instance %s: cannot load state of %s: %s", claim.id, machine.describe(), exc)
@@ -177,7 +205,7 @@ class Executor:
                 error=f"cannot load state of {machine.describe()}: {describe_error(exc)}",
             )
             completion.started = started
-            return completion, None
+            return StepRun(completion, None)
         signals = claim.signals()
         ctx: Context[Any] = Context(
             id=claim.id,
@@ -191,7 +219,9 @@ class Executor:
         )
         try:
             instance = machine()
-        except Exception as exc:
+        except BaseException as exc:
+            if engine_cancelled(exc):
+                raise
             completion = Completion(
                 claim.id,
                 claim.token,
@@ -201,11 +231,13 @@ class Executor:
                 seen=tuple(s.id for s in signals),
             )
             completion.started = started
-            return completion, state
+            return StepRun(completion, state)
         try:
             outcome = await self._call_step(instance, machine, ctx)
             completion = encode(outcome, claim, machine, signals)
-        except Exception as exc:
+        except BaseException as exc:
+            if engine_cancelled(exc):
+                raise
             if telemetry.listening("step.exception"):
                 telemetry.emit(
                     "step.exception",
@@ -214,7 +246,41 @@ class Executor:
                 )
             completion = await self._handle(instance, machine, ctx, exc, claim, signals)
         completion.started = started
-        return completion, state
+        return StepRun(completion, state, instance, ctx, signals)
+
+    async def _commit_or_handle(
+        self, claim: Claim, machine: type[Machine], run: StepRun
+    ) -> Committed | None:
+        """Commit a step's outcome; one the database refuses for good goes through
+        ``handle`` once, and if that is refused too the instance fails with the
+        database's message."""
+        try:
+            return await self._commit(claim, run.completion)
+        except OutcomeRefused as exc:
+            refused = exc
+        log.warning(
+            "instance %s (%s): step %r: %s", claim.id, machine.describe(), claim.step, refused
+        )
+        started = run.completion.started
+        if run.instance is not None and run.ctx is not None:
+            completion = await self._handle(
+                run.instance, machine, run.ctx, refused, claim, run.signals
+            )
+            completion.started = started
+            try:
+                return await self._commit(claim, completion)
+            except OutcomeRefused as again:
+                refused = again
+        stop = Completion(
+            claim.id,
+            claim.token,
+            "stop",
+            error=describe_error(refused),
+            consume=claim.awaits,
+            seen=_seen(run.signals),
+        )
+        stop.started = started
+        return await self._commit(claim, stop)
 
     async def _commit(self, claim: Claim, completion: Completion) -> Committed | None:
         kind = completion.kind
@@ -242,36 +308,27 @@ class Executor:
             perform: Callable[..., Any] = getattr(instance, "perform")  # noqa: B009
             args = (ctx.state, ctx) if instance.__gd_perform_takes_ctx__ else (ctx.state,)
             try:
-                value = await self._call(perform, machine.__gd_async_step__, ctx.id, *args)
+                value = await self._call(perform, machine.__gd_async_step__, *args)
             except Cancel as exc:
                 return oc.Stop(exc.reason)
             return oc.Done(value)
         step: Callable[..., Any] = getattr(instance, "step")  # noqa: B009
-        return await self._call(step, machine.__gd_async_step__, ctx.id, ctx.step, ctx)
+        return await self._call(step, machine.__gd_async_step__, ctx.step, ctx)
 
-    async def _call(self, fn: Callable[..., Any], is_async: bool, key: int, *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., Any], is_async: bool, *args: Any) -> Any:
         if is_async:
             return await fn(*args)
+        # A drain that gives up cancels this await; the thread runs on and its result
+        # is discarded (the row was handed back, so its outcome would be stale).
         loop = asyncio.get_running_loop()
-        self.in_thread[key] = self.in_thread.get(key, 0) + 1
-
-        def left(_: object) -> None:
-            n = self.in_thread.get(key, 1) - 1
-            if n:
-                self.in_thread[key] = n
-            else:
-                self.in_thread.pop(key, None)
-
-        cf = self._threads.submit(fn, *args)
-        cf.add_done_callback(lambda f: loop.call_soon_threadsafe(left, f))
-        return await asyncio.wrap_future(cf, loop=loop)
+        return await asyncio.wrap_future(self._threads.submit(fn, *args), loop=loop)
 
     async def _handle(
         self,
         instance: Machine,
         machine: type[Machine],
         ctx: Context[Any],
-        error: Exception,
+        error: BaseException,
         claim: Claim,
         signals: tuple[Signal, ...],
     ) -> Completion:
@@ -281,9 +338,11 @@ class Executor:
         )
         handle: Callable[..., Any] = getattr(instance, "handle")  # noqa: B009
         try:
-            outcome = await self._call(handle, machine.__gd_async_handle__, ctx.id, error, bare)
+            outcome = await self._call(handle, machine.__gd_async_handle__, error, bare)
             return encode(outcome, claim, machine, signals)
-        except Exception as exc:
+        except BaseException as exc:
+            if engine_cancelled(exc):
+                raise
             log.error(
                 "instance %s (%s): handle failed on %s: %s",
                 claim.id,

@@ -58,13 +58,18 @@ class QueueScheduler:
         """Every row this scheduler holds a claim on: running and buffered."""
         return [*self.running.values(), *(entry[2] for entry in self._buffer)]
 
-    async def drain(self, timeout: float) -> None:
-        """Stop picking, hand buffered rows back at once, give running steps ``timeout``."""
+    async def drain(self, deadline: float) -> None:
+        """Stop picking, hand buffered rows back at once, give running steps until
+        ``deadline`` (loop time), then hand back every row still running — ``async``
+        and ``def`` steps alike — with the attempt counted (SPEC §8)."""
         self._stopping = True
         self.wake.set()
+        loop = asyncio.get_running_loop()
         if self._loop_task is not None:
             # A pick stuck on the database must not hold the shutdown hostage.
-            done, _ = await asyncio.wait({self._loop_task}, timeout=timeout)
+            done, _ = await asyncio.wait(
+                {self._loop_task}, timeout=max(0.0, deadline - loop.time())
+            )
             if not done:
                 self._loop_task.cancel()
                 await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -77,27 +82,25 @@ class QueueScheduler:
                 {"released": released, "in_flight": len(self.running)},
                 {"queue": self.queue},
             )
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            if pending:
-                stragglers = list(self.running.values())
-                log.warning(
-                    "queue %s: %d step(s) still running after drain_timeout=%ss; "
-                    "cancelling them (they will run again)",
-                    self.queue,
-                    len(pending),
-                    timeout,
-                )
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                # A sync step's thread outlives its cancelled task: its row stays
-                # claimed and falls to the reaper (SPEC §8, §9).
-                busy = self.node.executor.in_thread
-                stragglers = [c for c in stragglers if c.id not in busy]
-                # They were interrupted mid-step: count the attempt and hand them back
-                # now rather than making them wait for the lease to expire.
-                await self.node.release(stragglers, bump=True)
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        if not pending:
+            return
+        stragglers = list(self.running.values())
+        log.warning(
+            "queue %s: %d step(s) still running at the drain limit; handing them back "
+            "(they will run again)",
+            self.queue,
+            len(pending),
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        # Interrupted mid-step: count the attempt and hand them back now rather than
+        # making them wait for the lease. A ``def`` step's thread runs on; releasing
+        # its row clears the claim, so whatever it returns would be stale (§18.2).
+        await self.node.release(stragglers, bump=True)
 
     # -- the feeder ----------------------------------------------------------------
 
