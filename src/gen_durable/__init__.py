@@ -20,6 +20,7 @@ from .errors import (
     InvalidOutcome,
     NoSuchInstance,
     NotFound,
+    OutcomeRefused,
     SchemaError,
 )
 from .machine import FSM, Child, Context, Job, Signal, State
@@ -49,6 +50,7 @@ __all__ = [
     "NoSuchInstance",
     "NotFound",
     "Outcome",
+    "OutcomeRefused",
     "Replay",
     "ScheduleChilds",
     "SchemaError",
