@@ -236,13 +236,19 @@ def test_insert_state_validated_before_anything_is_written() -> None:
         ({"min_demand": 50, "queues": {"q": 10}}, "never pick"),
         ({"drain_timeout": "5"}, "drain_timeout"),
         ({"reap_interval": float("nan")}, "reap_interval"),
-        ({"bogus": 1}, "unknown Engine option"),
         ({"schema": ""}, "schema"),
     ],
 )
 def test_engine_options_validated_at_construction(options: dict[str, Any], message: str) -> None:
     with pytest.raises(gd.ConfigurationError, match=message):
         gd.Engine("postgresql://localhost/none", **options)
+
+
+def test_unknown_engine_keyword_is_refused_by_the_signature() -> None:
+    """Options are explicit keywords (mypy and editors see a misspelling); at run time
+    an unknown one is Python's TypeError naming it, before anything connects."""
+    with pytest.raises(TypeError, match="bogus"):
+        gd.Engine("postgresql://localhost/none", bogus=1)  # type: ignore[call-arg]
 
 
 def test_dsn_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,6 +49,8 @@ from .registry import Registry
 
 log = logging.getLogger("gen_durable")
 
+_NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
+
 
 def resolve_dsn(dsn: str | None) -> str:
     """The DSN given, else ``GEN_DURABLE_DSN``, else ``DATABASE_URL`` (SPEC §11)."""
@@ -65,13 +67,11 @@ def resolve_dsn(dsn: str | None) -> str:
 class Engine:
     """Runs machines from one PostgreSQL schema and inserts/signals/reads instances.
 
-    Options (SPEC §8; durations in seconds): ``queues`` maps queue name to
-    concurrency; ``lease_ttl``, ``heartbeat_interval``, ``poll_interval``,
-    ``max_poll_interval``, ``reap_interval``, ``prefetch``, ``min_demand``,
-    ``drain_timeout``. Extras: ``listen`` (LISTEN/NOTIFY nudge, default on),
-    ``pool_size``, ``node_id``, ``unknown_retry`` (delay before a row whose machine
-    this node lacks is offered again), ``run_ahead`` (how many consecutive ``Next``
-    steps an instance may run on one claim, default 16; 0 turns it off). Bad values
+    ``queues`` maps queue name to concurrency (``{}``: a pure client that runs
+    nothing); ``fsms`` lists machines to prefer over the process-wide registry. Every
+    other keyword is an engine option declared in
+    :class:`gen_durable._runtime.config.Config` — type, default, bounds and meaning —
+    and listed in the README's configuration table. Durations are seconds. Bad values
     raise ``ConfigurationError`` here.
     """
 
@@ -82,34 +82,24 @@ class Engine:
         queues: Mapping[str, int] | None = None,
         fsms: Iterable[type[Machine]] = (),
         schema: str = "public",
-        lease_ttl: float = 60,
-        heartbeat_interval: float = 20,
-        poll_interval: float = 1,
-        max_poll_interval: float = 5,
-        reap_interval: float = 30,
+        lease_ttl: float = 60.0,
+        heartbeat_interval: float = 20.0,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 5.0,
+        reap_interval: float = 30.0,
         prefetch: int = 0,
         min_demand: int = 1,
-        drain_timeout: float = 5,
-        **extra: Any,
+        drain_timeout: float = 5.0,
+        listen: bool = True,
+        pool_size: int | None = None,
+        unknown_retry: float = 30.0,
+        reap_batch: int = 1000,
+        node_id: str | None = None,
+        run_ahead: int = 16,
     ) -> None:
-        known_extra = {"listen", "pool_size", "node_id", "unknown_retry", "reap_batch", "run_ahead"}
-        unknown = set(extra) - known_extra
-        if unknown:
-            raise ConfigurationError(f"unknown Engine option(s): {sorted(unknown)}")
-        self.config: Config = build_config(
-            resolve_dsn(dsn),
-            queues,
-            schema=schema,
-            lease_ttl=lease_ttl,
-            heartbeat_interval=heartbeat_interval,
-            poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
-            reap_interval=reap_interval,
-            prefetch=prefetch,
-            min_demand=min_demand,
-            drain_timeout=drain_timeout,
-            **extra,
-        )
+        # Every keyword but dsn/queues/fsms is a Config option, validated there.
+        options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
+        self.config: Config = build_config(resolve_dsn(dsn), queues, **options)
         self.registry = Registry(fsms)
         self.queries = Queries(self.config.schema)
         self.stats = Stats()

@@ -1,54 +1,149 @@
-"""Engine options, validated once at construction (SPEC §8, §11)."""
+"""Engine options: each declared once, here (SPEC §8, §11).
+
+Every option is a field of :class:`Config` with its type, its default and, in the
+field's metadata, its bounds and its help text. Everything else derives from that
+declaration: the validation in :func:`build_config`, the ``gen-durable worker`` flags
+(fields marked ``cli``), and the checks that keep ``Engine.__init__``'s explicit
+keywords and the README's configuration table in step (``tests/test_config.py``).
+
+Adding an option: declare the field here (with ``opt(...)``), add the keyword to
+``Engine.__init__`` — the test fails until both agree — and a row to the README table.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigurationError
 
+SECONDS = "seconds"
+COUNT = "count"
+
+
+def opt(
+    default: Any,
+    help: str,
+    *,
+    unit: str = "",
+    low: float | None = None,
+    strict: bool = True,
+    cli: bool = False,
+) -> Any:
+    """Declare one option: ``low`` is its lower bound (``strict``: the bound itself is
+    refused), ``unit`` says how values read (seconds or a count), ``cli`` makes it a
+    ``gen-durable worker`` flag."""
+    return field(
+        default=default,
+        metadata={"help": help, "unit": unit, "low": low, "strict": strict, "cli": cli},
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
     dsn: str
-    queues: dict[str, int] = field(default_factory=lambda: {"default": 10})
-    schema: str = "public"
-    lease_ttl: float = 60.0
-    heartbeat_interval: float = 20.0
-    poll_interval: float = 1.0
-    max_poll_interval: float = 5.0
-    reap_interval: float = 30.0
-    prefetch: int = 0
-    min_demand: int = 1
-    drain_timeout: float = 5.0
-    listen: bool = True
-    pool_size: int | None = None
-    unknown_retry: float = 30.0
-    reap_batch: int = 1000
-    node_id: str | None = None
-    run_ahead: int = 16
+    queues: dict[str, int] = field(
+        default_factory=lambda: {"default": 10},
+        metadata={"help": "queue name -> concurrency (steps running at once on this node)"},
+    )
+    schema: str = opt("public", "the PostgreSQL schema holding the tables")
+    lease_ttl: float = opt(
+        60.0, "seconds a claim stays valid without a heartbeat", unit=SECONDS, low=0, cli=True
+    )
+    heartbeat_interval: float = opt(
+        20.0, "seconds between lease extensions", unit=SECONDS, low=0, cli=True
+    )
+    poll_interval: float = opt(1.0, "base idle poll, seconds", unit=SECONDS, low=0, cli=True)
+    max_poll_interval: float = opt(5.0, "idle poll ceiling, seconds", unit=SECONDS, low=0, cli=True)
+    reap_interval: float = opt(
+        30.0, "seconds between expired-lease sweeps", unit=SECONDS, low=0, cli=True
+    )
+    prefetch: int = opt(
+        0, "rows claimed beyond the running slots", unit=COUNT, low=0, strict=False, cli=True
+    )
+    min_demand: int = opt(
+        1, "free slots needed before picking", unit=COUNT, low=1, strict=False, cli=True
+    )
+    drain_timeout: float = opt(
+        5.0,
+        "seconds running steps get to finish on stop",
+        unit=SECONDS,
+        low=0,
+        strict=False,
+        cli=True,
+    )
+    listen: bool = opt(True, "LISTEN for insert/wake notifications (polling stays the truth)")
+    pool_size: int | None = opt(
+        None, "size of the client-call pool (default len(queues) + 6)", unit=COUNT, low=2,
+        strict=False,
+    )  # fmt: skip
+    unknown_retry: float = opt(
+        30.0, "seconds before a row of a machine this node lacks is offered again",
+        unit=SECONDS, low=0,
+    )  # fmt: skip
+    reap_batch: int = opt(1000, "rows per reaper statement", unit=COUNT, low=1, strict=False)
+    node_id: str | None = opt(None, "the node's name in locked_by (default host:pid:random)")
+    run_ahead: int = opt(
+        16, "consecutive Next steps an instance may run on one claim (0: off)", unit=COUNT,
+        low=0, strict=False,
+    )  # fmt: skip
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+def options() -> list[dataclasses.Field[Any]]:
+    """The engine options, in declaration order (``dsn`` and ``queues`` excluded)."""
+    return [f for f in dataclasses.fields(Config) if f.name not in ("dsn", "queues")]
+
+
+def cli_options() -> list[dataclasses.Field[Any]]:
+    return [f for f in options() if f.metadata.get("cli")]
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def kind_of(f: dataclasses.Field[Any]) -> type:
+    """The option's value type (``int | None`` reads as ``int``)."""
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(Config))
+    hint = _HINTS[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return typing.cast(type, args[0] if args else hint)
+
+
+def _check(f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = kind_of(f)
+    meta = f.metadata
+    if value is None and f.default is None:
+        return None
+    low, strict = meta.get("low"), meta.get("strict", True)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{f.name} must be a bool, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str) or not value or "\x00" in value:
+            raise ConfigurationError(f"{f.name} must be a non-empty str, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < (low or 0):
+            raise ConfigurationError(f"{f.name} must be an int >= {low}, got {value!r}")
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be {bound} and finite, got {value!r}")
+        raise ConfigurationError(f"{f.name} must be a number of seconds, got {value!r}")
+    low = 0 if low is None else low
+    if value < low or (strict and value == low) or math.isinf(value):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ConfigurationError(f"{f.name} must be {bound} and finite, got {value!r}")
     return float(value)
 
 
-def _count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigurationError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def build_config(dsn: str, queues: Mapping[str, int] | None, **opts: Any) -> Config:
+def _queues(queues: Mapping[str, int] | None) -> dict[str, int]:
     if queues is None:
-        queues = {"default": 10}
+        return {"default": 10}
     if not isinstance(queues, Mapping):
         raise ConfigurationError(
             f"queues must be a mapping of queue name to concurrency, e.g. {{'default': 10}}; "
@@ -58,52 +153,24 @@ def build_config(dsn: str, queues: Mapping[str, int] | None, **opts: Any) -> Con
     for name, conc in queues.items():
         if not isinstance(name, str) or not name or "\x00" in name:
             raise ConfigurationError(f"queue names must be non-empty str, got {name!r}")
-        checked[name] = _count(f"queues[{name!r}] (concurrency)", conc, 1)
-    schema = opts.get("schema", "public")
-    if not isinstance(schema, str) or not schema or "\x00" in schema:
-        raise ConfigurationError(f"schema must be a non-empty str, got {schema!r}")
-    floats: dict[str, float] = {
-        k: _positive(k, opts[k])
-        for k in (
-            "lease_ttl",
-            "heartbeat_interval",
-            "poll_interval",
-            "max_poll_interval",
-            "reap_interval",
-            "unknown_retry",
+        if isinstance(conc, bool) or not isinstance(conc, int) or conc < 1:
+            raise ConfigurationError(
+                f"queues[{name!r}] (concurrency) must be an int >= 1, got {conc!r}"
+            )
+        checked[name] = conc
+    return checked
+
+
+def build_config(dsn: str, queues: Mapping[str, int] | None, **opts: Any) -> Config:
+    """Validate every option against its declaration, then the rules between them."""
+    known = {f.name: f for f in options()}
+    unknown = set(opts) - set(known)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown Engine option(s): {sorted(unknown)}; options are {sorted(known)}"
         )
-        if k in opts
-    }
-    if "drain_timeout" in opts:
-        floats["drain_timeout"] = _positive("drain_timeout", opts["drain_timeout"], allow_zero=True)
-    ints: dict[str, int] = {}
-    if "prefetch" in opts:
-        ints["prefetch"] = _count("prefetch", opts["prefetch"], 0)
-    if "min_demand" in opts:
-        ints["min_demand"] = _count("min_demand", opts["min_demand"], 1)
-    if "run_ahead" in opts:
-        ints["run_ahead"] = _count("run_ahead", opts["run_ahead"], 0)
-    if "reap_batch" in opts:
-        ints["reap_batch"] = _count("reap_batch", opts["reap_batch"], 1)
-    pool_size = opts.get("pool_size")
-    if pool_size is not None:
-        pool_size = _count("pool_size", pool_size, 2)
-    listen = opts.get("listen", True)
-    if not isinstance(listen, bool):
-        raise ConfigurationError(f"listen must be a bool, got {listen!r}")
-    node_id = opts.get("node_id")
-    if node_id is not None and (not isinstance(node_id, str) or not node_id or "\x00" in node_id):
-        raise ConfigurationError(f"node_id must be a non-empty str, got {node_id!r}")
-    extra: dict[str, Any] = {**floats, **ints}
-    cfg = Config(
-        dsn=dsn,
-        queues=checked,
-        schema=schema,
-        listen=listen,
-        pool_size=pool_size,
-        node_id=node_id,
-        **extra,
-    )
+    values = {name: _check(known[name], value) for name, value in opts.items()}
+    cfg = Config(dsn=dsn, queues=_queues(queues), **values)
     if cfg.heartbeat_interval >= cfg.lease_ttl:
         raise ConfigurationError(
             f"heartbeat_interval ({cfg.heartbeat_interval}s) must be well below lease_ttl "
@@ -114,7 +181,7 @@ def build_config(dsn: str, queues: Mapping[str, int] | None, **opts: Any) -> Con
             f"max_poll_interval ({cfg.max_poll_interval}s) must be >= poll_interval "
             f"({cfg.poll_interval}s)"
         )
-    for name, conc in checked.items():
+    for name, conc in cfg.queues.items():
         if cfg.min_demand > conc + cfg.prefetch:
             raise ConfigurationError(
                 f"min_demand ({cfg.min_demand}) exceeds queue {name!r}'s concurrency + prefetch "

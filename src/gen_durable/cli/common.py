@@ -27,16 +27,6 @@ log = logging.getLogger("gen_durable.cli")
 
 PROG = "gen-durable"
 EXPIRED_SHOWN = 100  # `status` lists at most this many expired leases
-WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (
-    ("lease_ttl", float, "seconds a claim stays valid without a heartbeat"),
-    ("heartbeat_interval", float, "seconds between lease extensions"),
-    ("poll_interval", float, "base idle poll, seconds"),
-    ("max_poll_interval", float, "idle poll ceiling, seconds"),
-    ("reap_interval", float, "seconds between expired-lease sweeps"),
-    ("prefetch", int, "rows claimed beyond the running slots"),
-    ("min_demand", int, "free slots needed before picking"),
-    ("drain_timeout", float, "seconds running steps get to finish on stop"),
-)
 
 
 class UsageError(Exception):

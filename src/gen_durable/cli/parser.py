@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from .. import __version__
-from .._runtime.config import Config
-from .common import PROG, WORKER_KNOBS, Parser, common_options, instance_id_arg, json_arg, queue_arg
+from .._runtime.config import cli_options, kind_of
+from .common import PROG, Parser, common_options, instance_id_arg, json_arg, queue_arg
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
@@ -80,14 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=N",
         help="serve queue NAME with concurrency N (repeatable; default default=10)",
     )
-    # The SPEC §8 knobs; unset ones keep the engine's own defaults (shown in --help).
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    for name, kind, text in WORKER_KNOBS:
+    # The engine options marked for the command line (SPEC §8 knobs); unset ones keep
+    # the engine's own defaults (shown in --help).
+    for option in cli_options():
+        kind = kind_of(option)
         p.add_argument(
-            "--" + name.replace("_", "-"),
+            "--" + option.name.replace("_", "-"),
             type=kind,
             metavar="N" if kind is int else "SECONDS",
-            help=f"{text} (default {defaults[name]:g})",
+            help=f"{option.metadata['help']} (default {option.default:g})",
         )
     p.add_argument("--node-id", help="node identity in locked_by (default host:pid:random)")
     p.add_argument(

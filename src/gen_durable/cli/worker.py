@@ -9,11 +9,11 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .._runtime.config import cli_options
 from ..engine import Engine
 from ..errors import ConfigurationError, GenDurableError, SchemaError
 from ..registry import REGISTRY
 from .common import (
-    WORKER_KNOBS,
     CannotConnect,
     CommandError,
     UsageError,
@@ -32,7 +32,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queues = dict(args.queue) if args.queue else {"default": 10}
     dsn = dsn_of(args)
     knobs: dict[str, Any] = {
-        name: getattr(args, name) for name, _, _ in WORKER_KNOBS if getattr(args, name) is not None
+        f.name: getattr(args, f.name) for f in cli_options() if getattr(args, f.name) is not None
     }
     if args.node_id:
         knobs["node_id"] = args.node_id
