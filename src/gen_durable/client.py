@@ -245,11 +245,27 @@ def wait_verdict(
     return None
 
 
+def check_id(value: object) -> int:
+    """An instance id is an ``int`` (not a bool), in every call that takes one.
+
+    Checked before any statement runs: PostgreSQL would cast ``"1"`` to a bigint and
+    answer as if ``1`` had been passed, so one call would accept what another refuses.
+    A ``str``/``bytes`` is reserved for addressing by ``unique_key`` (SPEC §20).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    hint = ""
+    if isinstance(value, str | bytes):
+        hint = " (addressing an instance by its unique_key is not supported yet)"
+    raise ConfigurationError(
+        f"an instance id is an int, not {type(value).__name__} {value!r}{hint}"
+    )
+
+
 def signal_params(
     target_id: int, name: str, payload: Any, dedup_key: str | None
 ) -> tuple[int, str, str, str | None]:
-    if isinstance(target_id, bool) or not isinstance(target_id, int):
-        raise ConfigurationError(f"target_id must be an int, not {target_id!r}")
+    check_id(target_id)
     codec.check_text(name, "signal name")
     if not name:
         raise EncodingError("signal name must be a non-empty str")
@@ -322,7 +338,7 @@ class SyncClient:
     def get(
         self, instance_id: int, *, conn: psycopg.Connection[Any] | None = None
     ) -> Instance | None:
-        row = self._one(conn, self._queries.get(instance_id))
+        row = self._one(conn, self._queries.get(check_id(instance_id)))
         return None if row is None else Instance.from_row(row)
 
     def wait(

@@ -35,6 +35,7 @@ from .client import (
     Instance,
     build_insert,
     build_one,
+    check_id,
     check_single,
     inserted_ids,
     signal_params,
@@ -269,7 +270,7 @@ class Engine:
         self, instance_id: int, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> Instance | None:
         """A frozen snapshot of one instance, or None for an unknown id."""
-        row = await self._one(self.queries.get(instance_id), conn)
+        row = await self._one(self.queries.get(check_id(instance_id)), conn)
         return None if row is None else Instance.from_row(row)
 
     async def wait(
@@ -292,8 +293,8 @@ class Engine:
 
     async def inbox(self, instance_id: int) -> list[tuple[Any, ...]]:
         """The instance's stored signals: (id, name, payload, dedup_key, inserted_at)."""
-        return await self._all(self.queries.inbox(instance_id))
+        return await self._all(self.queries.inbox(check_id(instance_id)))
 
     async def children(self, instance_id: int) -> list[tuple[Any, ...]]:
         """The instance's children: (id, fsm, status, state, result, last_error)."""
-        return await self._all(self.queries.children(instance_id))
+        return await self._all(self.queries.children(check_id(instance_id)))
