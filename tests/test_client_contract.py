@@ -11,6 +11,8 @@ import pytest
 
 import gen_durable as gd
 
+from .test_bad_input import rows
+
 NOWHERE = "postgresql://postgres@127.0.0.1:1/none"  # nothing listens: no call may connect
 
 
@@ -66,3 +68,70 @@ async def test_a_str_id_says_keys_are_not_supported_yet(make_engine, dsn, schema
             assert client.signal(iid, "go") is True
 
     await asyncio.to_thread(sync)
+
+
+# -- a plain machine's state is a JSON object ---------------------------------------------
+
+
+class Bag(gd.FSM):
+    """No State model: a plain dict. ``how`` picks where the bad value ``bad`` goes."""
+
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        bad, how = ctx.state.get("bad"), ctx.state.get("how")
+        if step == "start" and how == "outcome":
+            return gd.Next("never", bad)
+        if step == "start" and how == "child":
+            return gd.ScheduleChilds("never", [gd.Spec(Bag, state=bad)])
+        if step == "start":
+            return gd.Next("kept", None)  # None keeps the stored state
+        return gd.Done(ctx.state)
+
+    def handle(self, error: Exception, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        return gd.Stop(f"{type(error).__name__}: {error}")
+
+
+BAD_STATES: list[Any] = [[1, 2], "a string", 3]
+
+
+@pytest.mark.parametrize("bad", BAD_STATES)
+async def test_plain_state_that_is_not_an_object_is_refused_on_insert(
+    bad: Any, make_engine, conn, dsn, schema
+) -> None:
+    refused = pytest.raises(gd.ConfigurationError, match="must be a JSON object")
+    async with make_engine(queues={}) as engine:
+        with refused:
+            await engine.insert(Bag, state=bad)
+        with refused:
+            await engine.insert(Bag, args=bad)
+        with refused:
+            await engine.insert_all([Bag, gd.Spec(Bag, state=bad)])
+
+        def sync() -> None:
+            with gd.SyncClient(dsn, schema=schema) as client:
+                with refused:
+                    client.insert(Bag, state=bad)
+                with refused:
+                    client.insert_all([gd.Spec(Bag, state=bad), Bag])
+
+        await asyncio.to_thread(sync)
+        assert await rows(conn, schema) == 0
+        default = await engine.get(await engine.insert(Bag, state=None))
+        assert default is not None and default.state == {}
+
+
+@pytest.mark.parametrize("how", ["outcome", "child"])
+async def test_plain_state_that_is_not_an_object_is_an_invalid_outcome(
+    how: str, make_engine, conn, schema
+) -> None:
+    async with make_engine() as engine:
+        bad = [await engine.insert(Bag, state={"bad": v, "how": how}) for v in BAD_STATES]
+        kept = await engine.insert(Bag, state={"n": 1})
+        for iid in bad:
+            inst = await engine.wait(iid, timeout=20)
+            assert inst.status == "failed" and inst.step == "start", inst
+            assert inst.last_error is not None
+            assert inst.last_error.startswith("InvalidOutcome: ")
+            assert "must be a JSON object" in inst.last_error
+            assert inst.state["how"] == how  # nothing of the outcome was written
+        assert (await engine.wait(kept, timeout=20)).result == {"n": 1}
+    assert await rows(conn, schema) == len(BAD_STATES) + 1  # no child was inserted

@@ -191,7 +191,8 @@ def add_insert(
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(str(exc)) from exc
     # The state model validates before anything is written (pydantic.ValidationError).
-    encoded = codec.dumps(machine.coerce_state(value), f"state of {machine.__gd_name__}")
+    state = machine.coerce_state(value, error=ConfigurationError)
+    encoded = codec.dumps(state, f"state of {machine.__gd_name__}")
     rows.fsm.append(machine.__gd_name__)
     rows.fsm_version.append(machine.__gd_version__)
     rows.step.append(step)

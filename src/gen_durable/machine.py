@@ -149,26 +149,39 @@ class Machine:
         return model.model_validate_json(text or "{}")
 
     @classmethod
-    def coerce_state(cls, value: Any, what: str = "state") -> Any:
-        """Validate user-supplied state against the machine's model (before writing)."""
+    def coerce_state(
+        cls, value: Any, what: str = "state", *, error: type[Exception] = InvalidOutcome
+    ) -> Any:
+        """Validate user-supplied state against the machine's model (before writing).
+
+        ``None`` means the default (or, in an outcome, keep the stored state). A value
+        of the wrong shape raises ``error``: ``InvalidOutcome`` for an outcome's state
+        (it goes through ``handle``), ``ConfigurationError`` for an insert."""
         model = cls.__gd_state__
         if model is None:
             if value is None:
                 return {}
             if isinstance(value, BaseModel):
                 return value.model_dump(mode="json")
-            return value
+            if isinstance(value, Mapping):
+                return value if isinstance(value, dict) else dict(value)
+            # A step reads its state as a dict (``ctx.state["n"]``); a list or scalar
+            # stored here would only fail later, in the step, on every retry.
+            raise error(
+                f"{cls.__gd_name__}: {what} must be a JSON object (a dict), "
+                f"not {type(value).__name__} {_short(value)}; None means the default"
+            )
         if isinstance(value, model):
             return value
         if isinstance(value, BaseModel):
-            raise InvalidOutcome(
+            raise error(
                 f"{cls.__gd_name__}: {what} is a {type(value).__name__}, expected {model.__name__}"
             )
         if value is None:
             value = {}
         if isinstance(value, Mapping):
             return model.model_validate(value)
-        raise InvalidOutcome(
+        raise error(
             f"{cls.__gd_name__}: {what} must be a {model.__name__} or a mapping, "
             f"not {type(value).__name__}"
         )
@@ -210,6 +223,11 @@ class Job(Machine):
         if ctx.attempt + 1 < self.max_attempts:
             return oc.Replay(ctx.state, delay=self.backoff(ctx.attempt))
         return oc.Stop(error)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- class-creation checks ---------------------------------------------------------
