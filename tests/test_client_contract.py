@@ -5,12 +5,15 @@ the richer signal result the command line reports."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 from typing import Any
 
 import pytest
 
 import gen_durable as gd
 
+from .conftest import wait_for
 from .test_bad_input import rows
 
 NOWHERE = "postgresql://postgres@127.0.0.1:1/none"  # nothing listens: no call may connect
@@ -36,6 +39,8 @@ async def test_every_call_taking_an_id_refuses_a_non_int_before_anything_runs(
         lambda: client.get(bad),
         lambda: client.signal(bad, "go"),
         lambda: client.wait(bad, timeout=0),
+        lambda: client.inbox(bad),
+        lambda: client.children(bad),
     ]
     for call in calls:
         with pytest.raises(gd.ConfigurationError, match="an instance id is an int"):
@@ -135,3 +140,64 @@ async def test_plain_state_that_is_not_an_object_is_an_invalid_outcome(
             assert inst.state["how"] == how  # nothing of the outcome was written
         assert (await engine.wait(kept, timeout=20)).result == {"n": 1}
     assert await rows(conn, schema) == len(BAD_STATES) + 1  # no child was inserted
+
+
+# -- inbox and children are the items a step sees ---------------------------------------
+
+
+class Kid(gd.Job):
+    def perform(self, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("fail"):
+            raise gd.Cancel("no")
+        return {"kid": args["n"]}
+
+
+class Family(gd.FSM):
+    """Fans out two kids, then awaits ``go`` and finishes with what its steps saw."""
+
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        if step == "start":
+            kids = [gd.Spec(Kid, args={"n": 1}), gd.Spec(Kid, args={"n": 2, "fail": True})]
+            return gd.ScheduleChilds("joined", kids)
+        if step == "joined":
+            seen = [dataclasses.astuple(c) for c in ctx.childs]
+            return gd.Next("wait", {"childs": seen})
+        if not any(s.name == "go" for s in ctx.signals):
+            return gd.Await("go", ctx.state)
+        return gd.Done({**ctx.state, "signals": [dataclasses.astuple(s) for s in ctx.signals]})
+
+
+async def test_inbox_and_children_are_the_typed_items_of_ctx(make_engine, dsn, schema) -> None:
+    async with make_engine() as engine:
+        iid = await engine.insert(Family)
+        await wait_for(lambda: parked(engine, iid))
+        assert await engine.signal(iid, "other", {"o": 1}, dedup_key="k-other")
+        assert await engine.signal(iid, "go", {"g": 2})
+        done = await engine.wait(iid, timeout=20)
+        children, inbox = await engine.children(iid), await engine.inbox(iid)
+    assert done.status == "done", done.last_error
+    assert children == [gd.Child(*c) for c in done.result["childs"]]
+    assert [(c.fsm, c.status, c.result, c.last_error) for c in children] == [
+        (Kid.__gd_name__, "done", {"kid": 1}, None),
+        (Kid.__gd_name__, "failed", None, "no"),
+    ]
+    seen = [gd.Signal(*s) for s in done.result["signals"]]
+    assert [(s.name, s.payload, s.dedup_key, s.inserted_at) for s in seen] == [
+        ("other", {"o": 1}, None, None),  # a step's snapshot does not load these two
+        ("go", {"g": 2}, None, None),
+    ]
+    [other] = inbox  # "go" was consumed by the step it woke
+    assert isinstance(other, gd.Signal)
+    assert (other.id, other.name, other.payload) == (seen[0].id, "other", {"o": 1})
+    assert other.dedup_key == "k-other" and isinstance(other.inserted_at, dt.datetime)
+
+    def sync() -> tuple[list[gd.Child], list[gd.Signal]]:
+        with gd.SyncClient(dsn, schema=schema) as client:
+            return client.children(iid), client.inbox(iid)
+
+    assert await asyncio.to_thread(sync) == (children, inbox)
+
+
+async def parked(engine: gd.Engine, iid: int) -> bool:
+    inst = await engine.get(iid)
+    return inst is not None and inst.status == "awaiting_signal"

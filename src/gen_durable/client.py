@@ -26,7 +26,7 @@ from psycopg.rows import TupleRow
 from ._db import codec
 from ._db.queries import NON_TERMINAL, STATUSES, InsertRows, Queries
 from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
-from .machine import Machine
+from .machine import Child, Machine, Signal
 from .outcomes import Spec, seconds
 
 INSERT_OPTIONS = frozenset(
@@ -263,6 +263,16 @@ def check_id(value: object) -> int:
     )
 
 
+def inbox_items(rows: Iterable[Sequence[Any]]) -> list[Signal]:
+    """``inbox`` rows (id, name, payload, dedup_key, inserted_at) as ``ctx.signals`` items."""
+    return [Signal(*row) for row in rows]
+
+
+def child_items(rows: Iterable[Sequence[Any]]) -> list[Child]:
+    """``children`` rows as ``ctx.childs`` items."""
+    return [Child(*row) for row in rows]
+
+
 def signal_params(
     target_id: int, name: str, payload: Any, dedup_key: str | None
 ) -> tuple[int, str, str, str | None]:
@@ -284,7 +294,8 @@ def signal_result(row: tuple[Any, ...] | None, target_id: int) -> bool:
 
 
 class SyncClient:
-    """The synchronous client: ``insert``, ``insert_all``, ``signal``, ``get``.
+    """The synchronous client: ``insert``, ``insert_all``, ``signal``, ``get``, ``wait``,
+    ``inbox``, ``children``.
 
     Each call takes ``conn=`` to run inside the caller's own open psycopg transaction
     (transactional enqueue). Without it, calls run on the client's own autocommit
@@ -309,6 +320,12 @@ class SyncClient:
         cur = self._connection(conn).execute(stmt.query, stmt.params)
         row: tuple[Any, ...] | None = cur.fetchone()
         return row
+
+    def _all(self, stmt: Any) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = (
+            self._connection(None).execute(stmt.query, stmt.params).fetchall()
+        )
+        return rows
 
     def insert(
         self, machine: type[Machine], *, conn: psycopg.Connection[Any] | None = None, **options: Any
@@ -341,6 +358,14 @@ class SyncClient:
     ) -> Instance | None:
         row = self._one(conn, self._queries.get(check_id(instance_id)))
         return None if row is None else Instance.from_row(row)
+
+    def inbox(self, instance_id: int) -> list[Signal]:
+        """The instance's stored signals, oldest first (see ``Engine.inbox``)."""
+        return inbox_items(self._all(self._queries.inbox(check_id(instance_id))))
+
+    def children(self, instance_id: int) -> list[Child]:
+        """The instance's children, by id (see ``Engine.children``)."""
+        return child_items(self._all(self._queries.children(check_id(instance_id))))
 
     def wait(
         self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05

@@ -37,13 +37,15 @@ from .client import (
     build_one,
     check_id,
     check_single,
+    child_items,
+    inbox_items,
     inserted_ids,
     signal_params,
     signal_result,
     wait_verdict,
 )
 from .errors import ConfigurationError, GenDurableError, SchemaError
-from .machine import Machine
+from .machine import Child, Machine, Signal
 from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
 
@@ -291,10 +293,12 @@ class Engine:
                 return done
             await asyncio.sleep(interval)
 
-    async def inbox(self, instance_id: int) -> list[tuple[Any, ...]]:
-        """The instance's stored signals: (id, name, payload, dedup_key, inserted_at)."""
-        return await self._all(self.queries.inbox(check_id(instance_id)))
+    async def inbox(self, instance_id: int) -> list[Signal]:
+        """The instance's stored signals, oldest first: ``ctx.signals`` items, with
+        ``dedup_key`` and ``inserted_at`` filled in."""
+        return inbox_items(await self._all(self.queries.inbox(check_id(instance_id))))
 
-    async def children(self, instance_id: int) -> list[tuple[Any, ...]]:
-        """The instance's children: (id, fsm, status, state, result, last_error)."""
-        return await self._all(self.queries.children(check_id(instance_id)))
+    async def children(self, instance_id: int) -> list[Child]:
+        """The instance's children, by id: ``ctx.childs`` items
+        (``id, fsm, status, state, result, last_error``)."""
+        return child_items(await self._all(self.queries.children(check_id(instance_id))))

@@ -18,6 +18,7 @@ statement runs, not when the first instance does. Every machine registers itself
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,11 +45,16 @@ class State(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """One inbox entry as a step sees it in ``ctx.signals``."""
+    """One inbox entry: an item of ``ctx.signals`` and of ``engine.inbox(id)``.
+
+    ``dedup_key`` and ``inserted_at`` are filled by ``inbox()`` only; in ``ctx.signals``
+    they are None, because the pick, on every step's hot path, does not load them."""
 
     id: int
     name: str
     payload: Any
+    dedup_key: str | None = None
+    inserted_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

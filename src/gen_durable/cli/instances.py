@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from typing import Any
 
 import psycopg
 import pydantic
 
 from .._db.admin_queries import AdminQueries
+from ..client import Instance
+from ..machine import Child, Signal
 from .common import (
     EXPIRED_SHOWN,
     CommandError,
@@ -83,7 +86,7 @@ def cmd_signal(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    async def run() -> tuple[Any, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    async def run() -> tuple[Instance, list[Signal], list[Child]]:
         engine = await open_client(args)
         try:
             inst = await engine.get(args.id)
@@ -94,15 +97,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             await engine.stop()
 
     inst, inbox, children = asyncio.run(run())
-    inbox_cols = ("id", "name", "payload", "dedup_key", "inserted_at")
-    child_cols = ("id", "fsm", "status", "state", "result", "last_error")
-    fields = {name: getattr(inst, name) for name in inst.__dataclass_fields__}
+    fields = fields_of(inst)
     if option(args, "json"):
         print_json(
             {
                 **fields,
-                "inbox": [dict(zip(inbox_cols, r, strict=True)) for r in inbox],
-                "children": [dict(zip(child_cols, r, strict=True)) for r in children],
+                "inbox": [fields_of(s) for s in inbox],
+                "children": [fields_of(c) for c in children],
             }
         )
         return 0
@@ -113,11 +114,22 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"  {key.ljust(width)}  {cell(value)}")
     print(f"\ninbox ({len(inbox)} signal(s))")
     if inbox:
-        print(table(inbox_cols, inbox))
+        print(table(list(fields_of(inbox[0])), [list(fields_of(s).values()) for s in inbox]))
     print(f"\nchildren ({len(children)})")
     if children:
-        print(table(child_cols, children))
+        print(table(list(fields_of(children[0])), [list(fields_of(c).values()) for c in children]))
     return 0
+
+
+def fields_of(item: Any) -> dict[str, Any]:
+    """A dataclass's fields by name, in declaration order (no deep copy)."""
+    return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+
+
+def items_table(items: list[Signal] | list[Child]) -> str:
+    """Inbox signals or children as a table, one column per field."""
+    rows = [fields_of(item) for item in items]
+    return table(list(rows[0]), [list(row.values()) for row in rows])
 
 
 def cmd_status(args: argparse.Namespace) -> int:
