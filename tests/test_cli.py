@@ -295,7 +295,18 @@ def test_signal_stores_dedups_and_refuses(
     assert res.out == f"signal 'go' stored for instance {target} (now runnable)\n"
     res = cli("signal", str(target), "go", "--payload", '{"n": 2}', "--dedup-key", "d1", "--json",
               *on)  # fmt: skip
-    assert json.loads(res.out) == {"id": target, "name": "go", "stored": True, "status": "runnable"}
+    assert json.loads(res.out) == {
+        "id": target, "name": "go", "stored": False, "duplicate": True, "status": "runnable"
+    }  # fmt: skip
+    res = cli("signal", str(target), "go", "--dedup-key", "d1", *on)
+    assert res.code == 0, res
+    assert res.out == (
+        f"signal 'go' for instance {target}: duplicate, dedup_key 'd1' was already stored;"
+        " nothing new stored (now runnable)\n"
+    )
+    res = cli("signal", str(target), "go", "--dedup-key", "d2", "--json", *on)
+    assert json.loads(res.out)["stored"] is True and json.loads(res.out)["duplicate"] is False
+    db("DELETE FROM S.signals WHERE dedup_key = 'd2'")
     assert db("SELECT target_id, name, payload, dedup_key FROM S.signals") == [
         (target, "go", {"n": 1}, "d1")
     ]

@@ -201,3 +201,39 @@ async def test_inbox_and_children_are_the_typed_items_of_ctx(make_engine, dsn, s
 async def parked(engine: gd.Engine, iid: int) -> bool:
     inst = await engine.get(iid)
     return inst is not None and inst.status == "awaiting_signal"
+
+
+# -- what a signal did ----------------------------------------------------------------------
+
+
+async def test_deliver_tells_a_dedup_hit_from_a_stored_signal(
+    make_engine, conn, dsn, schema
+) -> None:
+    async with make_engine(queues={}) as engine:
+        iid = await engine.insert(Parked)
+        assert await engine.deliver(iid, "go", {"n": 1}, dedup_key="k") == "stored"
+        assert await engine.deliver(iid, "go", {"n": 2}, dedup_key="k") == "duplicate"
+        assert await engine.signal(iid, "go", {"n": 3}, dedup_key="k") is True  # SPEC §6
+        assert await engine.deliver(iid, "go") == "stored"  # no key: never a duplicate
+
+        def sync() -> bool:
+            with gd.SyncClient(dsn, schema=schema) as client:
+                return client.signal(iid, "go", dedup_key="k2") and client.signal(
+                    iid, "go", dedup_key="k2"
+                )
+
+        assert await asyncio.to_thread(sync) is True  # stored, then a duplicate: both True
+        assert [(s.payload, s.dedup_key) for s in await engine.inbox(iid)] == [
+            ({"n": 1}, "k"),
+            ({}, None),
+            ({}, "k2"),
+        ]
+        finished = await engine.insert(Parked)
+        async with engine._require_pool().connection() as c:
+            await c.execute(
+                f"UPDATE \"{schema}\".gen_durable SET status = 'done' WHERE id = %s", (finished,)
+            )
+        assert await engine.deliver(finished, "go", dedup_key="k") == "finished"
+        assert await engine.signal(finished, "go") is False
+        with pytest.raises(gd.NoSuchInstance):
+            await engine.deliver(10**12, "go")

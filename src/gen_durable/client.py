@@ -18,7 +18,7 @@ import datetime as dt
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -285,12 +285,19 @@ def signal_params(
     return target_id, name, codec.dumps({} if payload is None else payload, "payload"), dedup_key
 
 
-def signal_result(row: tuple[Any, ...] | None, target_id: int) -> bool:
-    """True when stored (or already stored under its dedup_key) for a live instance."""
+Delivery = Literal["stored", "duplicate", "finished"]
+"""What a signal did: stored; not stored again because its ``dedup_key`` already was
+(the target is live); or refused because the target is finished (SPEC §6)."""
+
+
+def delivery(row: tuple[Any, ...] | None, target_id: int) -> Delivery:
+    """Read the signal statement's (status, inserted signal id, woke) row."""
     if row is None:
         raise NoSuchInstance(target_id)
-    status = row[0]
-    return status not in ("done", "failed")
+    if row[0] in ("done", "failed"):
+        return "finished"
+    # A live target stores the signal unless ON CONFLICT found its dedup_key.
+    return "stored" if row[1] is not None else "duplicate"
 
 
 class SyncClient:
@@ -351,7 +358,7 @@ class SyncClient:
         conn: psycopg.Connection[Any] | None = None,
     ) -> bool:
         params = signal_params(target_id, name, payload, dedup_key)
-        return signal_result(self._one(conn, self._queries.signal(*params)), target_id)
+        return delivery(self._one(conn, self._queries.signal(*params)), target_id) != "finished"
 
     def get(
         self, instance_id: int, *, conn: psycopg.Connection[Any] | None = None

@@ -32,16 +32,17 @@ from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
+    Delivery,
     Instance,
     build_insert,
     build_one,
     check_id,
     check_single,
     child_items,
+    delivery,
     inbox_items,
     inserted_ids,
     signal_params,
-    signal_result,
     wait_verdict,
 )
 from .errors import ConfigurationError, GenDurableError, SchemaError
@@ -263,10 +264,26 @@ class Engine:
         dedup_key: str | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> bool:
-        """Deliver a signal (SPEC §6): True when stored for a live instance, False when
-        the instance is already terminal; ``gd.NoSuchInstance`` for an unknown id."""
+        """Deliver a signal (SPEC §6): True when stored for a live instance (or already
+        stored under its ``dedup_key``), False when the instance is already terminal;
+        ``gd.NoSuchInstance`` for an unknown id."""
+        found = await self.deliver(target_id, name, payload, dedup_key=dedup_key, conn=conn)
+        return found != "finished"
+
+    async def deliver(
+        self,
+        target_id: int,
+        name: str,
+        payload: Any = None,
+        *,
+        dedup_key: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> Delivery:
+        """``signal`` saying what happened: ``"stored"``; ``"duplicate"`` (a signal with
+        this ``dedup_key`` was already stored for the live instance, nothing new was
+        stored); ``"finished"`` (refused: the instance is terminal)."""
         params = signal_params(target_id, name, payload, dedup_key)
-        return signal_result(await self._one(self.queries.signal(*params), conn), target_id)
+        return delivery(await self._one(self.queries.signal(*params), conn), target_id)
 
     async def get(
         self, instance_id: int, *, conn: psycopg.AsyncConnection[Any] | None = None

@@ -11,7 +11,7 @@ import psycopg
 import pydantic
 
 from .._db.admin_queries import AdminQueries
-from ..client import Instance
+from ..client import Delivery, Instance
 from ..machine import Child, Signal
 from .common import (
     EXPIRED_SHOWN,
@@ -63,23 +63,37 @@ def cmd_insert(args: argparse.Namespace) -> int:
 
 
 def cmd_signal(args: argparse.Namespace) -> int:
-    async def run() -> tuple[bool, str | None]:
+    async def run() -> tuple[Delivery, str | None]:
         engine = await open_client(args)
         try:
-            stored = await engine.signal(args.id, args.name, args.payload, dedup_key=args.dedup_key)
+            found = await engine.deliver(args.id, args.name, args.payload, dedup_key=args.dedup_key)
             inst = await engine.get(args.id)
-            return stored, inst.status if inst else None
+            return found, inst.status if inst else None
         finally:
             await engine.stop()
 
-    stored, status = asyncio.run(run())
-    if not stored:
+    found, status = asyncio.run(run())
+    if found == "finished":
         raise CommandError(
             f"instance {args.id} is {status}: a finished instance takes no signals; "
             "nothing was stored"
         )
+    duplicate = found == "duplicate"
     if option(args, "json"):
-        print_json({"id": args.id, "name": args.name, "stored": True, "status": status})
+        print_json(
+            {
+                "id": args.id,
+                "name": args.name,
+                "stored": not duplicate,
+                "duplicate": duplicate,
+                "status": status,
+            }
+        )
+    elif duplicate:
+        print(
+            f"signal {args.name!r} for instance {args.id}: duplicate, dedup_key "
+            f"{args.dedup_key!r} was already stored; nothing new stored (now {status})"
+        )
     else:
         print(f"signal {args.name!r} stored for instance {args.id} (now {status})")
     return 0
