@@ -382,6 +382,42 @@ def test_status_counts_backlog_and_expired_leases(
     assert "gone-node:1" in text
 
 
+def test_status_and_show_name_rows_waiting_for_a_machine_no_node_has(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    [(missing,)] = db(
+        "INSERT INTO S.gen_durable (fsm, fsm_version, step) VALUES ('billing.Charge', 2, 'start')"
+        " RETURNING id"
+    )
+    # A reason left behind by a row that has run a step since (eligible_at = updated_at).
+    db("INSERT INTO S.gen_durable (fsm, step, queue, last_error) VALUES ('x', 'b', 'elsewhere',"
+       " 'no machine ''x'' v1 on node n (handed back, retried in 30s)')")  # fmt: skip
+    worker = start_worker("--app", APP, *WORKER_FAST, "--node-id", "deploy-test:1", *on)
+    log = StderrLines(worker)
+    try:
+        wait_until(
+            lambda: (
+                db("SELECT last_error FROM S.gen_durable WHERE id = %s", missing)[0][0] is not None
+            )
+        )
+        wait_until(lambda: "billing.Charge" in log.text())
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(timeout=30)
+    err = log.close()
+    reason = "no machine 'billing.Charge' v2 on node deploy-test:1 (handed back, retried in 30s)"
+    assert f"ERROR gen_durable: {reason}: 1 instance(s)" in err
+    out = json.loads(cli("status", "--json", *on).out)
+    assert out["waiting_for_machine"] == [
+        {"fsm": "billing.Charge", "fsm_version": 2, "rows": 1, "last_error": reason}
+    ]
+    text = cli("status", *on).out
+    assert "runnable rows handed back by a node that lacks their machine: 1" in text
+    assert reason in text
+    shown = cli("show", str(missing), *on).out
+    assert ["last_error", reason] in [line.split(None, 1) for line in shown.splitlines()]
+
+
 # -- worker ----------------------------------------------------------------------------
 
 

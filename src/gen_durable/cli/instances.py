@@ -154,18 +154,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         cur = await conn.execute(stmt.query, stmt.params)
         return await cur.fetchall()
 
-    async def run() -> tuple[int, list[Any], list[Any], list[Any]]:
+    async def run() -> tuple[int, list[Any], list[Any], list[Any], list[Any]]:
         async with await connect(dsn) as conn:
             version = await require_schema(conn, schema)
-            # One snapshot, so the three reads agree with each other.
+            # One snapshot, so the reads agree with each other.
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 counts = await fetch(conn, admin.counts())
                 backlog = await fetch(conn, admin.backlog())
                 expired = await fetch(conn, admin.expired_leases(EXPIRED_SHOWN))
-            return version, counts, backlog, expired
+                handed_back = await fetch(conn, admin.handed_back())
+            return version, counts, backlog, expired, handed_back
 
-    version, counts, backlog, expired = asyncio.run(run())
+    version, counts, backlog, expired, handed_back = asyncio.run(run())
     statuses = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
     per_queue: dict[str, dict[str, int]] = {}
     for queue, status, n in counts:
@@ -190,6 +191,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                     )
                     for r in expired
                 ],
+                "waiting_for_machine": [
+                    dict(zip(("fsm", "fsm_version", "rows", "last_error"), r, strict=True))
+                    for r in handed_back
+                ],
             }
         )
         return 0
@@ -206,6 +211,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\nexecuting with an expired lease: {len(expired)}{many}")
     if expired:
         print(table(["id", "fsm", "step", "queue", "locked_by", "expired for (s)"], expired))
+    if handed_back:
+        # Only when there are some: outside a deploy this is the sign of a node
+        # missing code, and an empty section would be noise every other time.
+        waiting = sum(r[2] for r in handed_back)
+        print(f"\nrunnable rows handed back by a node that lacks their machine: {waiting}")
+        print(table(["fsm", "version", "rows", "last reason"], handed_back))
     return 0
 
 
