@@ -132,6 +132,9 @@ def test_help_everywhere_and_usage_errors_exit_2(cli: Callable[..., Result]) -> 
         assert "usage: gen-durable" in res.out
     one_line_error(cli("frobnicate"), 2, "invalid choice")
     one_line_error(cli("worker", "--queue", "default=lots"), 2, "NAME=CONCURRENCY")
+    for empty in ("", "=3"):
+        one_line_error(cli("worker", "--queue", empty), 2,
+                       f"--queue: a queue name must not be empty, not {empty!r}")  # fmt: skip
     one_line_error(cli("worker", "--lease-ttl", "1", "--dsn", "postgresql://x/y"), 2,
                    "heartbeat_interval")  # fmt: skip
     one_line_error(cli("status"), 2, "no database configured", "GEN_DURABLE_DSN")
@@ -283,6 +286,8 @@ def test_insert_refusals_write_nothing(on: list[str], db: Any, cli: Callable[...
     one_line_error(cli("insert", "no.such.Machine", *on), 1, "unknown machine 'no.such.Machine'")
     one_line_error(cli("insert", GREETER, "--app", "no_such_module", *on), 1, "cannot import")
     one_line_error(cli("insert", GREETER, "--state", "{}", "--args", "{}", *on), 2, "not allowed")
+    one_line_error(cli("insert", GREETER, "--app", APP, "--state", '{"name": "q"}', "--queue", "",
+                       *on), 2, "--queue: a queue name must not be empty")  # fmt: skip
     assert snapshot(db) == before
 
 
@@ -471,6 +476,35 @@ def test_worker_runs_machines_and_stops_gracefully_on_sigterm(
     assert f"({loop} loop)" in err
     assert status(slow) == "done"  # the running step was given time to commit
     assert db("SELECT count(*) FROM S.gen_durable WHERE status = 'executing'") == [(0,)]
+
+
+def test_worker_serves_the_queues_of_its_machines_unless_told_otherwise(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    def status(iid: int) -> str:
+        return str(db("SELECT status::text FROM S.gen_durable WHERE id = %s", iid)[0][0])
+
+    def serve(*given: str, until: Callable[[], bool]) -> str:
+        worker = start_worker("--app", APP, *WORKER_FAST, *given, *on)
+        log = StderrLines(worker)
+        try:
+            wait_until(lambda: "running on schema" in log.text() and until())
+        finally:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(timeout=30)
+        err = log.close()
+        assert worker.returncode == 0, err
+        return err
+
+    echo = int(cli("insert", "tests.cli_machines.Echo", "--args", "{}", *on).out)
+    mail = int(cli("insert", "tests.cli_machines.Mailer", *on).out)
+    err = serve(until=lambda: status(echo) == status(mail) == "done")
+    assert "queues default=10, mail=10 (" in err and "is not served" not in err
+    err = serve("--queue", "default=2", until=lambda: True)
+    assert "queues default=2 (" in err
+    [warning] = [line for line in err.splitlines() if "is not served" in line]
+    assert "WARNING" in warning and "queue 'mail'" in warning
+    assert "tests.cli_machines.Mailer v1" in warning and "--queue mail=N" in warning
 
 
 def test_worker_loop_uvloop_without_uvloop_is_a_usage_error(

@@ -27,6 +27,7 @@ log = logging.getLogger("gen_durable.cli")
 
 PROG = "gen-durable"
 EXPIRED_SHOWN = 100  # `status` lists at most this many expired leases
+DEFAULT_CONCURRENCY = 10  # a worker's queue given without =N, or served by default
 WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (
     ("lease_ttl", float, "seconds a claim stays valid without a heartbeat"),
     ("heartbeat_interval", float, "seconds between lease extensions"),
@@ -69,13 +70,22 @@ def json_arg(text: str) -> Any:
         ) from None
 
 
+def queue_name_arg(text: str, given: str | None = None) -> str:
+    # An empty name would fall back to the machine's queue (insert) or serve a queue
+    # no machine can be given (worker): refuse it rather than guess.
+    if not text.strip():
+        shown = text if given is None else given
+        raise argparse.ArgumentTypeError(f"a queue name must not be empty, not {shown!r}")
+    return text
+
+
 def queue_arg(text: str) -> tuple[str, int]:
     name, sep, conc = text.partition("=")
-    if not name or (sep and not conc.strip().isdigit()):
+    if sep and not conc.strip().isdigit():
         raise argparse.ArgumentTypeError(
             f"expected NAME=CONCURRENCY (e.g. default=10), not {text!r}"
         )
-    return name, int(conc) if sep else 10
+    return queue_name_arg(name, text), int(conc) if sep else DEFAULT_CONCURRENCY
 
 
 def instance_id_arg(text: str) -> int:

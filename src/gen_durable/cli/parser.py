@@ -7,7 +7,17 @@ import dataclasses
 
 from .. import __version__
 from .._runtime.config import Config
-from .common import PROG, WORKER_KNOBS, Parser, common_options, instance_id_arg, json_arg, queue_arg
+from .common import (
+    DEFAULT_CONCURRENCY,
+    PROG,
+    WORKER_KNOBS,
+    Parser,
+    common_options,
+    instance_id_arg,
+    json_arg,
+    queue_arg,
+    queue_name_arg,
+)
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
@@ -78,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=queue_arg,
         default=[],
         metavar="NAME=N",
-        help="serve queue NAME with concurrency N (repeatable; default default=10)",
+        help=f"serve queue NAME with concurrency N (default {DEFAULT_CONCURRENCY}; repeatable). "
+        f"Without it: every queue of the machines imported, each at {DEFAULT_CONCURRENCY} "
+        "(just 'default' when there are none)",
     )
     # The SPEC §8 knobs; unset ones keep the engine's own defaults (shown in --help).
     defaults = {f.name: f.default for f in dataclasses.fields(Config)}
@@ -117,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--state", type=json_arg, metavar="JSON", help="initial state")
     group.add_argument("--args", type=json_arg, metavar="JSON", help="job arguments (= state)")
     p.add_argument("--step", help="start at this step instead of the machine's initial one")
-    p.add_argument("--queue", help="queue (default: the machine's)")
+    p.add_argument("--queue", type=queue_name_arg, help="queue (default: the machine's)")
     p.add_argument("--priority", type=int, default=0, help="lower runs earlier (default 0)")
     p.add_argument("--partition-key", help="never run concurrently with the same key")
     p.add_argument("--unique-key", help="refuse the insert while this key is occupied")
