@@ -191,7 +191,19 @@ def test_migrate_up_status_down_and_unknown_version(dsn: str, cli: Callable[...,
         assert version()["installed"] == latest
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute(f'SELECT count(*) FROM "{schema}".gen_durable').fetchone() == (1,)
-        res = cli("migrate", "--down", *on)
+            conn.execute(
+                f'INSERT INTO "{schema}".signals (target_id, name)'
+                f" SELECT id, 'go' FROM \"{schema}\".gen_durable"
+            )
+        for cmd in (["migrate", "--down"], ["migrate", "--down", "--to", "0"]):
+            one_line_error(
+                gdcli(*cmd, *on),
+                1,
+                f"schema {schema!r} holds 1 instance row(s) and 1 signal(s)",
+                "Nothing was dropped: pass --yes",
+            )
+        assert version()["installed"] == latest
+        res = cli("migrate", "--down", "--yes", *on)
         assert res.code == 0, res
         assert f"from version {latest} to 0" in res.out
         assert version()["installed"] == 0
@@ -199,6 +211,9 @@ def test_migrate_up_status_down_and_unknown_version(dsn: str, cli: Callable[...,
         assert version()["installed"] == 1
         assert cli("migrate", *on).code == 0  # only the missing increments run
         assert version()["installed"] == latest
+        res = cli("migrate", "--down", *on)  # empty tables: no --yes needed
+        assert res.code == 0, res
+        assert version()["installed"] == 0
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

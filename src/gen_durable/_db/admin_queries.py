@@ -27,6 +27,11 @@ SELECT queue, status::text, count(*) FROM {s}.gen_durable
 GROUP BY queue, status ORDER BY queue, status
 """.encode()
 
+        # Every row of both tables, for `migrate --down`'s refusal to drop data.
+        self._table_rows = f"""
+SELECT (SELECT count(*) FROM {s}.gen_durable), (SELECT count(*) FROM {s}.signals)
+""".encode()
+
         # The same counts split by machine, for the demo's live progress and summary.
         self._counts_by_fsm = f"""
 SELECT fsm, status::text, count(*) FROM {s}.gen_durable
@@ -77,6 +82,10 @@ LIMIT %(limit)s
         """(fsm, fsm_version, rows, latest reason) of runnable rows handed back because
         a node lacked their machine."""
         return Stmt(self._handed_back, {})
+
+    def table_rows(self) -> Stmt:
+        """(instances, signals): how many rows a migration to version 0 would drop."""
+        return Stmt(self._table_rows, {})
 
     def counts(self) -> Stmt:
         """(queue, status, count) for every queue and status present."""

@@ -40,10 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="migrate the schema (up by default), or show status / print SQL",
         description="Bring the schema to the latest version, or to --to N. "
-        "With --down, go down to version 0 (or --to N), dropping what gen_durable owns.",
+        "With --down, go down to version 0 (or --to N), dropping what gen_durable owns; "
+        "going to 0 is refused while the tables hold rows, unless --yes.",
     )
     p.add_argument("--to", type=int, metavar="N", help="target schema version")
     p.add_argument("--down", action="store_true", help="migrate down (default target 0)")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="with --down to 0: drop the tables even if they hold instances or signals",
+    )
     p.set_defaults(func=cmd_migrate, migrate_cmd=None)
     msub = p.add_subparsers(dest="migrate_cmd", metavar="{status,sql}", parser_class=Parser)
     ps = msub.add_parser("status", parents=[common], help="installed vs latest schema version")
