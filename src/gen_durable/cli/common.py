@@ -27,6 +27,7 @@ log = logging.getLogger("gen_durable.cli")
 
 PROG = "gen-durable"
 EXPIRED_SHOWN = 100  # `status` lists at most this many expired leases
+DEMO_SCHEMA = "gen_durable_demo"  # the demo drops and recreates it: never `public`
 DEFAULT_CONCURRENCY = 10  # a worker's queue given without =N, or served by default
 WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (
     ("lease_ttl", float, "seconds a claim stays valid without a heartbeat"),
@@ -98,9 +99,10 @@ def instance_id_arg(text: str) -> int:
     return value
 
 
-def common_options(db: bool = True, json_out: bool = True) -> Parser:
+def common_options(db: bool = True, json_out: bool = True, schema: str = "public") -> Parser:
     """Options every subcommand accepts. SUPPRESS keeps a value given before the
-    subcommand from being overwritten by the subcommand's own default."""
+    subcommand from being overwritten by the subcommand's own default; ``schema`` is
+    only the default the help states (the command applies it)."""
     p = Parser(add_help=False)
     if db:
         p.add_argument(
@@ -109,7 +111,9 @@ def common_options(db: bool = True, json_out: bool = True) -> Parser:
             help="PostgreSQL connection string (default: $GEN_DURABLE_DSN, then $DATABASE_URL)",
         )
         p.add_argument(
-            "--schema", default=argparse.SUPPRESS, help="schema holding the tables (default public)"
+            "--schema",
+            default=argparse.SUPPRESS,
+            help=f"schema holding the tables (default {schema})",
         )
         p.add_argument(
             "--embedded",

@@ -14,6 +14,7 @@ from .._db.admin_queries import AdminQueries
 from ..client import Delivery, Instance
 from ..machine import Child, Signal
 from .common import (
+    DEMO_SCHEMA,
     EXPIRED_SHOWN,
     CommandError,
     UsageError,
@@ -227,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--size must be at least 1")
     return run_demo(
         dsn=option(args, "dsn"),
-        schema=option(args, "schema") or "gen_durable_demo",
+        schema=option(args, "schema") or DEMO_SCHEMA,
         size=args.size,
         embedded=bool(option(args, "embedded")),
     )

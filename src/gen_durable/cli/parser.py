@@ -9,6 +9,7 @@ from .. import __version__
 from .._runtime.config import Config
 from .common import (
     DEFAULT_CONCURRENCY,
+    DEMO_SCHEMA,
     PROG,
     WORKER_KNOBS,
     Parser,
@@ -174,12 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        parents=[common_options(json_out=False)],
+        parents=[common_options(json_out=False, schema=DEMO_SCHEMA)],
         help="run the guided demo (embedded PostgreSQL unless a DSN is configured)",
         description="Run a small order-processing scenario that uses every primitive, "
         "with live progress and a summary. Without --dsn (or GEN_DURABLE_DSN / "
         "DATABASE_URL) it starts an embedded PostgreSQL server in ./.pgdata. The demo "
-        "schema (default gen_durable_demo) is dropped and recreated on every run.",
+        f"schema (default {DEMO_SCHEMA}) is dropped and recreated on every run.",
     )
     p.add_argument("--size", type=int, default=40, help="number of orders (default 40)")
     p.set_defaults(func=cmd_demo)
