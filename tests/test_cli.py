@@ -46,12 +46,13 @@ class Result:
     err: str
 
 
-def gdcli(*args: str, env: dict[str, str] | None = None) -> Result:
+def gdcli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
     """The real command, as a user runs it."""
     proc = subprocess.run(
         [sys.executable, "-m", "gen_durable", *args],
         cwd=ROOT,
         env=env or cli_env(),
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=90,
@@ -279,7 +280,9 @@ def test_insert_prints_the_id_and_stores_the_state(
     ]
 
 
-def test_insert_refusals_write_nothing(on: list[str], db: Any, cli: Callable[..., Result]) -> None:
+def test_insert_refusals_write_nothing(
+    on: list[str], db: Any, cli: Callable[..., Result], tmp_path: Path
+) -> None:
     insert_greeter(cli, on, "ada", "--unique-key", "only-one")
     before = snapshot(db)
     one_line_error(
@@ -303,7 +306,39 @@ def test_insert_refusals_write_nothing(on: list[str], db: Any, cli: Callable[...
     one_line_error(cli("insert", GREETER, "--state", "{}", "--args", "{}", *on), 2, "not allowed")
     one_line_error(cli("insert", GREETER, "--app", APP, "--state", '{"name": "q"}', "--queue", "",
                        *on), 2, "--queue: a queue name must not be empty")  # fmt: skip
+    one_line_error(cli("insert", GREETER, "--app", APP, "--state", '{"name": "s"}',
+                       "--unique-scope", "done", *on), 2,
+                   "--unique-scope needs --unique-key")  # fmt: skip
+    missing = tmp_path / "missing.json"
+    one_line_error(cli("insert", GREETER, "--app", APP, "--state", f"@{missing}", *on), 2,
+                   f"argument --state: cannot read file '{missing}': No such file")  # fmt: skip
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x",\n}')
+    one_line_error(cli("insert", GREETER, "--app", APP, "--args", f"@{bad}", *on), 2,
+                   "argument --args: not valid JSON in file", "at line 2 column 1")  # fmt: skip
+    one_line_error(gdcli("insert", GREETER, "--app", APP, "--state", "-", *on, stdin="{oops"), 2,
+                   "argument --state: not valid JSON in stdin")  # fmt: skip
     assert snapshot(db) == before
+
+
+def test_payloads_and_states_from_a_file_or_stdin(
+    on: list[str], db: Any, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"name": "from a file é"}), encoding="utf-8")
+    res = cli("insert", GREETER, "--app", APP, "--state", f"@{state}", *on)
+    assert res.code == 0, res
+    iid = int(res.out)
+    res = gdcli("signal", str(iid), "go", "--payload", "-", *on, stdin='{"n": [1, 2]}\n')
+    assert res.code == 0, res
+    echo = tmp_path / "args.json"
+    echo.write_text('{"big": "' + "x" * 100_000 + '"}')
+    job = int(cli("insert", "tests.cli_machines.Echo", "--args", f"@{echo}", *on).out)
+    assert db("SELECT id, state FROM S.gen_durable ORDER BY id") == [
+        (iid, {"name": "from a file é"}),
+        (job, {"big": "x" * 100_000}),
+    ]
+    assert db("SELECT target_id, payload FROM S.signals") == [(iid, {"n": [1, 2]})]
 
 
 def test_signal_stores_dedups_and_refuses(

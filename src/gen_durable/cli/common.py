@@ -62,13 +62,39 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+JSON_HELP = "JSON, @FILE to read it from a file, or - for stdin"
+
+
 def json_arg(text: str) -> Any:
+    """A JSON value given inline, as ``@FILE`` or as ``-`` (standard input): large or
+    generated documents need no shell quoting."""
+    if text == "-":
+        where, raw = "stdin", sys.stdin.read()
+    elif text.startswith("@"):
+        where, raw = f"file {text[1:]!r}", read_json_file(text[1:])
+    else:
+        where, raw = "", text
     try:
-        return json.loads(text)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
+        if not where:
+            raise argparse.ArgumentTypeError(
+                f"not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+            ) from None
         raise argparse.ArgumentTypeError(
-            f"not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+            f"not valid JSON in {where} ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+
+
+def read_json_file(path: str) -> str:
+    if not path:
+        raise argparse.ArgumentTypeError("expected @FILE: a file name after '@'")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"file {path!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read file {path!r}: {exc.strerror}") from None
 
 
 def queue_name_arg(text: str, given: str | None = None) -> str:

@@ -34,6 +34,10 @@ from .common import (
 
 
 def cmd_insert(args: argparse.Namespace) -> int:
+    if args.unique_scope is not None and args.unique_key is None:
+        # A scope alone would be dropped without a word: it only says when a key is
+        # occupied, and there is no key.
+        raise UsageError("--unique-scope needs --unique-key (the scope applies to a key)")
     import_apps(args.path, args.app)
     machine = resolve_machine(args.machine)
     options: dict[str, Any] = {"priority": args.priority}

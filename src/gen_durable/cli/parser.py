@@ -10,6 +10,7 @@ from .._runtime.config import Config
 from .common import (
     DEFAULT_CONCURRENCY,
     DEMO_SCHEMA,
+    JSON_HELP,
     PROG,
     WORKER_KNOBS,
     Parser,
@@ -133,8 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("machine", metavar="MACHINE")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--state", type=json_arg, metavar="JSON", help="initial state")
-    group.add_argument("--args", type=json_arg, metavar="JSON", help="job arguments (= state)")
+    group.add_argument(
+        "--state", type=json_arg, metavar="JSON", help=f"initial state ({JSON_HELP})"
+    )
+    group.add_argument(
+        "--args", type=json_arg, metavar="JSON", help=f"job arguments, = state ({JSON_HELP})"
+    )
     p.add_argument("--step", help="start at this step instead of the machine's initial one")
     p.add_argument("--queue", type=queue_name_arg, help="queue (default: the machine's)")
     p.add_argument("--priority", type=int, default=0, help="lower runs earlier (default 0)")
@@ -158,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("id", type=instance_id_arg, metavar="ID")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--payload", type=json_arg, metavar="JSON", help="payload (default {})")
+    p.add_argument(
+        "--payload", type=json_arg, metavar="JSON", help=f"payload (default {{}}; {JSON_HELP})"
+    )
     p.add_argument("--dedup-key", metavar="KEY", help="store at most once per instance and key")
     p.set_defaults(func=cmd_signal)
 
