@@ -403,6 +403,24 @@ def test_show_one_instance_with_inbox_and_children(
     one_line_error(gdcli("show", "424242", *on), 1, "no instance with id 424242")
 
 
+def test_show_cuts_huge_values_unless_full(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    big = "x" * 5000
+    iid = insert_greeter(cli, on, big)  # state {"name": big}: 5012 characters as JSON
+    assert cli("signal", str(iid), "go", "--payload", json.dumps({"p": big}), *on).code == 0
+    text = cli("show", str(iid), *on).out
+    assert len(max(text.splitlines(), key=len)) < 400
+    state_line = next(line for line in text.splitlines() if line.split()[0] == "state")
+    assert state_line.endswith('"name": "' + "x" * 190 + "... (4812 more chars; --full shows all)")
+    assert "(4809 more chars; --full shows all)" in text  # the payload {"p": big} in the inbox
+    full = cli("show", str(iid), "--full", *on).out
+    assert json.dumps({"name": big}) in full and json.dumps({"p": big}) in full
+    assert "--full shows all" not in full
+    shown = json.loads(cli("show", str(iid), "--json", *on).out)  # scripts get it whole
+    assert shown["state"] == {"name": big} and shown["inbox"][0]["payload"] == {"p": big}
+
+
 def test_status_counts_backlog_and_expired_leases(
     on: list[str], db: Any, cli: Callable[..., Result]
 ) -> None:

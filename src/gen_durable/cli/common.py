@@ -27,6 +27,7 @@ log = logging.getLogger("gen_durable.cli")
 
 PROG = "gen-durable"
 EXPIRED_SHOWN = 100  # `status` lists at most this many expired leases
+SHOW_CHARS = 200  # `show` cuts a longer value (state, result, payload) unless --full
 DEMO_SCHEMA = "gen_durable_demo"  # the demo drops and recreates it: never `public`
 DEFAULT_CONCURRENCY = 10  # a worker's queue given without =N, or served by default
 WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (

@@ -16,6 +16,7 @@ from ..machine import Child, Signal
 from .common import (
     DEMO_SCHEMA,
     EXPIRED_SHOWN,
+    SHOW_CHARS,
     CommandError,
     UsageError,
     cell,
@@ -126,18 +127,28 @@ def cmd_show(args: argparse.Namespace) -> int:
             }
         )
         return 0
+    limit = None if args.full else SHOW_CHARS
     print(f"instance {inst.id}: {inst.fsm} v{inst.fsm_version}")
     width = max(len(k) for k in fields)
     for key, value in fields.items():
         if key not in ("id", "fsm", "fsm_version"):
-            print(f"  {key.ljust(width)}  {cell(value)}")
+            print(f"  {key.ljust(width)}  {cell(clip(value, limit))}")
     print(f"\ninbox ({len(inbox)} signal(s))")
     if inbox:
-        print(table(list(fields_of(inbox[0])), [list(fields_of(s).values()) for s in inbox]))
+        print(items_table(inbox, limit))
     print(f"\nchildren ({len(children)})")
     if children:
-        print(table(list(fields_of(children[0])), [list(fields_of(c).values()) for c in children]))
+        print(items_table(children, limit))
     return 0
+
+
+def clip(value: Any, limit: int | None) -> Any:
+    """``value``'s cell, cut to ``limit`` characters with a note of what was cut: one
+    large state or payload would otherwise bury the rest of the instance."""
+    text = cell(value)
+    if limit is None or len(text) <= limit:
+        return value  # unchanged, so the table still aligns numbers
+    return f"{text[:limit]}... ({len(text) - limit} more chars; --full shows all)"
 
 
 def fields_of(item: Any) -> dict[str, Any]:
@@ -145,10 +156,10 @@ def fields_of(item: Any) -> dict[str, Any]:
     return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
 
 
-def items_table(items: list[Signal] | list[Child]) -> str:
+def items_table(items: list[Signal] | list[Child], limit: int | None) -> str:
     """Inbox signals or children as a table, one column per field."""
     rows = [fields_of(item) for item in items]
-    return table(list(rows[0]), [list(row.values()) for row in rows])
+    return table(list(rows[0]), [[clip(v, limit) for v in row.values()] for row in rows])
 
 
 def cmd_status(args: argparse.Namespace) -> int:

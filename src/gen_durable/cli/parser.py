@@ -12,6 +12,7 @@ from .common import (
     DEMO_SCHEMA,
     JSON_HELP,
     PROG,
+    SHOW_CHARS,
     WORKER_KNOBS,
     Parser,
     common_options,
@@ -171,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", parents=[common], help="one instance with its inbox and children")
     p.add_argument("id", type=instance_id_arg, metavar="ID")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help=f"print every value whole (the table cuts values past {SHOW_CHARS} characters, "
+        "saying how many were cut; --json never does)",
+    )
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
