@@ -73,7 +73,7 @@ async def main(dsn: str) -> None:
         results = {n: await wait_for_status(engine, i, "done", "failed") for n, i in ids.items()}
         for n, inst in results.items():
             children = await engine.children(inst.id)
-            statuses = ", ".join(f"{c[3]['sku']}={c[2]}" for c in children) or "no children"
+            statuses = ", ".join(f"{c.state['sku']}={c.status}" for c in children) or "no children"
             print(f"order {n}: {inst.status} {inst.result}  [{statuses}]")
 
     assert results[1].result == {"shipped": ["BOOK-1", "MUG-7"], "refunded_cents": 0}

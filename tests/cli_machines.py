@@ -30,3 +30,10 @@ class Slow(gd.Job):
 class Echo(gd.Job):
     def perform(self, args: dict[str, object]) -> dict[str, object]:
         return args
+
+
+class Mailer(gd.Job, queue="mail"):
+    """On a queue of its own: a worker without --queue must serve it too."""
+
+    def perform(self, args: dict[str, object]) -> str:
+        return "sent"

@@ -275,8 +275,11 @@ async def test_unknown_machine_row_stays_runnable(make_engine, conn, schema) -> 
             for iid in (missing, wrong_version):
                 inst = await engine.get(iid)
                 assert inst is not None, "not lost"
-                assert inst.status == "runnable" and inst.attempt == 0
-                assert inst.last_error is None and inst.locked_by is None
+                assert inst.status == "runnable" and inst.attempt == 0 and inst.locked_by is None
+                assert inst.last_error == (
+                    f"no machine {inst.fsm!r} v{inst.fsm_version} on node {engine.node_id}"
+                    " (handed back, retried in 60s)"
+                )
                 assert inst.eligible_at > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
     finally:
         gd.telemetry.detach("registry.not_found", on_miss)

@@ -46,12 +46,13 @@ class Result:
     err: str
 
 
-def gdcli(*args: str, env: dict[str, str] | None = None) -> Result:
+def gdcli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Result:
     """The real command, as a user runs it."""
     proc = subprocess.run(
         [sys.executable, "-m", "gen_durable", *args],
         cwd=ROOT,
         env=env or cli_env(),
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=90,
@@ -132,6 +133,9 @@ def test_help_everywhere_and_usage_errors_exit_2(cli: Callable[..., Result]) -> 
         assert "usage: gen-durable" in res.out
     one_line_error(cli("frobnicate"), 2, "invalid choice")
     one_line_error(cli("worker", "--queue", "default=lots"), 2, "NAME=CONCURRENCY")
+    for empty in ("", "=3"):
+        one_line_error(cli("worker", "--queue", empty), 2,
+                       f"--queue: a queue name must not be empty, not {empty!r}")  # fmt: skip
     one_line_error(cli("worker", "--lease-ttl", "1", "--dsn", "postgresql://x/y"), 2,
                    "heartbeat_interval")  # fmt: skip
     one_line_error(cli("status"), 2, "no database configured", "GEN_DURABLE_DSN")
@@ -188,7 +192,19 @@ def test_migrate_up_status_down_and_unknown_version(dsn: str, cli: Callable[...,
         assert version()["installed"] == latest
         with psycopg.connect(dsn, autocommit=True) as conn:
             assert conn.execute(f'SELECT count(*) FROM "{schema}".gen_durable').fetchone() == (1,)
-        res = cli("migrate", "--down", *on)
+            conn.execute(
+                f'INSERT INTO "{schema}".signals (target_id, name)'
+                f" SELECT id, 'go' FROM \"{schema}\".gen_durable"
+            )
+        for cmd in (["migrate", "--down"], ["migrate", "--down", "--to", "0"]):
+            one_line_error(
+                gdcli(*cmd, *on),
+                1,
+                f"schema {schema!r} holds 1 instance row(s) and 1 signal(s)",
+                "Nothing was dropped: pass --yes",
+            )
+        assert version()["installed"] == latest
+        res = cli("migrate", "--down", "--yes", *on)
         assert res.code == 0, res
         assert f"from version {latest} to 0" in res.out
         assert version()["installed"] == 0
@@ -196,6 +212,9 @@ def test_migrate_up_status_down_and_unknown_version(dsn: str, cli: Callable[...,
         assert version()["installed"] == 1
         assert cli("migrate", *on).code == 0  # only the missing increments run
         assert version()["installed"] == latest
+        res = cli("migrate", "--down", *on)  # empty tables: no --yes needed
+        assert res.code == 0, res
+        assert version()["installed"] == 0
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -261,7 +280,9 @@ def test_insert_prints_the_id_and_stores_the_state(
     ]
 
 
-def test_insert_refusals_write_nothing(on: list[str], db: Any, cli: Callable[..., Result]) -> None:
+def test_insert_refusals_write_nothing(
+    on: list[str], db: Any, cli: Callable[..., Result], tmp_path: Path
+) -> None:
     insert_greeter(cli, on, "ada", "--unique-key", "only-one")
     before = snapshot(db)
     one_line_error(
@@ -283,7 +304,41 @@ def test_insert_refusals_write_nothing(on: list[str], db: Any, cli: Callable[...
     one_line_error(cli("insert", "no.such.Machine", *on), 1, "unknown machine 'no.such.Machine'")
     one_line_error(cli("insert", GREETER, "--app", "no_such_module", *on), 1, "cannot import")
     one_line_error(cli("insert", GREETER, "--state", "{}", "--args", "{}", *on), 2, "not allowed")
+    one_line_error(cli("insert", GREETER, "--app", APP, "--state", '{"name": "q"}', "--queue", "",
+                       *on), 2, "--queue: a queue name must not be empty")  # fmt: skip
+    one_line_error(cli("insert", GREETER, "--app", APP, "--state", '{"name": "s"}',
+                       "--unique-scope", "done", *on), 2,
+                   "--unique-scope needs --unique-key")  # fmt: skip
+    missing = tmp_path / "missing.json"
+    one_line_error(cli("insert", GREETER, "--app", APP, "--state", f"@{missing}", *on), 2,
+                   f"argument --state: cannot read file '{missing}': No such file")  # fmt: skip
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x",\n}')
+    one_line_error(cli("insert", GREETER, "--app", APP, "--args", f"@{bad}", *on), 2,
+                   "argument --args: not valid JSON in file", "at line 2 column 1")  # fmt: skip
+    one_line_error(gdcli("insert", GREETER, "--app", APP, "--state", "-", *on, stdin="{oops"), 2,
+                   "argument --state: not valid JSON in stdin")  # fmt: skip
     assert snapshot(db) == before
+
+
+def test_payloads_and_states_from_a_file_or_stdin(
+    on: list[str], db: Any, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"name": "from a file é"}), encoding="utf-8")
+    res = cli("insert", GREETER, "--app", APP, "--state", f"@{state}", *on)
+    assert res.code == 0, res
+    iid = int(res.out)
+    res = gdcli("signal", str(iid), "go", "--payload", "-", *on, stdin='{"n": [1, 2]}\n')
+    assert res.code == 0, res
+    echo = tmp_path / "args.json"
+    echo.write_text('{"big": "' + "x" * 100_000 + '"}')
+    job = int(cli("insert", "tests.cli_machines.Echo", "--args", f"@{echo}", *on).out)
+    assert db("SELECT id, state FROM S.gen_durable ORDER BY id") == [
+        (iid, {"name": "from a file é"}),
+        (job, {"big": "x" * 100_000}),
+    ]
+    assert db("SELECT target_id, payload FROM S.signals") == [(iid, {"n": [1, 2]})]
 
 
 def test_signal_stores_dedups_and_refuses(
@@ -295,7 +350,18 @@ def test_signal_stores_dedups_and_refuses(
     assert res.out == f"signal 'go' stored for instance {target} (now runnable)\n"
     res = cli("signal", str(target), "go", "--payload", '{"n": 2}', "--dedup-key", "d1", "--json",
               *on)  # fmt: skip
-    assert json.loads(res.out) == {"id": target, "name": "go", "stored": True, "status": "runnable"}
+    assert json.loads(res.out) == {
+        "id": target, "name": "go", "stored": False, "duplicate": True, "status": "runnable"
+    }  # fmt: skip
+    res = cli("signal", str(target), "go", "--dedup-key", "d1", *on)
+    assert res.code == 0, res
+    assert res.out == (
+        f"signal 'go' for instance {target}: duplicate, dedup_key 'd1' was already stored;"
+        " nothing new stored (now runnable)\n"
+    )
+    res = cli("signal", str(target), "go", "--dedup-key", "d2", "--json", *on)
+    assert json.loads(res.out)["stored"] is True and json.loads(res.out)["duplicate"] is False
+    db("DELETE FROM S.signals WHERE dedup_key = 'd2'")
     assert db("SELECT target_id, name, payload, dedup_key FROM S.signals") == [
         (target, "go", {"n": 1}, "d1")
     ]
@@ -337,6 +403,24 @@ def test_show_one_instance_with_inbox_and_children(
     one_line_error(gdcli("show", "424242", *on), 1, "no instance with id 424242")
 
 
+def test_show_cuts_huge_values_unless_full(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    big = "x" * 5000
+    iid = insert_greeter(cli, on, big)  # state {"name": big}: 5012 characters as JSON
+    assert cli("signal", str(iid), "go", "--payload", json.dumps({"p": big}), *on).code == 0
+    text = cli("show", str(iid), *on).out
+    assert len(max(text.splitlines(), key=len)) < 400
+    state_line = next(line for line in text.splitlines() if line.split()[0] == "state")
+    assert state_line.endswith('"name": "' + "x" * 190 + "... (4812 more chars; --full shows all)")
+    assert "(4809 more chars; --full shows all)" in text  # the payload {"p": big} in the inbox
+    full = cli("show", str(iid), "--full", *on).out
+    assert json.dumps({"name": big}) in full and json.dumps({"p": big}) in full
+    assert "--full shows all" not in full
+    shown = json.loads(cli("show", str(iid), "--json", *on).out)  # scripts get it whole
+    assert shown["state"] == {"name": big} and shown["inbox"][0]["payload"] == {"p": big}
+
+
 def test_status_counts_backlog_and_expired_leases(
     on: list[str], db: Any, cli: Callable[..., Result]
 ) -> None:
@@ -369,6 +453,42 @@ def test_status_counts_backlog_and_expired_leases(
     text = cli("status", *on).out
     assert "executing with an expired lease: 1" in text
     assert "gone-node:1" in text
+
+
+def test_status_and_show_name_rows_waiting_for_a_machine_no_node_has(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    [(missing,)] = db(
+        "INSERT INTO S.gen_durable (fsm, fsm_version, step) VALUES ('billing.Charge', 2, 'start')"
+        " RETURNING id"
+    )
+    # A reason left behind by a row that has run a step since (eligible_at = updated_at).
+    db("INSERT INTO S.gen_durable (fsm, step, queue, last_error) VALUES ('x', 'b', 'elsewhere',"
+       " 'no machine ''x'' v1 on node n (handed back, retried in 30s)')")  # fmt: skip
+    worker = start_worker("--app", APP, *WORKER_FAST, "--node-id", "deploy-test:1", *on)
+    log = StderrLines(worker)
+    try:
+        wait_until(
+            lambda: (
+                db("SELECT last_error FROM S.gen_durable WHERE id = %s", missing)[0][0] is not None
+            )
+        )
+        wait_until(lambda: "billing.Charge" in log.text())
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(timeout=30)
+    err = log.close()
+    reason = "no machine 'billing.Charge' v2 on node deploy-test:1 (handed back, retried in 30s)"
+    assert f"ERROR gen_durable: {reason}: 1 instance(s)" in err
+    out = json.loads(cli("status", "--json", *on).out)
+    assert out["waiting_for_machine"] == [
+        {"fsm": "billing.Charge", "fsm_version": 2, "rows": 1, "last_error": reason}
+    ]
+    text = cli("status", *on).out
+    assert "runnable rows handed back by a node that lacks their machine: 1" in text
+    assert reason in text
+    shown = cli("show", str(missing), *on).out
+    assert ["last_error", reason] in [line.split(None, 1) for line in shown.splitlines()]
 
 
 # -- worker ----------------------------------------------------------------------------
@@ -424,6 +544,35 @@ def test_worker_runs_machines_and_stops_gracefully_on_sigterm(
     assert f"({loop} loop)" in err
     assert status(slow) == "done"  # the running step was given time to commit
     assert db("SELECT count(*) FROM S.gen_durable WHERE status = 'executing'") == [(0,)]
+
+
+def test_worker_serves_the_queues_of_its_machines_unless_told_otherwise(
+    on: list[str], db: Any, cli: Callable[..., Result]
+) -> None:
+    def status(iid: int) -> str:
+        return str(db("SELECT status::text FROM S.gen_durable WHERE id = %s", iid)[0][0])
+
+    def serve(*given: str, until: Callable[[], bool]) -> str:
+        worker = start_worker("--app", APP, *WORKER_FAST, *given, *on)
+        log = StderrLines(worker)
+        try:
+            wait_until(lambda: "running on schema" in log.text() and until())
+        finally:
+            worker.send_signal(signal.SIGINT)
+            worker.wait(timeout=30)
+        err = log.close()
+        assert worker.returncode == 0, err
+        return err
+
+    echo = int(cli("insert", "tests.cli_machines.Echo", "--args", "{}", *on).out)
+    mail = int(cli("insert", "tests.cli_machines.Mailer", *on).out)
+    err = serve(until=lambda: status(echo) == status(mail) == "done")
+    assert "queues default=10, mail=10 (" in err and "is not served" not in err
+    err = serve("--queue", "default=2", until=lambda: True)
+    assert "queues default=2 (" in err
+    [warning] = [line for line in err.splitlines() if "is not served" in line]
+    assert "WARNING" in warning and "queue 'mail'" in warning
+    assert "tests.cli_machines.Mailer v1" in warning and "--queue mail=N" in warning
 
 
 def test_worker_loop_uvloop_without_uvloop_is_a_usage_error(

@@ -81,6 +81,13 @@ def test_demo_refuses_the_public_schema(dsn: str, capsys: pytest.CaptureFixture[
     ]
 
 
+def test_demo_help_states_the_schema_it_really_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # as wrapped for any terminal width
+    assert "--schema SCHEMA schema holding the tables (default gen_durable_demo)" in text
+    assert "default public" not in text
+
+
 def test_demo_exits_1_when_the_end_state_is_wrong(
     dsn: str, demo_schema: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

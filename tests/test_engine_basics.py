@@ -110,7 +110,7 @@ async def test_await_signal_wake_and_name_scoped_consume(make_engine) -> None:
         # The woken step consumed "go" only; "other" is still in the inbox.
         assert inst.result == {"inbox_after": ["other"]}
         inbox = await engine.inbox(iid)
-        assert [r[1] for r in inbox] == ["other"]
+        assert [s.name for s in inbox] == ["other"]
         # A signal to a finished instance is refused, not an error.
         assert await engine.signal(iid, "go") is False
         with pytest.raises(gd.NoSuchInstance):

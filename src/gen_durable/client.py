@@ -18,7 +18,7 @@ import datetime as dt
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -27,7 +27,7 @@ from ._db import codec
 from ._db.queries import NON_TERMINAL, STATUSES, InsertRows, Queries
 from ._db.translate import refused_input
 from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
-from .machine import Machine
+from .machine import Child, Machine, Signal
 from .outcomes import Spec, seconds
 
 INSERT_OPTIONS = frozenset(
@@ -194,7 +194,8 @@ def add_insert(
             except (TypeError, ValueError) as exc:
                 raise ConfigurationError(str(exc)) from exc
     # The state model validates before anything is written (pydantic.ValidationError).
-    encoded = codec.dumps(machine.coerce_state(value), f"state of {machine.__gd_name__}")
+    state = machine.coerce_state(value, error=ConfigurationError)
+    encoded = codec.dumps(state, f"state of {machine.__gd_name__}")
     rows.fsm.append(machine.__gd_name__)
     rows.fsm_version.append(machine.__gd_version__)
     rows.step.append(step)
@@ -248,11 +249,37 @@ def wait_verdict(
     return None
 
 
+def check_id(value: object) -> int:
+    """An instance id is an ``int`` (not a bool), in every call that takes one.
+
+    Checked before any statement runs: PostgreSQL would cast ``"1"`` to a bigint and
+    answer as if ``1`` had been passed, so one call would accept what another refuses.
+    A ``str``/``bytes`` is reserved for addressing by ``unique_key`` (SPEC §20).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    hint = ""
+    if isinstance(value, str | bytes):
+        hint = " (addressing an instance by its unique_key is not supported yet)"
+    raise ConfigurationError(
+        f"an instance id is an int, not {type(value).__name__} {value!r}{hint}"
+    )
+
+
+def inbox_items(rows: Iterable[Sequence[Any]]) -> list[Signal]:
+    """``inbox`` rows (id, name, payload, dedup_key, inserted_at) as ``ctx.signals`` items."""
+    return [Signal(*row) for row in rows]
+
+
+def child_items(rows: Iterable[Sequence[Any]]) -> list[Child]:
+    """``children`` rows as ``ctx.childs`` items."""
+    return [Child(*row) for row in rows]
+
+
 def signal_params(
     target_id: int, name: str, payload: Any, dedup_key: str | None
 ) -> tuple[int, str, str, str | None]:
-    if isinstance(target_id, bool) or not isinstance(target_id, int):
-        raise ConfigurationError(f"target_id must be an int, not {target_id!r}")
+    check_id(target_id)
     codec.check_text(name, "signal name")
     if not name:
         raise EncodingError("signal name must be a non-empty str")
@@ -261,16 +288,24 @@ def signal_params(
     return target_id, name, codec.dumps({} if payload is None else payload, "payload"), dedup_key
 
 
-def signal_result(row: tuple[Any, ...] | None, target_id: int) -> bool:
-    """True when stored (or already stored under its dedup_key) for a live instance."""
+Delivery = Literal["stored", "duplicate", "finished"]
+"""What a signal did: stored; not stored again because its ``dedup_key`` already was
+(the target is live); or refused because the target is finished (SPEC §6)."""
+
+
+def delivery(row: tuple[Any, ...] | None, target_id: int) -> Delivery:
+    """Read the signal statement's (status, inserted signal id, woke) row."""
     if row is None:
         raise NoSuchInstance(target_id)
-    status = row[0]
-    return status not in ("done", "failed")
+    if row[0] in ("done", "failed"):
+        return "finished"
+    # A live target stores the signal unless ON CONFLICT found its dedup_key.
+    return "stored" if row[1] is not None else "duplicate"
 
 
 class SyncClient:
-    """The synchronous client: ``insert``, ``insert_all``, ``signal``, ``get``.
+    """The synchronous client: ``insert``, ``insert_all``, ``signal``, ``get``, ``wait``,
+    ``inbox``, ``children``.
 
     Each call takes ``conn=`` to run inside the caller's own open psycopg transaction
     (transactional enqueue). Without it, calls run on the client's own autocommit
@@ -302,6 +337,12 @@ class SyncClient:
             raise typed from exc
         return row
 
+    def _all(self, stmt: Any) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = (
+            self._connection(None).execute(stmt.query, stmt.params).fetchall()
+        )
+        return rows
+
     def insert(
         self, machine: type[Machine], *, conn: psycopg.Connection[Any] | None = None, **options: Any
     ) -> int:
@@ -326,13 +367,21 @@ class SyncClient:
         conn: psycopg.Connection[Any] | None = None,
     ) -> bool:
         params = signal_params(target_id, name, payload, dedup_key)
-        return signal_result(self._one(conn, self._queries.signal(*params)), target_id)
+        return delivery(self._one(conn, self._queries.signal(*params)), target_id) != "finished"
 
     def get(
         self, instance_id: int, *, conn: psycopg.Connection[Any] | None = None
     ) -> Instance | None:
-        row = self._one(conn, self._queries.get(instance_id))
+        row = self._one(conn, self._queries.get(check_id(instance_id)))
         return None if row is None else Instance.from_row(row)
+
+    def inbox(self, instance_id: int) -> list[Signal]:
+        """The instance's stored signals, oldest first (see ``Engine.inbox``)."""
+        return inbox_items(self._all(self._queries.inbox(check_id(instance_id))))
+
+    def children(self, instance_id: int) -> list[Child]:
+        """The instance's children, by id (see ``Engine.children``)."""
+        return child_items(self._all(self._queries.children(check_id(instance_id))))
 
     def wait(
         self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05

@@ -43,6 +43,7 @@ import gen_durable as gd
 
 from ._db.admin_queries import AdminQueries
 from .engine import Engine
+from .machine import Child
 from .migrate import migrate, migrate_down
 
 Conn = psycopg.AsyncConnection[Any]
@@ -369,7 +370,7 @@ def _verify(
     result: Outcome,
     plan: Plan,
     orders: dict[int, Any],
-    kids: dict[int, list[tuple[Any, ...]]],
+    kids: dict[int, list[Child]],
     counts: dict[str, dict[str, int]],
     duplicates: int,
 ) -> None:
@@ -405,12 +406,12 @@ def _verify(
         all(res[n]["charge_attempts"] == plan.flaky(n) + 1 for n in done),
         f"{len(flaky)} flaky charge(s) retried with backoff (Replay), then went through",
     )
-    receipts = [r for rows in kids.values() for r in rows if r[1] == "demo.SendReceipt"]
-    retried = sum(1 for r in receipts if r[4] and r[4]["attempts"] > 1)
+    receipts = [c for rows in kids.values() for c in rows if c.fsm == "demo.SendReceipt"]
+    retried = sum(1 for c in receipts if c.result and c.result["attempts"] > 1)
     expected = sum(1 for n in plan.numbers if n % 4 == 0)
     result.check(
         len(receipts) == plan.size
-        and all(r[2] == "done" for r in receipts)
+        and all(c.status == "done" for c in receipts)
         and retried == expected,
         f"{len(receipts)} receipts sent by a one-step gd.Job; {retried} retried after an error",
     )

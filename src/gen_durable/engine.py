@@ -33,17 +33,21 @@ from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
+    Delivery,
     Instance,
     build_insert,
     build_one,
+    check_id,
     check_single,
+    child_items,
+    delivery,
+    inbox_items,
     inserted_ids,
     signal_params,
-    signal_result,
     wait_verdict,
 )
 from .errors import ConfigurationError, GenDurableError, SchemaError
-from .machine import Machine
+from .machine import Child, Machine, Signal
 from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
 
@@ -280,16 +284,32 @@ class Engine:
         dedup_key: str | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> bool:
-        """Deliver a signal (SPEC §6): True when stored for a live instance, False when
-        the instance is already terminal; ``gd.NoSuchInstance`` for an unknown id."""
+        """Deliver a signal (SPEC §6): True when stored for a live instance (or already
+        stored under its ``dedup_key``), False when the instance is already terminal;
+        ``gd.NoSuchInstance`` for an unknown id."""
+        found = await self.deliver(target_id, name, payload, dedup_key=dedup_key, conn=conn)
+        return found != "finished"
+
+    async def deliver(
+        self,
+        target_id: int,
+        name: str,
+        payload: Any = None,
+        *,
+        dedup_key: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> Delivery:
+        """``signal`` saying what happened: ``"stored"``; ``"duplicate"`` (a signal with
+        this ``dedup_key`` was already stored for the live instance, nothing new was
+        stored); ``"finished"`` (refused: the instance is terminal)."""
         params = signal_params(target_id, name, payload, dedup_key)
-        return signal_result(await self._one(self.queries.signal(*params), conn), target_id)
+        return delivery(await self._one(self.queries.signal(*params), conn), target_id)
 
     async def get(
         self, instance_id: int, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> Instance | None:
         """A frozen snapshot of one instance, or None for an unknown id."""
-        row = await self._one(self.queries.get(instance_id), conn)
+        row = await self._one(self.queries.get(check_id(instance_id)), conn)
         return None if row is None else Instance.from_row(row)
 
     async def wait(
@@ -310,10 +330,12 @@ class Engine:
                 return done
             await asyncio.sleep(interval)
 
-    async def inbox(self, instance_id: int) -> list[tuple[Any, ...]]:
-        """The instance's stored signals: (id, name, payload, dedup_key, inserted_at)."""
-        return await self._all(self.queries.inbox(instance_id))
+    async def inbox(self, instance_id: int) -> list[Signal]:
+        """The instance's stored signals, oldest first: ``ctx.signals`` items, with
+        ``dedup_key`` and ``inserted_at`` filled in."""
+        return inbox_items(await self._all(self.queries.inbox(check_id(instance_id))))
 
-    async def children(self, instance_id: int) -> list[tuple[Any, ...]]:
-        """The instance's children: (id, fsm, status, state, result, last_error)."""
-        return await self._all(self.queries.children(instance_id))
+    async def children(self, instance_id: int) -> list[Child]:
+        """The instance's children, by id: ``ctx.childs`` items
+        (``id, fsm, status, state, result, last_error``)."""
+        return child_items(await self._all(self.queries.children(check_id(instance_id))))

@@ -18,6 +18,7 @@ statement runs, not when the first instance does. Every machine registers itself
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,11 +45,16 @@ class State(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """One inbox entry as a step sees it in ``ctx.signals``."""
+    """One inbox entry: an item of ``ctx.signals`` and of ``engine.inbox(id)``.
+
+    ``dedup_key`` and ``inserted_at`` are filled by ``inbox()`` only; in ``ctx.signals``
+    they are None, because the pick, on every step's hot path, does not load them."""
 
     id: int
     name: str
     payload: Any
+    dedup_key: str | None = None
+    inserted_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,26 +155,39 @@ class Machine:
         return model.model_validate_json(text or "{}")
 
     @classmethod
-    def coerce_state(cls, value: Any, what: str = "state") -> Any:
-        """Validate user-supplied state against the machine's model (before writing)."""
+    def coerce_state(
+        cls, value: Any, what: str = "state", *, error: type[Exception] = InvalidOutcome
+    ) -> Any:
+        """Validate user-supplied state against the machine's model (before writing).
+
+        ``None`` means the default (or, in an outcome, keep the stored state). A value
+        of the wrong shape raises ``error``: ``InvalidOutcome`` for an outcome's state
+        (it goes through ``handle``), ``ConfigurationError`` for an insert."""
         model = cls.__gd_state__
         if model is None:
             if value is None:
                 return {}
             if isinstance(value, BaseModel):
                 return value.model_dump(mode="json")
-            return value
+            if isinstance(value, Mapping):
+                return value if isinstance(value, dict) else dict(value)
+            # A step reads its state as a dict (``ctx.state["n"]``); a list or scalar
+            # stored here would only fail later, in the step, on every retry.
+            raise error(
+                f"{cls.__gd_name__}: {what} must be a JSON object (a dict), "
+                f"not {type(value).__name__} {_short(value)}; None means the default"
+            )
         if isinstance(value, model):
             return value
         if isinstance(value, BaseModel):
-            raise InvalidOutcome(
+            raise error(
                 f"{cls.__gd_name__}: {what} is a {type(value).__name__}, expected {model.__name__}"
             )
         if value is None:
             value = {}
         if isinstance(value, Mapping):
             return model.model_validate(value)
-        raise InvalidOutcome(
+        raise error(
             f"{cls.__gd_name__}: {what} must be a {model.__name__} or a mapping, "
             f"not {type(value).__name__}"
         )
@@ -210,6 +229,11 @@ class Job(Machine):
         if ctx.attempt + 1 < self.max_attempts:
             return oc.Replay(ctx.state, delay=self.backoff(ctx.attempt))
         return oc.Stop(error)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # -- class-creation checks ---------------------------------------------------------

@@ -27,6 +27,11 @@ SELECT queue, status::text, count(*) FROM {s}.gen_durable
 GROUP BY queue, status ORDER BY queue, status
 """.encode()
 
+        # Every row of both tables, for `migrate --down`'s refusal to drop data.
+        self._table_rows = f"""
+SELECT (SELECT count(*) FROM {s}.gen_durable), (SELECT count(*) FROM {s}.signals)
+""".encode()
+
         # The same counts split by machine, for the demo's live progress and summary.
         self._counts_by_fsm = f"""
 SELECT fsm, status::text, count(*) FROM {s}.gen_durable
@@ -46,6 +51,21 @@ FROM {s}.gen_durable WHERE status = 'runnable'
 GROUP BY queue ORDER BY queue
 """.encode()
 
+        # Runnable rows a node handed back for want of their machine (SPEC §13): the
+        # scheduler's release writes "no machine 'name' vN on node ..." to last_error,
+        # with eligible_at = updated_at + the retry delay. A later step keeps
+        # last_error, but every progressing outcome sets eligible_at = updated_at, so
+        # `eligible_at > updated_at` drops rows that have run since on a node with the
+        # code (only a delayed Replay there would still count). Reads the runnable
+        # rows only, as the backlog does.
+        self._handed_back = f"""
+SELECT fsm, fsm_version, count(*),
+       (array_agg(last_error ORDER BY updated_at DESC))[1]
+FROM {s}.gen_durable
+WHERE status = 'runnable' AND last_error LIKE 'no machine %%' AND eligible_at > updated_at
+GROUP BY fsm, fsm_version ORDER BY fsm, fsm_version
+""".encode()
+
         # Executing rows whose lease has already expired: their worker died or stalled
         # and the reaper has not returned them yet. Walks gen_durable_lease (partial on
         # executing) from the oldest expiry, so the cost follows the expired set.
@@ -57,6 +77,15 @@ WHERE status = 'executing' AND lease_expires_at < now()
 ORDER BY lease_expires_at
 LIMIT %(limit)s
 """.encode()
+
+    def handed_back(self) -> Stmt:
+        """(fsm, fsm_version, rows, latest reason) of runnable rows handed back because
+        a node lacked their machine."""
+        return Stmt(self._handed_back, {})
+
+    def table_rows(self) -> Stmt:
+        """(instances, signals): how many rows a migration to version 0 would drop."""
+        return Stmt(self._table_rows, {})
 
     def counts(self) -> Stmt:
         """(queue, status, count) for every queue and status present."""

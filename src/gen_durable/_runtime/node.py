@@ -41,7 +41,7 @@ from ..registry import Registry
 from .completer import Completer
 from .config import Config
 from .executor import Claim, Executor
-from .scheduler import QueueScheduler
+from .scheduler import NOT_FOUND_LOG_EVERY, EveryInterval, QueueScheduler
 from .stats import Stats
 from .threads import DaemonThreadPool
 
@@ -93,6 +93,7 @@ class Node:
         self.stats = stats
         self.node_id = node_id
         self._seq = itertools.count(1)
+        self.not_found_log = EveryInterval(NOT_FOUND_LOG_EVERY)  # shared by every queue
         total = sum(config.queues.values()) or 1
         self.threads = DaemonThreadPool(total)
         # Outcomes commit on connections of their own: a short lock_timeout there

@@ -17,13 +17,14 @@ import heapq
 import logging
 import re
 import time
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from .. import telemetry
-from ..registry import resolve
+from ..registry import REGISTRY, resolve
 from .executor import Claim
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gen_durable")
 
 _KEY_RE = re.compile(r"Key \(partition_key\)=\((.*)\) already exists")
+NOT_FOUND_LOG_EVERY = 60.0
+"""Seconds between two ERROR lines for one missing (machine, version) on a node."""
 
 
 class QueueScheduler:
@@ -220,25 +223,38 @@ class QueueScheduler:
 
     async def _hand_back_unknown(self, claims: list[Claim]) -> None:
         # Not failed, not lost: another node (with the code) can run it (SPEC §13).
-        delay = self.node.config.unknown_retry
-        try:
-            await self.node.release(claims, delay=delay)
-        except Exception:
-            log.exception("handing back %d unknown-machine rows failed", len(claims))
-        seen: dict[tuple[str, int], int] = {}
+        node = self.node
+        delay = node.config.unknown_retry
+        groups: dict[tuple[str, int], list[Claim]] = {}
         for c in claims:
-            seen[(c.fsm, c.fsm_version)] = seen.get((c.fsm, c.fsm_version), 0) + 1
-        for (fsm, version), count in seen.items():
-            log.error(
-                "no machine %s v%d on this node; %d instance(s) handed back for %ss",
-                fsm,
-                version,
-                count,
-                delay,
+            groups.setdefault((c.fsm, c.fsm_version), []).append(c)
+        for (fsm, version), group in groups.items():
+            # The reason lands in last_error, where `show` and `status` find it; it
+            # names the node, so an operator knows which deploy lacks the code.
+            reason = (
+                f"no machine {fsm!r} v{version} on node {node.node_id} "
+                f"(handed back, retried in {delay:g}s)"
             )
+            try:
+                await node.release(group, delay=delay, reason=reason)
+            except Exception:
+                log.exception("handing back %d unknown-machine rows failed", len(group))
+            # Every offer of such a row comes back here (every `delay` seconds, on
+            # every node without the code): one line per machine a minute, not a flood.
+            held = node.not_found_log.allow((fsm, version), len(group))
+            if held is not None:
+                log.error(
+                    "%s: %d instance(s)%s%s",
+                    reason,
+                    len(group),
+                    _versions_here(node, fsm),
+                    f"; {held} more handed back since the last report" if held else "",
+                )
             if telemetry.listening("registry.not_found"):
                 telemetry.emit(
-                    "registry.not_found", {"count": count}, {"fsm": fsm, "fsm_version": version}
+                    "registry.not_found",
+                    {"count": len(group)},
+                    {"fsm": fsm, "fsm_version": version},
                 )
 
     def _start_buffered(self) -> None:
@@ -270,6 +286,37 @@ class QueueScheduler:
             if self.running.get(claim.id) is claim:
                 del self.running[claim.id]
             self.wake.set()
+
+
+class EveryInterval:
+    """Lets a key through at most once per ``interval`` seconds, counting what it held back.
+
+    ``allow(key, n)`` returns None to stay quiet, else how many were held back since
+    the key last got through (0 the first time)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._next: dict[Hashable, float] = {}
+        self._held: dict[Hashable, int] = {}
+
+    def allow(self, key: Hashable, n: int = 1) -> int | None:
+        now = self._clock()
+        due = self._next.get(key)
+        if due is not None and now < due:
+            self._held[key] = self._held.get(key, 0) + n
+            return None
+        self._next[key] = now + self.interval
+        return self._held.pop(key, 0)
+
+
+def _versions_here(node: Node, fsm: str) -> str:
+    """`` (this node has v1, v3)`` when other versions of the machine are registered:
+    the usual deploy mistake is a version bump that reached only some nodes."""
+    versions = sorted(
+        {m.__gd_version__ for m in (*node.registry, *REGISTRY) if m.__gd_name__ == fsm}
+    )
+    return f" (this node has {', '.join(f'v{v}' for v in versions)})" if versions else ""
 
 
 def _contended_key(exc: BaseException) -> str | None:

@@ -27,6 +27,9 @@ log = logging.getLogger("gen_durable.cli")
 
 PROG = "gen-durable"
 EXPIRED_SHOWN = 100  # `status` lists at most this many expired leases
+SHOW_CHARS = 200  # `show` cuts a longer value (state, result, payload) unless --full
+DEMO_SCHEMA = "gen_durable_demo"  # the demo drops and recreates it: never `public`
+DEFAULT_CONCURRENCY = 10  # a worker's queue given without =N, or served by default
 
 
 class UsageError(Exception):
@@ -50,22 +53,57 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+JSON_HELP = "JSON, @FILE to read it from a file, or - for stdin"
+
+
 def json_arg(text: str) -> Any:
+    """A JSON value given inline, as ``@FILE`` or as ``-`` (standard input): large or
+    generated documents need no shell quoting."""
+    if text == "-":
+        where, raw = "stdin", sys.stdin.read()
+    elif text.startswith("@"):
+        where, raw = f"file {text[1:]!r}", read_json_file(text[1:])
+    else:
+        where, raw = "", text
     try:
-        return json.loads(text)
+        return json.loads(raw)
     except json.JSONDecodeError as exc:
+        if not where:
+            raise argparse.ArgumentTypeError(
+                f"not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+            ) from None
         raise argparse.ArgumentTypeError(
-            f"not valid JSON ({exc.msg} at column {exc.colno}): {text!r}"
+            f"not valid JSON in {where} ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+
+
+def read_json_file(path: str) -> str:
+    if not path:
+        raise argparse.ArgumentTypeError("expected @FILE: a file name after '@'")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"file {path!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read file {path!r}: {exc.strerror}") from None
+
+
+def queue_name_arg(text: str, given: str | None = None) -> str:
+    # An empty name would fall back to the machine's queue (insert) or serve a queue
+    # no machine can be given (worker): refuse it rather than guess.
+    if not text.strip():
+        shown = text if given is None else given
+        raise argparse.ArgumentTypeError(f"a queue name must not be empty, not {shown!r}")
+    return text
 
 
 def queue_arg(text: str) -> tuple[str, int]:
     name, sep, conc = text.partition("=")
-    if not name or (sep and not conc.strip().isdigit()):
+    if sep and not conc.strip().isdigit():
         raise argparse.ArgumentTypeError(
             f"expected NAME=CONCURRENCY (e.g. default=10), not {text!r}"
         )
-    return name, int(conc) if sep else 10
+    return queue_name_arg(name, text), int(conc) if sep else DEFAULT_CONCURRENCY
 
 
 def instance_id_arg(text: str) -> int:
@@ -78,9 +116,10 @@ def instance_id_arg(text: str) -> int:
     return value
 
 
-def common_options(db: bool = True, json_out: bool = True) -> Parser:
+def common_options(db: bool = True, json_out: bool = True, schema: str = "public") -> Parser:
     """Options every subcommand accepts. SUPPRESS keeps a value given before the
-    subcommand from being overwritten by the subcommand's own default."""
+    subcommand from being overwritten by the subcommand's own default; ``schema`` is
+    only the default the help states (the command applies it)."""
     p = Parser(add_help=False)
     if db:
         p.add_argument(
@@ -89,7 +128,9 @@ def common_options(db: bool = True, json_out: bool = True) -> Parser:
             help="PostgreSQL connection string (default: $GEN_DURABLE_DSN, then $DATABASE_URL)",
         )
         p.add_argument(
-            "--schema", default=argparse.SUPPRESS, help="schema holding the tables (default public)"
+            "--schema",
+            default=argparse.SUPPRESS,
+            help=f"schema holding the tables (default {schema})",
         )
         p.add_argument(
             "--embedded",

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from typing import Any
 
 import psycopg
 import pydantic
 
 from .._db.admin_queries import AdminQueries
+from ..client import Delivery, Instance
+from ..machine import Child, Signal
 from .common import (
+    DEMO_SCHEMA,
     EXPIRED_SHOWN,
+    SHOW_CHARS,
     CommandError,
     UsageError,
     cell,
@@ -30,6 +35,10 @@ from .common import (
 
 
 def cmd_insert(args: argparse.Namespace) -> int:
+    if args.unique_scope is not None and args.unique_key is None:
+        # A scope alone would be dropped without a word: it only says when a key is
+        # occupied, and there is no key.
+        raise UsageError("--unique-scope needs --unique-key (the scope applies to a key)")
     import_apps(args.path, args.app)
     machine = resolve_machine(args.machine)
     options: dict[str, Any] = {"priority": args.priority}
@@ -60,30 +69,44 @@ def cmd_insert(args: argparse.Namespace) -> int:
 
 
 def cmd_signal(args: argparse.Namespace) -> int:
-    async def run() -> tuple[bool, str | None]:
+    async def run() -> tuple[Delivery, str | None]:
         engine = await open_client(args)
         try:
-            stored = await engine.signal(args.id, args.name, args.payload, dedup_key=args.dedup_key)
+            found = await engine.deliver(args.id, args.name, args.payload, dedup_key=args.dedup_key)
             inst = await engine.get(args.id)
-            return stored, inst.status if inst else None
+            return found, inst.status if inst else None
         finally:
             await engine.stop()
 
-    stored, status = asyncio.run(run())
-    if not stored:
+    found, status = asyncio.run(run())
+    if found == "finished":
         raise CommandError(
             f"instance {args.id} is {status}: a finished instance takes no signals; "
             "nothing was stored"
         )
+    duplicate = found == "duplicate"
     if option(args, "json"):
-        print_json({"id": args.id, "name": args.name, "stored": True, "status": status})
+        print_json(
+            {
+                "id": args.id,
+                "name": args.name,
+                "stored": not duplicate,
+                "duplicate": duplicate,
+                "status": status,
+            }
+        )
+    elif duplicate:
+        print(
+            f"signal {args.name!r} for instance {args.id}: duplicate, dedup_key "
+            f"{args.dedup_key!r} was already stored; nothing new stored (now {status})"
+        )
     else:
         print(f"signal {args.name!r} stored for instance {args.id} (now {status})")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    async def run() -> tuple[Any, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    async def run() -> tuple[Instance, list[Signal], list[Child]]:
         engine = await open_client(args)
         try:
             inst = await engine.get(args.id)
@@ -94,30 +117,49 @@ def cmd_show(args: argparse.Namespace) -> int:
             await engine.stop()
 
     inst, inbox, children = asyncio.run(run())
-    inbox_cols = ("id", "name", "payload", "dedup_key", "inserted_at")
-    child_cols = ("id", "fsm", "status", "state", "result", "last_error")
-    fields = {name: getattr(inst, name) for name in inst.__dataclass_fields__}
+    fields = fields_of(inst)
     if option(args, "json"):
         print_json(
             {
                 **fields,
-                "inbox": [dict(zip(inbox_cols, r, strict=True)) for r in inbox],
-                "children": [dict(zip(child_cols, r, strict=True)) for r in children],
+                "inbox": [fields_of(s) for s in inbox],
+                "children": [fields_of(c) for c in children],
             }
         )
         return 0
+    limit = None if args.full else SHOW_CHARS
     print(f"instance {inst.id}: {inst.fsm} v{inst.fsm_version}")
     width = max(len(k) for k in fields)
     for key, value in fields.items():
         if key not in ("id", "fsm", "fsm_version"):
-            print(f"  {key.ljust(width)}  {cell(value)}")
+            print(f"  {key.ljust(width)}  {cell(clip(value, limit))}")
     print(f"\ninbox ({len(inbox)} signal(s))")
     if inbox:
-        print(table(inbox_cols, inbox))
+        print(items_table(inbox, limit))
     print(f"\nchildren ({len(children)})")
     if children:
-        print(table(child_cols, children))
+        print(items_table(children, limit))
     return 0
+
+
+def clip(value: Any, limit: int | None) -> Any:
+    """``value``'s cell, cut to ``limit`` characters with a note of what was cut: one
+    large state or payload would otherwise bury the rest of the instance."""
+    text = cell(value)
+    if limit is None or len(text) <= limit:
+        return value  # unchanged, so the table still aligns numbers
+    return f"{text[:limit]}... ({len(text) - limit} more chars; --full shows all)"
+
+
+def fields_of(item: Any) -> dict[str, Any]:
+    """A dataclass's fields by name, in declaration order (no deep copy)."""
+    return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+
+
+def items_table(items: list[Signal] | list[Child], limit: int | None) -> str:
+    """Inbox signals or children as a table, one column per field."""
+    rows = [fields_of(item) for item in items]
+    return table(list(rows[0]), [[clip(v, limit) for v in row.values()] for row in rows])
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -128,18 +170,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         cur = await conn.execute(stmt.query, stmt.params)
         return await cur.fetchall()
 
-    async def run() -> tuple[int, list[Any], list[Any], list[Any]]:
+    async def run() -> tuple[int, list[Any], list[Any], list[Any], list[Any]]:
         async with await connect(dsn) as conn:
             version = await require_schema(conn, schema)
-            # One snapshot, so the three reads agree with each other.
+            # One snapshot, so the reads agree with each other.
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 counts = await fetch(conn, admin.counts())
                 backlog = await fetch(conn, admin.backlog())
                 expired = await fetch(conn, admin.expired_leases(EXPIRED_SHOWN))
-            return version, counts, backlog, expired
+                handed_back = await fetch(conn, admin.handed_back())
+            return version, counts, backlog, expired, handed_back
 
-    version, counts, backlog, expired = asyncio.run(run())
+    version, counts, backlog, expired, handed_back = asyncio.run(run())
     statuses = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
     per_queue: dict[str, dict[str, int]] = {}
     for queue, status, n in counts:
@@ -164,6 +207,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                     )
                     for r in expired
                 ],
+                "waiting_for_machine": [
+                    dict(zip(("fsm", "fsm_version", "rows", "last_error"), r, strict=True))
+                    for r in handed_back
+                ],
             }
         )
         return 0
@@ -180,6 +227,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\nexecuting with an expired lease: {len(expired)}{many}")
     if expired:
         print(table(["id", "fsm", "step", "queue", "locked_by", "expired for (s)"], expired))
+    if handed_back:
+        # Only when there are some: outside a deploy this is the sign of a node
+        # missing code, and an empty section would be noise every other time.
+        waiting = sum(r[2] for r in handed_back)
+        print(f"\nrunnable rows handed back by a node that lacks their machine: {waiting}")
+        print(table(["fsm", "version", "rows", "last reason"], handed_back))
     return 0
 
 
@@ -190,7 +243,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--size must be at least 1")
     return run_demo(
         dsn=option(args, "dsn"),
-        schema=option(args, "schema") or "gen_durable_demo",
+        schema=option(args, "schema") or DEMO_SCHEMA,
         size=args.size,
         embedded=bool(option(args, "embedded")),
     )

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 
+import psycopg
+from psycopg import sql
+
+from .._db.admin_queries import AdminQueries
 from ..migrate import LATEST_VERSION, installed_version, migrate, migrate_down, migration_sql
 from .common import CommandError, connect, dsn_of, option, print_json, schema_of
 
@@ -29,7 +34,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                     f"schema {schema!r} is at version {current}, above {goal}; "
                     "add --down to migrate down"
                 )
-            if args.down:
+            if args.down and goal == 0 and current > 0 and not args.yes:
+                await _drop_if_empty(conn, schema)
+            elif args.down:
                 await migrate_down(conn, schema=schema, version=goal)
             else:
                 await migrate(conn, schema=schema, version=goal)
@@ -43,6 +50,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     else:
         print(f"schema {schema!r} migrated from version {before} to {after}")
     return 0
+
+
+async def _drop_if_empty(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Go down to version 0 (which drops the tables) only if they hold no rows.
+
+    Counted first without a lock, so refusing costs no more than a read: a big table
+    must not stall the workers for a mistyped command. When both are empty, they are
+    locked and checked again in the dropping transaction, so no row inserted in
+    between is dropped unseen."""
+    admin = AdminQueries(schema)
+    await _refuse_rows(conn, admin, schema)
+    async with conn.transaction():
+        await conn.execute(
+            sql.SQL("LOCK TABLE {s}.gen_durable, {s}.signals IN ACCESS EXCLUSIVE MODE").format(
+                s=sql.Identifier(schema)
+            )
+        )
+        await _refuse_rows(conn, admin, schema)
+        await migrate_down(conn, schema=schema, version=0)
+
+
+async def _refuse_rows(
+    conn: psycopg.AsyncConnection[Any], admin: AdminQueries, schema: str
+) -> None:
+    stmt = admin.table_rows()
+    cur = await conn.execute(stmt.query, stmt.params)
+    row = await cur.fetchone()
+    instances, signals = row if row else (0, 0)
+    if instances or signals:
+        raise CommandError(
+            f"schema {schema!r} holds {instances} instance row(s) and {signals} signal(s); "
+            "migrating down to version 0 drops them with the tables. Nothing was dropped: "
+            "pass --yes to drop them"
+        )
 
 
 def cmd_migrate_status(args: argparse.Namespace) -> int:

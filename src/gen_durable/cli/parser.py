@@ -6,7 +6,19 @@ import argparse
 
 from .. import __version__
 from .._runtime.config import cli_options, kind_of
-from .common import PROG, Parser, common_options, instance_id_arg, json_arg, queue_arg
+from .common import (
+    DEFAULT_CONCURRENCY,
+    DEMO_SCHEMA,
+    JSON_HELP,
+    PROG,
+    SHOW_CHARS,
+    Parser,
+    common_options,
+    instance_id_arg,
+    json_arg,
+    queue_arg,
+    queue_name_arg,
+)
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
@@ -29,10 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="migrate the schema (up by default), or show status / print SQL",
         description="Bring the schema to the latest version, or to --to N. "
-        "With --down, go down to version 0 (or --to N), dropping what gen_durable owns.",
+        "With --down, go down to version 0 (or --to N), dropping what gen_durable owns; "
+        "going to 0 is refused while the tables hold rows, unless --yes.",
     )
     p.add_argument("--to", type=int, metavar="N", help="target schema version")
     p.add_argument("--down", action="store_true", help="migrate down (default target 0)")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="with --down to 0: drop the tables even if they hold instances or signals",
+    )
     p.set_defaults(func=cmd_migrate, migrate_cmd=None)
     msub = p.add_subparsers(dest="migrate_cmd", metavar="{status,sql}", parser_class=Parser)
     ps = msub.add_parser("status", parents=[common], help="installed vs latest schema version")
@@ -77,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=queue_arg,
         default=[],
         metavar="NAME=N",
-        help="serve queue NAME with concurrency N (repeatable; default default=10)",
+        help=f"serve queue NAME with concurrency N (default {DEFAULT_CONCURRENCY}; repeatable). "
+        f"Without it: every queue of the machines imported, each at {DEFAULT_CONCURRENCY} "
+        "(just 'default' when there are none)",
     )
     # The engine options marked for the command line (SPEC §8 knobs); unset ones keep
     # the engine's own defaults (shown in --help).
@@ -114,10 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("machine", metavar="MACHINE")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--state", type=json_arg, metavar="JSON", help="initial state")
-    group.add_argument("--args", type=json_arg, metavar="JSON", help="job arguments (= state)")
+    group.add_argument(
+        "--state", type=json_arg, metavar="JSON", help=f"initial state ({JSON_HELP})"
+    )
+    group.add_argument(
+        "--args", type=json_arg, metavar="JSON", help=f"job arguments, = state ({JSON_HELP})"
+    )
     p.add_argument("--step", help="start at this step instead of the machine's initial one")
-    p.add_argument("--queue", help="queue (default: the machine's)")
+    p.add_argument("--queue", type=queue_name_arg, help="queue (default: the machine's)")
     p.add_argument("--priority", type=int, default=0, help="lower runs earlier (default 0)")
     p.add_argument("--partition-key", help="never run concurrently with the same key")
     p.add_argument("--unique-key", help="refuse the insert while this key is occupied")
@@ -139,12 +163,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("id", type=instance_id_arg, metavar="ID")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--payload", type=json_arg, metavar="JSON", help="payload (default {})")
+    p.add_argument(
+        "--payload", type=json_arg, metavar="JSON", help=f"payload (default {{}}; {JSON_HELP})"
+    )
     p.add_argument("--dedup-key", metavar="KEY", help="store at most once per instance and key")
     p.set_defaults(func=cmd_signal)
 
     p = sub.add_parser("show", parents=[common], help="one instance with its inbox and children")
     p.add_argument("id", type=instance_id_arg, metavar="ID")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help=f"print every value whole (the table cuts values past {SHOW_CHARS} characters, "
+        "saying how many were cut; --json never does)",
+    )
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser(
@@ -156,12 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        parents=[common_options(json_out=False)],
+        parents=[common_options(json_out=False, schema=DEMO_SCHEMA)],
         help="run the guided demo (embedded PostgreSQL unless a DSN is configured)",
         description="Run a small order-processing scenario that uses every primitive, "
         "with live progress and a summary. Without --dsn (or GEN_DURABLE_DSN / "
         "DATABASE_URL) it starts an embedded PostgreSQL server in ./.pgdata. The demo "
-        "schema (default gen_durable_demo) is dropped and recreated on every run.",
+        f"schema (default {DEMO_SCHEMA}) is dropped and recreated on every run.",
     )
     p.add_argument("--size", type=int, default=40, help="number of orders (default 40)")
     p.set_defaults(func=cmd_demo)

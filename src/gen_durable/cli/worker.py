@@ -12,8 +12,10 @@ from typing import Any
 from .._runtime.config import cli_options
 from ..engine import Engine
 from ..errors import ConfigurationError, GenDurableError, SchemaError
+from ..machine import Machine
 from ..registry import REGISTRY
 from .common import (
+    DEFAULT_CONCURRENCY,
     CannotConnect,
     CommandError,
     UsageError,
@@ -29,7 +31,7 @@ from .common import (
 
 def cmd_worker(args: argparse.Namespace) -> int:
     apps = import_apps(args.path, args.app)
-    queues = dict(args.queue) if args.queue else {"default": 10}
+    queues = _queues(dict(args.queue), list(REGISTRY))
     dsn = dsn_of(args)
     knobs: dict[str, Any] = {
         f.name: getattr(args, f.name) for f in cli_options() if getattr(args, f.name) is not None
@@ -45,6 +47,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
     machines = sorted(m.describe() for m in REGISTRY)
     log.info("machines: %s", ", ".join(machines) or "(none registered yet)")
     return _event_loop_runner(args.loop)(_run_worker(engine, args.startup_timeout))
+
+
+def _queues(given: dict[str, int], machines: list[type[Machine]]) -> dict[str, int]:
+    """The queues to serve: those given, else every queue a loaded machine runs on.
+
+    Without ``--queue`` a worker serves what it imported, so adding a machine on a new
+    queue cannot leave its instances waiting for a worker nobody configured. With
+    ``--queue`` the list is the operator's, but a loaded machine whose queue is left
+    out is worth a warning: this node has its code and will not run it."""
+    by_queue: dict[str, list[str]] = {}
+    for m in sorted(machines, key=lambda m: m.describe()):
+        by_queue.setdefault(m.__gd_queue__, []).append(m.describe())
+    if not given:
+        return dict.fromkeys(sorted(by_queue) or ["default"], DEFAULT_CONCURRENCY)
+    for queue, names in by_queue.items():
+        if queue not in given:
+            log.warning(
+                "queue %r is not served by this worker (--queue given), but machine(s) %s "
+                "run on it: their instances wait for another worker; add --queue %s=N "
+                "to serve it here",
+                queue,
+                ", ".join(names),
+                queue,
+            )
+    return given
 
 
 def _event_loop_runner(name: str) -> Callable[[Coroutine[Any, Any, int]], int]:
