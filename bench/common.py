@@ -65,9 +65,11 @@ def as_url(dsn: str) -> str:
 def fresh_database(dsn: str, label: str) -> Iterator[str]:
     """CREATE DATABASE for one scenario run; DROP it (forcibly) afterwards."""
     name = f"gdbench_{label}_{uuid.uuid4().hex[:8]}".lower()
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    # CREATE inside the try: a run stopped (SIGTERM, Ctrl-C) while the server creates
+    # the database still drops it.
     try:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         yield with_dbname(dsn, name)
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:

@@ -436,7 +436,9 @@ async def main(args: argparse.Namespace) -> None:
         "memory": lambda: scenario_memory(args.dsn, args.n),
     }
     result = await runners[args.scenario]()
-    result["settings"] = {**ENGINE_SETTINGS, "loop": args.loop}
+    # `package`: which gen_durable this process imported (bench/run.py checks that a
+    # baseline revision's run used its own checkout, not the installed tree).
+    result["settings"] = {**ENGINE_SETTINGS, "loop": args.loop, "package": gd.__file__}
     emit(result)
 
 

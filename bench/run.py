@@ -6,6 +6,7 @@
     make bench-quick                # reduced sizes, 1 run (marked so in the report)
     python bench/run.py --scenarios chain,jobs --peers pgqueuer,dbos
     python bench/run.py --quick --peers none --scenarios chain --size tiny
+    python bench/run.py --baseline main --scenarios chain,jobs --peers none
 
 Every scenario run gets a fresh database (``CREATE DATABASE`` on the server named by
 ``--dsn`` / ``GEN_DURABLE_DSN``, dropped afterwards) and its own process: gen_durable
@@ -15,6 +16,19 @@ Runs are interleaved — run 1 of every system, then run 2 … — so background
 spreads over all of them. The report (``docs/performance.md`` by default) is fully
 generated from the run: the machine, the settings, the command, the medians, the
 spreads and the gen_durable / peer ratios. Raw results go to ``bench/results/``.
+
+``--baseline REV`` adds an earlier revision of this repository as one more system,
+``gen_durable@<short rev>``: ``git archive REV src bench`` is unpacked into a temporary
+directory (removed afterwards, also when the run fails or is interrupted) and that
+revision's own ``bench/gd_worker.py`` runs with ``PYTHONPATH=<checkout>/src:<checkout>/bench``,
+so it imports its own ``gen_durable`` ahead of this tree's editable install; the same
+interpreter, server, sizes and event loop, interleaved run by run like the peers. Before
+the first run the baseline's worker must parse every command line this script will give
+it and import the checkout's ``gen_durable``, else the run stops with the reason; each
+run then reports the package it imported, and one of this tree's counts as failed. The
+report and the JSON gain "this tree vs gen_durable@<rev>": medians, min–max spreads,
+the ratio this tree / baseline and a verdict per figure — *within noise* when the
+spreads overlap or the ratio is within ±5 %, else faster or slower.
 """
 
 from __future__ import annotations
@@ -26,10 +40,13 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -78,6 +95,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 RUN_TIMEOUT = 900
+BASELINE_PREFIX = "gen_durable@"
+# Two medians closer than this are one result, whatever the spreads say.
+NOISE = 0.05
 
 
 # -- environments -------------------------------------------------------------------
@@ -122,30 +142,52 @@ def peer_version(python: str, package: str) -> str:
 # -- running ------------------------------------------------------------------------
 
 
+def is_gen_durable(system: str) -> bool:
+    """This tree's gen_durable or a baseline revision's (``gen_durable@<rev>``)."""
+    return system == "gen_durable" or system.startswith(BASELINE_PREFIX)
+
+
 def command_for(
-    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str, loop: str
+    system: str,
+    scenario: str,
+    dsn: str,
+    size: dict[str, Any],
+    python: str,
+    loop: str,
+    bench: Path = HERE,
 ) -> list[str]:
-    """The command of one run; ``loop`` is gen_durable's event loop (``--loop``)."""
-    if system == "gen_durable":
-        cmd = [python, str(HERE / "gd_worker.py"), scenario, "--dsn", dsn, "--loop", loop]
+    """The command of one run; ``loop`` is gen_durable's event loop (``--loop``);
+    ``bench`` is the ``bench/`` directory whose worker runs (a baseline's own)."""
+    if is_gen_durable(system):
+        cmd = [python, str(bench / "gd_worker.py"), scenario, "--dsn", dsn, "--loop", loop]
     else:
-        cmd = [python, str(HERE / "peers" / f"{system}_bench.py"), scenario, "--dsn", dsn]
+        cmd = [python, str(bench / "peers" / f"{system}_bench.py"), scenario, "--dsn", dsn]
     for key, value in size.items():
-        if system == "gen_durable" or key == "n":
+        if is_gen_durable(system) or key == "n":
             cmd += [f"--{key}", str(value)]
     return cmd
 
 
 def run_one(
-    system: str, scenario: str, dsn: str, size: dict[str, Any], python: str, loop: str
+    system: str,
+    scenario: str,
+    dsn: str,
+    size: dict[str, Any],
+    python: str,
+    loop: str,
+    checkout: Path | None = None,
 ) -> dict[str, Any]:
+    """One scenario run in its own process; ``checkout``: a baseline's, whose own
+    worker and package run instead of this tree's."""
+    bench = checkout / "bench" if checkout else HERE
     with fresh_database(dsn, f"{system[:8]}_{scenario}") as db:
         started = time.monotonic()
         done = subprocess.run(
-            command_for(system, scenario, db, size, python, loop),
+            command_for(system, scenario, db, size, python, loop, bench),
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT,
+            env=baseline_env(checkout) if checkout else None,
         )
         wall = time.monotonic() - started
     if done.returncode != 0:
@@ -153,6 +195,13 @@ def run_one(
         raise RuntimeError(f"{system} {scenario} exited {done.returncode}: " + " | ".join(tail))
     result = parse_result(done.stdout)
     result["process_wall_s"] = round(wall, 2)
+    settings = result.get("settings", {})
+    if "package" in settings:
+        settings["package"] = package_origin(settings["package"], checkout)
+        # Checked on every run, not only by the probe: a run of the other package
+        # would put this tree's figures in the baseline's column.
+        if checkout and not settings["package"].startswith("baseline checkout:"):
+            raise RuntimeError(f"{system} imported gen_durable from {settings['package']}")
     return result
 
 
@@ -186,6 +235,219 @@ def profile_chain(dsn: str, size: dict[str, Any], loop: str, top: int = 15) -> l
             }
         )
     return picked
+
+
+# -- a baseline revision ----------------------------------------------------------------
+
+
+def git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {done.stderr.strip() or 'failed'}")
+    return done.stdout.strip()
+
+
+def resolve_baseline(rev: str) -> tuple[str, str]:
+    """The full and the short commit id of ``rev``, or a clear exit."""
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if found.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: not a commit of this repository")
+    full = found.stdout.strip()
+    return full, git("rev-parse", "--short", full)
+
+
+@contextmanager
+def baseline_checkout(commit: str) -> Iterator[Path]:
+    """``src/`` and ``bench/`` of ``commit`` in a temporary directory, removed on exit."""
+    for needed in ("bench/gd_worker.py", "src/gen_durable/__init__.py"):
+        there = subprocess.run(
+            ["git", "-C", str(ROOT), "cat-file", "-e", f"{commit}:{needed}"], capture_output=True
+        )
+        if there.returncode != 0:
+            raise SystemExit(f"--baseline {commit[:12]}: the revision has no {needed}")
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    # A plain SIGTERM would skip the clean-up below (and the runs' DROP DATABASE).
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gd-baseline-") as tmp:
+            archive = subprocess.Popen(
+                ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "src", "bench"],
+                stdout=subprocess.PIPE,
+            )
+            assert archive.stdout is not None
+            untar = subprocess.run(["tar", "-x", "-C", tmp], stdin=archive.stdout)
+            archive.stdout.close()
+            if archive.wait() != 0 or untar.returncode != 0:
+                raise SystemExit(f"--baseline {commit[:12]}: git archive | tar -x failed")
+            yield Path(tmp)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def baseline_env(checkout: Path) -> dict[str, str]:
+    """The environment of a baseline process: its own package and bench modules first.
+
+    ``PYTHONPATH`` entries come before site-packages, so they win over this tree's
+    editable install (a ``.pth`` line pointing at this tree's ``src``)."""
+    env = dict(os.environ)
+    own = [str(checkout / "src"), str(checkout / "bench")]
+    env["PYTHONPATH"] = os.pathsep.join(own + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def package_origin(path: str, checkout: Path | None) -> str:
+    """Where an imported ``gen_durable`` lives, without the machine's paths."""
+    file = Path(path).resolve()
+    for label, base in (("baseline checkout", checkout), ("this tree", ROOT)):
+        if base is not None and file.is_relative_to(base.resolve()):
+            return f"{label}: {file.relative_to(base.resolve()).as_posix()}"
+    return f"elsewhere: {file}"
+
+
+# Run in the baseline's environment: the worker's own argument parser takes each
+# command line this script will pass (and nothing runs: the first successful parse
+# is kept, then stops the script), then says where its `gen_durable` came from.
+PROBE = """
+import argparse, json, os, runpy, sys
+worker, lines = sys.argv[1], json.loads(sys.stdin.read())
+sys.path[0] = os.path.dirname(worker)  # as when the worker runs as a script
+parse, found = argparse.ArgumentParser.parse_args, []
+class Parsed(Exception):
+    pass
+def capture(self, args=None, namespace=None):
+    found.append(self)
+    raise Parsed
+argparse.ArgumentParser.parse_args = capture
+sys.argv = [worker]
+try:
+    runpy.run_path(worker, run_name="__main__")
+except Parsed:
+    pass
+argparse.ArgumentParser.parse_args = parse
+if not found:
+    sys.exit("its bench/gd_worker.py parsed no command line with argparse")
+for line in lines:
+    def refuse(message, line=line):
+        sys.exit(f"its bench/gd_worker.py refuses `{' '.join(line)}`: {message}")
+    found[0].error = refuse
+    found[0].parse_args(line)
+import gen_durable
+print("BENCH_RESULT " + json.dumps({"package": gen_durable.__file__}))
+"""
+
+
+def check_baseline(checkout: Path, commands: list[list[str]]) -> str:
+    """Fail clearly unless the baseline's worker takes ``commands`` (argv after the
+    script) and imports the checkout's package; returns where that package is."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(checkout / "bench" / "gd_worker.py")],
+        input=json.dumps(commands),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=baseline_env(checkout),
+    )
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        reason = lines[-1] if lines else f"exit {done.returncode}"
+        raise SystemExit(
+            f"--baseline: the revision cannot run under this bench/run.py: {reason} "
+            "(run that revision's own bench/run.py instead)"
+        )
+    origin = package_origin(parse_result(done.stdout)["package"], checkout)
+    if not origin.startswith("baseline checkout:"):
+        raise SystemExit(f"--baseline: the baseline imports gen_durable from {origin}")
+    return origin
+
+
+# Per scenario, the figures compared with a baseline; the first is its headline.
+# Rates (``*_per_s``) are better higher, every other figure (costs, latencies) lower.
+COMPARED: dict[str, list[str]] = {
+    "chain": [
+        "steps_per_s",
+        "instances_per_s",
+        "worker_cpu_ms_per_step",
+        "pg_cpu_ms_per_step",
+        "commits_per_step",
+        "statements_per_step",
+    ],
+    "jobs": [
+        "jobs_per_s",
+        "insert_all_one_call_rows_per_s",
+        "insert_all_batched_rows_per_s",
+        "insert_single_rows_per_s",
+        "worker_cpu_ms_per_job",
+        "pg_cpu_ms_per_job",
+        "commits_per_job",
+    ],
+    "signals": ["wakeups_per_s_from_first_signal", "p50_ms", "p99_ms", "worker_cpu_ms_per_wakeup"],
+    "fanout": ["children_per_s", "worker_cpu_ms_per_step"],
+    "latency": ["p50_ms", "p99_ms"],
+    "memory": ["jobs_per_s", "peak_rss_mb"],
+}
+
+
+def judged(key: str) -> tuple[str, tuple[str, str]]:
+    """Which way ``key`` is better, and the words for a real difference (better, worse)."""
+    better = "higher" if key.endswith("_per_s") else "lower"
+    if key.startswith(("commits_", "statements_")):
+        return better, ("fewer", "more")
+    if key.endswith("rss_mb"):
+        return better, ("smaller", "larger")
+    return better, ("faster", "slower")
+
+
+def verdict(
+    ours: tuple[float, float, float],
+    theirs: tuple[float, float, float],
+    better: str,
+    words: tuple[str, str],
+) -> tuple[float | None, str]:
+    """The ratio of the medians (this tree / baseline) and what it means."""
+    (mid, low, high), (b_mid, b_low, b_high) = ours, theirs
+    r = mid / b_mid if b_mid else None
+    if (low <= b_high and b_low <= high) or (r is not None and abs(r - 1) <= NOISE):
+        return r, "within noise"
+    if r is None:  # a zero baseline median, and spreads apart: this tree's is above it
+        return None, words[1] if better == "lower" else words[0]
+    return r, words[0] if (r > 1) == (better == "higher") else words[1]
+
+
+def compare_baseline(
+    results: dict[str, dict[str, list[dict[str, Any]]]], system: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Per scenario both ran: each compared figure of this tree and of the baseline."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for scenario, figures in COMPARED.items():
+        ours = results.get("gen_durable", {}).get(scenario, [])
+        theirs = results.get(system, {}).get(scenario, [])
+        rows = []
+        for key in figures:
+            a, b = stats(ours, key), stats(theirs, key)
+            if a is None or b is None:
+                continue
+            better, words = judged(key)
+            r, said = verdict(a, b, better, words)
+            rows.append(
+                {
+                    "figure": key,
+                    "better": better,
+                    "current": {"median": a[0], "min": a[1], "max": a[2], "runs": len(ours)},
+                    "baseline": {"median": b[0], "min": b[1], "max": b[2], "runs": len(theirs)},
+                    "ratio": round(r, 4) if r is not None else None,
+                    "verdict": said,
+                }
+            )
+        if rows:
+            out[scenario] = rows
+    return out
 
 
 # -- the machine ------------------------------------------------------------------------
@@ -331,6 +593,15 @@ GD_ROWS = [
     ("memory", "peak_rss_mb", "engine process peak RSS, MiB"),
 ]
 
+LABELS: dict[tuple[str, str], str] = {
+    **{(scenario, key): label for scenario, key, label, _ in SIDE_ROWS},
+    **{(scenario, key): label for scenario, key, label in GD_ROWS},
+    ("chain", "statements_per_step"): "statements / step (engine)",
+    ("signals", "worker_cpu_ms_per_wakeup"): "worker CPU ms / wake-up",
+    ("fanout", "worker_cpu_ms_per_step"): "worker CPU ms / step",
+    ("memory", "jobs_per_s"): "jobs/s drained (all `n` queued first)",
+}
+
 COST_UNIT = {
     "chain": "step",
     "jobs": "job",
@@ -339,6 +610,61 @@ COST_UNIT = {
     "latency": "probe",
     "memory": "job",
 }
+
+
+def spread(figure: dict[str, Any]) -> str:
+    if figure["runs"] == 1:
+        return fmt(figure["median"])
+    return f"{fmt(figure['median'])} ({fmt(figure['min'])}–{fmt(figure['max'])})"
+
+
+def render_baseline(report: dict[str, Any], w: Any) -> None:
+    """The "this tree vs baseline" section: a table and a verdict line per scenario."""
+    base = report["baseline"]
+    name, here = base["system"], f"this tree ({report['machine']['commit']})"
+    w(f"## This tree vs {name}")
+    w("")
+    w(
+        f"`--baseline {base['rev']}`: commit {base['commit'][:12]}, its own "
+        f"`bench/gd_worker.py` and `gen_durable` (imported from the checkout's "
+        f"`{base['package'].split(': ', 1)[-1]}`), run as one more system in the same "
+        "interleaved runs, on the same server, sizes and event loop. Ratio = this tree / "
+        f"baseline, of the medians. A figure is *within noise* when the min–max spreads "
+        f"overlap or the ratio is within ±{NOISE:.0%}"
+        + (
+            "; with one run per scenario there is no spread, only that ratio."
+            if report["runs"] == 1
+            else "."
+        )
+    )
+    w("")
+    if base.get("settings_differ"):
+        w(f"The baseline's `Engine(...)` settings differ from this tree's: `{base['settings']}`.")
+        w("")
+    if not base["comparison"]:
+        w("No scenario has figures from both (see the failed runs).")
+        w("")
+        return
+    for scenario, rows in base["comparison"].items():
+        head = rows[0]
+        label = LABELS.get((scenario, head["figure"]), head["figure"])
+        r = f", {head['ratio']:.2f}×" if head["ratio"] is not None else ""
+        if head["verdict"] == "within noise":
+            w(f"- **{scenario}**: within noise of {name} ({label}{r}).")
+        else:
+            w(f"- **{scenario}**: this tree is **{head['verdict']}** than {name} ({label}{r}).")
+    w("")
+    w(f"| scenario | figure | {here} | {name} | this tree / baseline | verdict |")
+    w("|---|---|---|---|---|---|")
+    for scenario, rows in base["comparison"].items():
+        for row in rows:
+            label = LABELS.get((scenario, row["figure"]), row["figure"])
+            r = f"{row['ratio']:.2f}×" if row["ratio"] is not None else "—"
+            w(
+                f"| {scenario} | {label} ({row['better']} is better) | {spread(row['current'])} "
+                f"| {spread(row['baseline'])} | {r} | {row['verdict']} |"
+            )
+    w("")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -367,6 +693,8 @@ def render(report: dict[str, Any]) -> str:
         "on the same server, in interleaved runs."
     )
     w("")
+    if report.get("baseline"):
+        render_baseline(report, w)
     if peers:
         w("## Side by side")
         w("")
@@ -525,6 +853,17 @@ def render(report: dict[str, Any]) -> str:
         "--profile chain.prof` writes a cProfile of the event loop over the timed window "
         "(read it with `python -m pstats chain.prof`)."
     )
+    w(
+        "- **Against an earlier revision**: `python bench/run.py --baseline REV` (e.g. "
+        '`make bench BENCH_ARGS="--baseline main --scenarios chain,jobs --peers none"`) '
+        "unpacks REV's `src/` and `bench/` (`git archive`) into a temporary directory, "
+        "removed afterwards, and runs that revision's own `bench/gd_worker.py` with "
+        "`PYTHONPATH=<checkout>/src:<checkout>/bench` as the system `gen_durable@<rev>`, "
+        "interleaved with this tree run by run. Before the first run its worker must "
+        "accept every command line this script passes, and must import the checkout's "
+        "`gen_durable`; otherwise the run stops and says why. The section *This tree vs* "
+        "then compares the two."
+    )
     w("")
     w("## Settings")
     w("")
@@ -532,6 +871,7 @@ def render(report: dict[str, Any]) -> str:
     if "gen_durable" in settings:
         gd_settings = dict(settings["gen_durable"])
         loop = gd_settings.pop("loop", "asyncio")
+        gd_settings.pop("package", None)
         w(
             f"- **gen_durable** `Engine(...)`: `{gd_settings}`; steps are `async def`; the "
             f"worker process runs on {loop} (`gen-durable worker --loop {loop}`; "
@@ -621,6 +961,12 @@ def main(argv: list[str] | None = None) -> int:
         default="uvloop",
         help="gen_durable's event loop (default uvloop, as PgQueuer's settings use)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run git revision REV's gen_durable (its own bench/gd_worker.py) and "
+        "compare this tree with it",
+    )
     args = parser.parse_args(argv)
 
     size_name = args.size or ("quick" if args.quick else "full")
@@ -632,6 +978,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory and "memory" not in scenarios:
         scenarios.append("memory")
     peers = [] if args.peers == "none" else parse_list(args.peers, PEERS, "peer")
+    baseline: dict[str, Any] = {}
+    if args.baseline:
+        commit, short = resolve_baseline(args.baseline)
+        baseline = {"rev": args.baseline, "commit": commit, "system": BASELINE_PREFIX + short}
 
     def log(msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -653,23 +1003,43 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     settings: dict[str, Any] = {}
     gd_failed = False
-    for run in range(1, runs + 1):
-        for scenario in scenarios:
-            systems = ["gen_durable"] + [p for p in peers if scenario in PEER_SCENARIOS]
-            for system in systems:
+    if baseline:
+        pythons[baseline["system"]] = sys.executable
+    with baseline_checkout(baseline["commit"]) if baseline else nullcontext() as checkout:
+        if checkout is not None:
+            log(f"baseline {baseline['system']}: checking its worker")
+            lines = []
+            for scenario in scenarios:
                 size = SIZES[size_name][scenario]
-                log(f"run {run}/{runs}: {system} {scenario} {size}")
-                try:
-                    result = run_one(system, scenario, args.dsn, size, pythons[system], args.loop)
-                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                    failures.append(f"run {run}, {system} {scenario}: {exc}")
-                    log(f"FAILED: {exc}")
-                    gd_failed = gd_failed or system == "gen_durable"
-                    continue
-                settings[system] = result.pop("settings", {})
-                results.setdefault(system, {}).setdefault(scenario, []).append(result)
-                brief = {k: v for k, v in result.items() if k.endswith(("_per_s", "_ms"))}
-                log(f"  {brief}")
+                cmd = command_for(baseline["system"], scenario, "DSN", size, "", args.loop)
+                lines.append(cmd[2:])  # what follows the interpreter and the script
+            baseline["package"] = check_baseline(checkout, lines)
+        for run in range(1, runs + 1):
+            for scenario in scenarios:
+                systems = ["gen_durable"] + ([baseline["system"]] if baseline else [])
+                systems += [p for p in peers if scenario in PEER_SCENARIOS]
+                for system in systems:
+                    size = SIZES[size_name][scenario]
+                    log(f"run {run}/{runs}: {system} {scenario} {size}")
+                    try:
+                        result = run_one(
+                            system,
+                            scenario,
+                            args.dsn,
+                            size,
+                            pythons[system],
+                            args.loop,
+                            checkout if system.startswith(BASELINE_PREFIX) else None,
+                        )
+                    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                        failures.append(f"run {run}, {system} {scenario}: {exc}")
+                        log(f"FAILED: {exc}")
+                        gd_failed = gd_failed or is_gen_durable(system)
+                        continue
+                    settings[system] = result.pop("settings", {})
+                    results.setdefault(system, {}).setdefault(scenario, []).append(result)
+                    brief = {k: v for k, v in result.items() if k.endswith(("_per_s", "_ms"))}
+                    log(f"  {brief}")
 
     profile: list[dict[str, Any]] = []
     if args.profile:
@@ -678,6 +1048,15 @@ def main(argv: list[str] | None = None) -> int:
             profile = profile_chain(args.dsn, SIZES[size_name]["chain"], args.loop)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             failures.append(f"profile: {exc}")
+    if baseline:
+        system = baseline["system"]
+        ours, theirs = settings.get("gen_durable", {}), settings.get(system, {})
+        drop = ("package",)
+        baseline["settings"] = {k: v for k, v in theirs.items() if k not in drop}
+        baseline["settings_differ"] = bool(ours and theirs) and baseline["settings"] != {
+            k: v for k, v in ours.items() if k not in drop
+        }
+        baseline["comparison"] = compare_baseline(results, system)
     shown = list(argv if argv is not None else sys.argv[1:])
     for i, arg in enumerate(shown[:-1]):
         if arg == "--dsn":
@@ -697,6 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "failures": failures,
         "profile": profile,
+        "baseline": baseline or None,
     }
     json_path = (
         Path(args.json)
@@ -708,7 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(render(report))
     log(f"wrote {args.output} and {json_path}")
-    return 1 if gd_failed or not results.get("gen_durable") else 0
+    missing = not results.get("gen_durable") or (baseline and not results.get(baseline["system"]))
+    return 1 if gd_failed or missing else 0
 
 
 if __name__ == "__main__":
