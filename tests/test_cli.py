@@ -134,6 +134,8 @@ def test_help_everywhere_and_usage_errors_exit_2(cli: Callable[..., Result]) -> 
     one_line_error(cli("worker", "--queue", "default=lots"), 2, "NAME=CONCURRENCY")
     one_line_error(cli("worker", "--lease-ttl", "1", "--dsn", "postgresql://x/y"), 2,
                    "heartbeat_interval")  # fmt: skip
+    one_line_error(cli("worker", "--crash-limit", "0", "--dsn", "postgresql://x/y"), 2,
+                   "crash_limit must be an int >= 1")  # fmt: skip
     one_line_error(cli("status"), 2, "no database configured", "GEN_DURABLE_DSN")
 
 

@@ -70,8 +70,9 @@ class Engine:
     ``drain_timeout``. Extras: ``listen`` (LISTEN/NOTIFY nudge, default on),
     ``pool_size``, ``node_id``, ``unknown_retry`` (delay before a row whose machine
     this node lacks is offered again), ``run_ahead`` (how many consecutive ``Next``
-    steps an instance may run on one claim, default 16; 0 turns it off). Bad values
-    raise ``ConfigurationError`` here.
+    steps an instance may run on one claim, default 16; 0 turns it off),
+    ``crash_limit`` (lease expiries of one step before the reaper fails the row,
+    default 10). Bad values raise ``ConfigurationError`` here.
     """
 
     def __init__(
@@ -91,7 +92,15 @@ class Engine:
         drain_timeout: float = 5,
         **extra: Any,
     ) -> None:
-        known_extra = {"listen", "pool_size", "node_id", "unknown_retry", "reap_batch", "run_ahead"}
+        known_extra = {
+            "listen",
+            "pool_size",
+            "node_id",
+            "unknown_retry",
+            "reap_batch",
+            "run_ahead",
+            "crash_limit",
+        }
         unknown = set(extra) - known_extra
         if unknown:
             raise ConfigurationError(f"unknown Engine option(s): {sorted(unknown)}")

@@ -29,6 +29,7 @@ class Config:
     reap_batch: int = 1000
     node_id: str | None = None
     run_ahead: int = 16
+    crash_limit: int = 10
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -83,6 +84,8 @@ def build_config(dsn: str, queues: Mapping[str, int] | None, **opts: Any) -> Con
         ints["min_demand"] = _count("min_demand", opts["min_demand"], 1)
     if "run_ahead" in opts:
         ints["run_ahead"] = _count("run_ahead", opts["run_ahead"], 0)
+    if "crash_limit" in opts:
+        ints["crash_limit"] = _count("crash_limit", opts["crash_limit"], 1)
     if "reap_batch" in opts:
         ints["reap_batch"] = _count("reap_batch", opts["reap_batch"], 1)
     pool_size = opts.get("pool_size")

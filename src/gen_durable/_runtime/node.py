@@ -23,12 +23,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from .. import telemetry
 from .._db.queries import Queries, Stmt
 from ..registry import Registry
 from .completer import Completer
 from .config import Config
 from .executor import Claim, Executor
+from .reaper import report_reaped
 from .scheduler import QueueScheduler
 from .stats import Stats
 
@@ -183,15 +183,12 @@ class Node:
             await asyncio.sleep(interval)
             try:
                 while True:
-                    ids = [r[0] for r in await self.fetch(self.queries.reap(limit))]
-                    self.stats.add(statements=1, commits=1, reaped=len(ids))
-                    if ids:
-                        log.warning("reaper: %d expired lease(s) returned to runnable", len(ids))
-                        if telemetry.listening("reaper.reaped"):
-                            telemetry.emit("reaper.reaped", {"count": len(ids)}, {"ids": ids})
+                    stmt = self.queries.reap(limit, crash_limit=self.config.crash_limit)
+                    rows = await self.fetch(stmt)
+                    if report_reaped(rows, self.stats, self.config.crash_limit):
                         for sched in self.schedulers.values():
                             sched.wake.set()
-                    if len(ids) < limit:
+                    if len(rows) < limit:
                         break
             except psycopg.Error as exc:
                 log.warning("reaper pass failed: %s", exc)

@@ -36,6 +36,7 @@ WORKER_KNOBS: tuple[tuple[str, type, str], ...] = (
     ("prefetch", int, "rows claimed beyond the running slots"),
     ("min_demand", int, "free slots needed before picking"),
     ("drain_timeout", float, "seconds running steps get to finish on stop"),
+    ("crash_limit", int, "lease expiries of one step before the reaper fails the row"),
 )
 
 
