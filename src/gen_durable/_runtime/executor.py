@@ -84,11 +84,12 @@ def describe_error(error: BaseException) -> str:
 
 
 def reason_text(reason: Any) -> str:
-    """``Stop(reason)`` records ``str(reason)`` (SPEC §4)."""
-    text = str(reason)
-    if isinstance(reason, BaseException) and not text:
-        text = type(reason).__name__
-    return codec.storable(text)
+    """``Stop(reason)`` records ``str(reason)`` (SPEC §4) — for an exception with its
+    type in front: the default ``handle`` stops with the error itself, and a bare
+    ``str`` of a ``KeyError`` reads ``'customer_id'``, which says nothing."""
+    if isinstance(reason, BaseException):
+        return describe_error(reason)
+    return codec.storable(str(reason))
 
 
 class Executor:
