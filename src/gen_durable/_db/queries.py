@@ -392,7 +392,7 @@ WITH o AS (
     SELECT (e->>0)::int8 AS id, e->>1 AS token, e->>2 AS kind, e->>3 AS step,
            nullif(e->4, 'null'::jsonb) AS state, e->5 AS result, e->>6 AS error,
            (e->>7)::float8 AS delay, e->>8 AS awaits, e->>9 AS consume,
-           (e->>10)::int8[] AS seen, (e->>11)::bool AS keep
+           (e->>10)::int8[] AS seen, (e->>11)::bool AS keep, e->12 AS entry
     FROM jsonb_array_elements(%(batch)s::jsonb) e
 ), u AS (
     UPDATE {s}.gen_durable g SET
@@ -411,6 +411,7 @@ WITH o AS (
         state = coalesce(o.state, g.state),
         result = CASE WHEN o.kind = 'done' THEN o.result ELSE g.result END,
         last_error = CASE WHEN o.kind = 'stop' THEN o.error ELSE g.last_error END,
+        errors = CASE WHEN o.entry IS NULL THEN g.errors ELSE {with_entry} END,
         attempt = CASE o.kind WHEN 'replay' THEN g.attempt + 1
                               WHEN 'done' THEN g.attempt
                               WHEN 'stop' THEN g.attempt
@@ -443,6 +444,7 @@ SELECT u.id, u.status::text,
 FROM u WHERE (SELECT count(*) FROM nudge) >= 0
 """,
             join=join,
+            with_entry=_with_error("o.entry"),
         )
         # ScheduleChilds (§7): children insert, inbox consume and the parent's park, as
         # one statement behind the parent's claim guard (`p`): a stale parent inserts
@@ -466,6 +468,7 @@ WITH p AS (
                        ELSE 'awaiting_children' END)::{s}.durable_status,
         children_pending = n.n, step = %(next_step)s,
         state = coalesce(%(new_state)s::jsonb, g.state), attempt = 0, eligible_at = now(),
+        errors = CASE WHEN %(entry)s::jsonb IS NULL THEN g.errors ELSE {with_entry} END,
         awaits = NULL, locked_by = NULL, lease_expires_at = NULL, crash_count = 0,
         updated_at = now()
     FROM p, n WHERE g.id = p.id
@@ -480,6 +483,7 @@ FROM u
             source=_INSERT_SOURCE + " JOIN p ON true",
             order=_KEY_ORDER,
             conflict=_ON_CONFLICT,
+            with_entry=_with_error("%(entry)s::jsonb"),
         )
 
         # -- signals (§6, §18.1, §18.9) -------------------------------------------
@@ -635,10 +639,13 @@ WHERE parent_id = %(id)s ORDER BY id
         consume: str | None,
         seen: list[int],
         children: InsertRows,
+        error_entry: str | None = None,
     ) -> Stmt:
-        """Insert children and park the parent at ``next_step`` (one atomic unit)."""
+        """Insert children and park the parent at ``next_step`` (one atomic unit);
+        ``error_entry`` (JSON object text) goes in the error history."""
         params = children.params()
         params.update(
+            entry=error_entry,
             id=parent_id,
             token=token,
             next_step=next_step,
@@ -747,12 +754,16 @@ class CompleteBatch:
         consume: str | None = None,
         seen: list[int] | tuple[int, ...] = (),
         keep: bool = False,
+        error_entry: str | None = None,
     ) -> None:
         # `seen` travels as an int8[] literal; digits and commas need no JSON escaping.
+        # `error_entry` (a JSON object, spliced as it is) is element 12 only when there
+        # is one: a row without it reads as NULL there, and is not a byte longer.
         self.rows.append(
             f"[{id},{_enc(token)},{_enc(kind)},{_opt(step)},{state or 'null'},"
             f"{result or 'null'},{_opt(error)},{delay!r},{_opt(awaits)},"
-            f'{_opt(consume)},"{{{",".join(map(str, seen))}}}",{"true" if keep else "false"}]'
+            f'{_opt(consume)},"{{{",".join(map(str, seen))}}}",{"true" if keep else "false"}'
+            f"{'' if error_entry is None else ',' + error_entry}]"
         )
 
     def params(self) -> dict[str, Any]:

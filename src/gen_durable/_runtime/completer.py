@@ -60,6 +60,9 @@ class Completion:
     # The coerced state object, so a run-ahead step need not decode what it encoded.
     state_obj: Any = None
     started: float = 0.0  # perf_counter when the step began (telemetry duration)
+    # The step's error as an error-history entry (JSON object text, history.py); None
+    # for the usual outcome without an error, which then costs the statement nothing.
+    error_entry: str | None = None
     # Set when submitted; resolved after the commit (None: stale).
     future: asyncio.Future[Committed | None] = field(init=False, repr=False)
 
@@ -220,6 +223,7 @@ class Completer:
                 consume=item.consume,
                 seen=item.seen,
                 keep=item.keep,
+                error_entry=item.error_entry,
             )
             if item.kind == "await":
                 parking_ids.append(item.id)
@@ -241,6 +245,7 @@ class Completer:
                         consume=item.consume,
                         seen=list(item.seen),
                         children=item.children,
+                        error_entry=item.error_entry,
                     ),
                     "childs:" + item.token,
                 )

@@ -28,6 +28,7 @@ from ..client import build_insert
 from ..errors import Cancel, EncodingError, InvalidOutcome
 from ..machine import Child, Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
+from .history import error_entry, log_step_error
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
@@ -176,6 +177,7 @@ class Executor:
                 claim.token,
                 "stop",
                 error=f"cannot load state of {machine.describe()}: {describe_error(exc)}",
+                error_entry=error_entry(exc, claim.step, claim.attempt),
             )
             completion.started = started
             return completion, None
@@ -200,6 +202,7 @@ class Executor:
                 error=f"cannot create {machine.describe()}: {describe_error(exc)}",
                 consume=claim.awaits,
                 seen=tuple(s.id for s in signals),
+                error_entry=error_entry(exc, claim.step, claim.attempt),
             )
             completion.started = started
             return completion, state
@@ -207,6 +210,7 @@ class Executor:
             outcome = await self._call_step(instance, machine, ctx)
             completion = encode(outcome, claim, machine, signals)
         except Exception as exc:
+            log_step_error(claim.id, machine.describe(), claim.step, claim.attempt, exc)
             if telemetry.listening("step.exception"):
                 telemetry.emit(
                     "step.exception",
@@ -283,14 +287,20 @@ class Executor:
         handle: Callable[..., Any] = getattr(instance, "handle")  # noqa: B009
         try:
             outcome = await self._call(handle, machine.__gd_async_handle__, ctx.id, error, bare)
-            return encode(outcome, claim, machine, signals)
+            completion = encode(outcome, claim, machine, signals)
+            # Whatever handle made of it, the error goes in the history (SPEC §5).
+            completion.error_entry = error_entry(error, ctx.step, ctx.attempt)
+            return completion
         except Exception as exc:
+            if exc.__context__ is None and exc is not error:
+                exc.__context__ = error  # a sync handle ran in a thread: chain it by hand
             log.error(
                 "instance %s (%s): handle failed on %s: %s",
                 claim.id,
                 machine.describe(),
                 describe_error(error),
                 describe_error(exc),
+                exc_info=exc,
             )
             return Completion(
                 claim.id,
@@ -300,6 +310,7 @@ class Executor:
                 f"(while handling {describe_error(error)})",
                 consume=claim.awaits,
                 seen=_seen(signals),
+                error_entry=error_entry(exc, ctx.step, ctx.attempt, handling=describe_error(error)),
             )
 
 
