@@ -20,14 +20,14 @@ import gen_durable as gd
 from .conftest import wait_for
 from .test_engine_basics import finished
 
-GATE = asyncio.Event()
+GATE: dict[str, asyncio.Event] = {}  # made on the test's own loop
 
 
 class Stuck(gd.FSM):
     """Never ends on its own: only an expired lease moves it."""
 
     async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
-        await GATE.wait()
+        await GATE["stuck"].wait()
         return gd.Done()
 
 
@@ -51,7 +51,7 @@ async def test_the_reaper_fails_a_row_at_the_crash_limit(make_engine, conn, sche
 
     for event in ("reaper.reaped", "reaper.poisoned"):
         gd.telemetry.attach(event, record)
-    GATE.clear()
+    GATE["stuck"] = asyncio.Event()
     try:
         with caplog.at_level(logging.WARNING, logger="gen_durable"):
             # Concurrency 3: each expiry leaves a stuck run holding its slot.
@@ -80,7 +80,7 @@ async def test_the_reaper_fails_a_row_at_the_crash_limit(make_engine, conn, sche
                         (iid,),
                     )
                 inst = await finished(engine, iid)
-                GATE.set()  # the stuck runs return now: their outcomes are stale
+                GATE["stuck"].set()  # the stuck runs return now: their outcomes are stale
                 await wait_for(lambda: asyncio.sleep(0, engine.stats.steps == 2))
                 assert await engine.get(iid) == inst
     finally:
