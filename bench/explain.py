@@ -278,7 +278,7 @@ def _reap(s: Session) -> tuple[Stmt, int]:
         f"SELECT count(*) FROM {quote_ident(s.q.schema)}.gen_durable"
         " WHERE status = 'executing' AND lease_expires_at < now()",
     )
-    return s.q.reap(REAP_LIMIT), expired
+    return s.q.reap(REAP_LIMIT, crash_limit=10), expired
 
 
 DELAYED_PER_BATCH = 2000  # future rows put ahead of the pick, per row of the batch

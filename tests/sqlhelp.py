@@ -21,12 +21,14 @@ from gen_durable._db.queries import CompleteBatch, InsertRows, Queries, Stmt
 
 AConn = psycopg.AsyncConnection[Any]
 
-# Every column of the SPEC §2 table, in a fixed order, with the enum as text.
+# Every column of the SPEC §2 table (and of later schema versions), in a fixed order,
+# with the enum as text.
 COLUMNS = (
     "id, fsm, fsm_version, step, status::text AS status, state, result, awaits, queue, "
     "priority, partition_key, eligible_at, attempt, last_error, locked_by, "
     "lease_expires_at, parent_id, children_pending, unique_key, "
-    "unique_scope::text[] AS unique_scope, unique_guard, inserted_at, updated_at"
+    "unique_scope::text[] AS unique_scope, unique_guard, inserted_at, updated_at, "
+    "crash_count, errors"
 )
 
 _DEFAULTS: dict[str, Any] = {

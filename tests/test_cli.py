@@ -5,6 +5,7 @@ on stderr, a non-zero exit code — and that nothing was written."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
 
 import gen_durable as gd
 from gen_durable.cli import main
@@ -138,6 +140,8 @@ def test_help_everywhere_and_usage_errors_exit_2(cli: Callable[..., Result]) -> 
                        f"--queue: a queue name must not be empty, not {empty!r}")  # fmt: skip
     one_line_error(cli("worker", "--lease-ttl", "1", "--dsn", "postgresql://x/y"), 2,
                    "heartbeat_interval")  # fmt: skip
+    one_line_error(cli("worker", "--crash-limit", "0", "--dsn", "postgresql://x/y"), 2,
+                   "crash_limit must be an int >= 1")  # fmt: skip
     one_line_error(cli("status"), 2, "no database configured", "GEN_DURABLE_DSN")
 
 
@@ -419,6 +423,47 @@ def test_show_cuts_huge_values_unless_full(
     assert "--full shows all" not in full
     shown = json.loads(cli("show", str(iid), "--json", *on).out)  # scripts get it whole
     assert shown["state"] == {"name": big} and shown["inbox"][0]["payload"] == {"p": big}
+
+
+def test_show_prints_the_error_history(on: list[str], db: Any, cli: Callable[..., Result]) -> None:
+    iid = insert_greeter(cli, on, "erring")
+    tb = "".join(f'  File "app.py", line {n}, in f{n}\n    frame_{n}()\n' for n in range(1, 6))
+    errors = [
+        {"step": "charge", "attempt": 0, "at": "2030-01-02T03:04:05.123456+00:00",
+         "type": "KeyError", "message": "'customer_id'",
+         "traceback": "Traceback (most recent call last):\n" + tb + "KeyError: 'customer_id'\n"},
+        {"step": "charge", "attempt": 1, "at": "2030-01-02T03:04:06+00:00",
+         "type": "RuntimeError", "message": "handle bug", "handling": "KeyError: 'x'",
+         "traceback": "RuntimeError: handle bug\n"},
+        {"step": "charge", "attempt": 2, "at": "2030-01-02T03:04:07+00:00",
+         "type": "LeaseExpired", "message": "the lease of n:1 expired", "traceback": None},
+    ]  # fmt: skip
+    db("UPDATE S.gen_durable SET errors = %s, crash_count = 1 WHERE id = %s", Jsonb(errors), iid)
+    text = cli("show", str(iid), *on).out
+    history = text[text.index("errors (3, oldest first)") :].splitlines()
+    at = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC).astimezone()
+    assert history[1] == (
+        f"  {at:%Y-%m-%d %H:%M:%S}  step 'charge' attempt 0  KeyError: 'customer_id'"
+    )
+    # The traceback's last lines: the frame that raised and the exception.
+    assert history[2:8] == [
+        "        frame_3()",
+        '      File "app.py", line 4, in f4',
+        "        frame_4()",
+        '      File "app.py", line 5, in f5',
+        "        frame_5()",
+        "    KeyError: 'customer_id'",
+    ]
+    assert "frame_2()" not in text
+    assert history[8].endswith("  step 'charge' attempt 1  RuntimeError: handle bug")
+    assert history[9:11] == ["    while handling KeyError: 'x'", "    RuntimeError: handle bug"]
+    assert history[11].endswith("attempt 2  LeaseExpired: the lease of n:1 expired")
+    assert len(history) == 12
+    assert "crash_count" in text
+    shown = json.loads(cli("show", str(iid), "--json", *on).out)
+    assert shown["errors"] == errors and shown["crash_count"] == 1
+    fresh = insert_greeter(cli, on, "fine")
+    assert "errors (none)" in cli("show", str(fresh), *on).out
 
 
 def test_status_counts_backlog_and_expired_leases(

@@ -198,7 +198,9 @@ def test_outcome_encoding() -> None:
     c = encode(gd.Replay(delay=__import__("datetime").timedelta(seconds=1.5)), _claim(), Typed, ())
     assert (c.kind, c.delay, c.state) == ("replay", 1.5, None)
     c = encode(gd.Stop(ValueError("x\x00y")), _claim(), Typed, ())
-    assert c.error == "x\\x00y"
+    assert c.error == "ValueError: x\\x00y"  # typed, and storable
+    c = encode(gd.Stop("plain x\x00y"), _claim(), Typed, ())
+    assert c.error == "plain x\\x00y"
     c = encode(gd.Await("go"), _claim(), Typed, ())
     assert (c.awaits, c.consume) == ("go", None)
 

@@ -148,7 +148,7 @@ async def test_exception_routed_to_handle_replays_then_stops(make_engine) -> Non
     assert inst.status == "failed"
     assert Flaky.calls == [0, 1, 2]
     assert inst.attempt == 2
-    assert inst.last_error == "boom 2"
+    assert inst.last_error == "RuntimeError: boom 2"  # Stop(error): typed (§5)
 
 
 class Chooser(gd.FSM):

@@ -71,7 +71,7 @@ async def test_every_job_outcome(make_engine) -> None:
     assert r_hopeless.status == "failed"
     assert r_hopeless.attempt == Hopeless.max_attempts - 1
     assert ATTEMPTS["hopeless"] == [0, 1, 2]
-    assert r_hopeless.last_error == "always"
+    assert r_hopeless.last_error == "RuntimeError: always"
     assert (r_cancel.status, r_cancel.last_error, r_cancel.attempt) == (
         "failed",
         "customer gone",

@@ -151,7 +151,7 @@ async def test_non_terminal_child_outcome_does_not_decrement(conn, q, schema, ki
 async def test_stale_child_outcome_does_not_decrement(conn, q, schema) -> None:
     parent, kids = await _fan_out(conn, q, 2)
     await claim(conn, q, "node-c:1", ttl=-1)
-    assert len(await run(conn, q.reap(100))) == 2
+    assert len(await run(conn, q.reap(100, crash_limit=10))) == 2
     await claim(conn, q, "node-c:2")
     before = await fetch(conn, schema, parent)
     for kind in ("done", "stop"):
@@ -164,7 +164,7 @@ async def test_stale_parent_inserts_no_children(conn, q, schema) -> None:
     (parent,) = await insert(conn, q, {"fsm": "tests.Parent"})
     await signal(conn, q, parent, "go")
     await claim_one(conn, q, "node-p:1", ttl=-1)
-    await run(conn, q.reap(10))
+    await run(conn, q.reap(10, crash_limit=10))
     await claim_one(conn, q, "node-p:2")
     before = await fetch(conn, schema, parent)
     kids = rows({"parent_id": parent}, {"parent_id": parent})

@@ -320,7 +320,7 @@ async def test_stale_outcome_after_reap_and_same_node_reclaim_changes_nothing(
     parent, child = await _family(conn, q, schema)
     # First claim with a lease that has already run out; the reaper takes it back.
     await claim_one(conn, q, "node-a:1", ttl=-1)
-    assert [r[0] for r in await run(conn, q.reap(100))] == [child]
+    assert [r[0] for r in await run(conn, q.reap(100, crash_limit=10))] == [child]
     # The same node picks it again: same node id prefix, new pick token.
     await claim_one(conn, q, "node-a:2")
     before = await _snapshot(conn, schema, parent, child)
@@ -351,7 +351,7 @@ async def test_stale_outcome_misses_after_aba_reclaim(conn, q, schema) -> None:
     parent, child = await _family(conn, q, schema)
     first = await claim_one(conn, q, "node-a:1", ttl=-1)
     assert first[5] == 0  # attempt seen by the first claim
-    await run(conn, q.reap(100))
+    await run(conn, q.reap(100, crash_limit=10))
     await claim_one(conn, q, "node-a:2")
     assert await complete(conn, q, id=child, token="node-a:2", kind="next", step="start") != []
     third = await claim_one(conn, q, "node-a:3")

@@ -298,7 +298,7 @@ async def test_reaper_returns_only_expired_rows_with_attempt_plus_one(conn, q, s
     before_waiting = await fetch(conn, schema, waiting)
     await set_columns(conn, schema, expired[0], attempt=4)
 
-    got = await run(conn, q.reap(100))
+    got = await run(conn, q.reap(100, crash_limit=10))
     assert sorted(r[0] for r in got) == expired
     for iid, attempt in zip(expired, (5, 1), strict=True):
         row = await fetch(conn, schema, iid)
@@ -307,7 +307,7 @@ async def test_reaper_returns_only_expired_rows_with_attempt_plus_one(conn, q, s
         assert row["eligible_at"] == row["updated_at"]
     assert await fetch(conn, schema, alive) == before_alive
     assert await fetch(conn, schema, waiting) == before_waiting
-    assert await run(conn, q.reap(100)) == []
+    assert await run(conn, q.reap(100, crash_limit=10)) == []
 
 
 async def test_reaper_batch_limit_takes_the_oldest_leases_first(conn, q, schema) -> None:
@@ -315,8 +315,8 @@ async def test_reaper_batch_limit_takes_the_oldest_leases_first(conn, q, schema)
     await claim(conn, q, "node-dead:1", ttl=-1)
     for i, iid in enumerate(ids):
         await set_columns(conn, schema, iid, lease_expires_at=_ago(100 - i * 10))
-    assert sorted(r[0] for r in await run(conn, q.reap(2))) == ids[:2]
-    assert [r[0] for r in await run(conn, q.reap(2))] == ids[2:]
+    assert sorted(r[0] for r in await run(conn, q.reap(2, crash_limit=10))) == ids[:2]
+    assert [r[0] for r in await run(conn, q.reap(2, crash_limit=10))] == ids[2:]
 
 
 # -- release -------------------------------------------------------------------------

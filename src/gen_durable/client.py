@@ -74,6 +74,11 @@ class Instance:
     unique_guard: bytes | None
     inserted_at: dt.datetime
     updated_at: dt.datetime
+    # Schema version 3 (SPEC §5): lease expiries of the current step since its last
+    # committed outcome, and the last few errors, oldest first — each a dict with
+    # step, attempt, at (ISO time), type, message and traceback.
+    crash_count: int
+    errors: tuple[dict[str, Any], ...]
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Instance:
@@ -82,6 +87,7 @@ class Instance:
             if values[i] is not None:
                 values[i] = bytes(values[i])
         values[19] = tuple(values[19] or ())
+        values[24] = tuple(values[24] or ())
         return cls(*values)
 
     @property

@@ -100,6 +100,7 @@ class Engine:
         reap_batch: int = 1000,
         node_id: str | None = None,
         run_ahead: int = 16,
+        crash_limit: int = 10,
     ) -> None:
         # Every keyword but dsn/queues/fsms is a Config option, validated there.
         options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}

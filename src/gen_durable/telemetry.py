@@ -13,7 +13,7 @@ event, emitting it costs one dict lookup: the engine checks :func:`listening` be
 building the measurement dicts.
 
 Events: ``step.stop``, ``step.exception``, ``pick.stop``, ``scheduler.saturation``,
-``scheduler.drain``, ``partition.contended``, ``reaper.reaped``,
+``scheduler.drain``, ``partition.contended``, ``reaper.reaped``, ``reaper.poisoned``,
 ``registry.not_found``, ``outcome.stale``.
 """
 
@@ -34,6 +34,7 @@ EVENTS = frozenset(
         "scheduler.drain",
         "partition.contended",
         "reaper.reaped",
+        "reaper.poisoned",
         "registry.not_found",
         "outcome.stale",
     }

@@ -96,6 +96,50 @@ def claims_json(ids: list[int], tokens: list[str]) -> str:
     return "[" + ",".join(f"[{i},{_enc(t)}]" for i, t in zip(ids, tokens, strict=True)) + "]"
 
 
+ERROR_HISTORY = 5
+"""Entries kept in a row's ``errors`` array, oldest first (SPEC §5)."""
+
+
+def _with_error(entry: str) -> str:
+    """``g.errors`` with one more entry (a jsonb object expression) stamped with the
+    database's clock, trimmed to the last :data:`ERROR_HISTORY` — evaluated only for
+    rows that have an entry, so an outcome without one pays nothing for the history."""
+    return (
+        f"jsonb_path_query_array(g.errors || ({entry} || jsonb_build_object('at', now())), "
+        f"'$[last - {ERROR_HISTORY - 1} to last]')"
+    )
+
+
+# The join of §7 for the rows `u` just wrote (id, parent_id, status): every one that
+# became terminal decrements its parent's `children_pending`, taking the parent locks
+# in id order so sibling batches on two nodes cannot deadlock; concurrent decrements
+# serialize on the parent row and the one that reaches zero while the parent waits
+# flips it to runnable (and nudges its queue).
+_JOIN = """joined AS (
+    SELECT parent_id, count(*)::int AS n FROM u
+    WHERE status IN ('done', 'failed') AND parent_id IS NOT NULL
+    GROUP BY parent_id
+), parents AS (
+    SELECT p.id, j.n FROM {s}.gen_durable p JOIN joined j ON p.id = j.parent_id
+    ORDER BY p.id
+    FOR NO KEY UPDATE OF p
+), decrement AS (
+    UPDATE {s}.gen_durable p SET
+        children_pending = greatest(p.children_pending - j.n, 0),
+        status = CASE WHEN p.status = 'awaiting_children' AND p.children_pending - j.n <= 0
+                      THEN 'runnable' ELSE p.status END,
+        eligible_at = CASE WHEN p.status = 'awaiting_children'
+                            AND p.children_pending - j.n <= 0
+                           THEN now() ELSE p.eligible_at END,
+        updated_at = now()
+    FROM parents j WHERE p.id = j.id
+    RETURNING p.queue, p.status
+), nudge AS (
+    SELECT pg_notify(%(channel)s, d.queue)
+    FROM (SELECT DISTINCT queue FROM decrement WHERE status = 'runnable') d
+)"""
+
+
 class Queries:
     """The engine's statements rendered for one schema."""
 
@@ -106,6 +150,8 @@ class Queries:
 
         def render(text: str, **extra: str) -> bytes:
             return text.format(s=s, claims=_CLAIMS, **extra).encode()
+
+        join = _JOIN.format(s=s)
 
         # LISTEN/NOTIFY is only a nudge for idle schedulers (polling is the truth):
         # one notification per queue touched, never one per row.
@@ -261,20 +307,43 @@ RETURNING id
         # Bounded per call; the caller loops while a full batch comes back. No ORDER
         # BY: any expired row will do, and without one the scan can stop at the limit
         # instead of collecting and sorting a large backlog on every batch.
+        # Each expiry counts in `crash_count` and is written to the error history. A
+        # row whose count reaches `crash_limit` is failed instead of returned: its step
+        # kills or freezes every worker that runs it, and re-running it forever would
+        # take node after node down (SPEC §5). `attempt` stays the one that crashed, as
+        # for a Stop, and a failed child releases its parent's barrier like any
+        # terminal child (§7): the join CTEs are the outcomes' own.
         self._reap = render(
             """
 WITH x AS (
-    SELECT id FROM {s}.gen_durable
+    SELECT id, crash_count + 1 >= %(crash_limit)s AS poisoned FROM {s}.gen_durable
     WHERE status = 'executing' AND lease_expires_at < now()
     LIMIT %(limit)s
     FOR NO KEY UPDATE SKIP LOCKED
-)
-UPDATE {s}.gen_durable g
-SET status = 'runnable', attempt = g.attempt + 1, locked_by = NULL,
-    lease_expires_at = NULL, eligible_at = now(), updated_at = now()
-FROM x WHERE g.id = x.id
-RETURNING g.id
-"""
+), u AS (
+    UPDATE {s}.gen_durable g SET
+        status = (CASE WHEN x.poisoned THEN 'failed'
+                       ELSE 'runnable' END)::{s}.durable_status,
+        attempt = CASE WHEN x.poisoned THEN g.attempt ELSE g.attempt + 1 END,
+        crash_count = g.crash_count + 1,
+        last_error = CASE WHEN x.poisoned THEN format(
+                'lease expired %%s times on step ''%%s'': the worker died or froze while '
+                'running it', g.crash_count + 1, g.step) ELSE g.last_error END,
+        errors = {expired},
+        eligible_at = CASE WHEN x.poisoned THEN g.eligible_at ELSE now() END,
+        locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+    FROM x WHERE g.id = x.id
+    RETURNING g.id, g.parent_id, g.status
+), {join}
+SELECT u.id, u.status::text FROM u WHERE (SELECT count(*) FROM nudge) >= 0
+""",
+            join=join,
+            expired=_with_error(
+                "jsonb_build_object('step', g.step, 'attempt', g.attempt, 'type', "
+                "'LeaseExpired', 'message', format('the lease of %%s expired before the step "
+                "committed an outcome (%%s of crash_limit %%s)', g.locked_by, "
+                "g.crash_count + 1, %(crash_limit)s::int), 'traceback', NULL)"
+            ),
         )
         # Hand claimed rows back: drain, unknown machine (§13), stragglers. Attempt
         # unchanged unless `bump` (the step was interrupted). Locks in id order so two
@@ -327,17 +396,15 @@ FOR NO KEY UPDATE OF g
         # lease — the heartbeat extends it) are left as they are, so the update can be
         # HOT: no index entries are written for a run-ahead step.
         # `u` is the guarded compare-and-set; `consumed` deletes the inbox rows the
-        # step saw under the name it was woken by (§6); `decrement` is the join of
-        # §7, taking parent locks in id order so sibling batches on two nodes cannot
-        # deadlock; concurrent decrements serialize on the parent row and the one that
-        # reaches zero while the parent waits flips it to runnable.
+        # step saw under the name it was woken by (§6); `joined` … `decrement` is the
+        # join of §7 (`_JOIN`, shared with the reaper).
         self._complete = render(
             """
 WITH o AS (
     SELECT (e->>0)::int8 AS id, e->>1 AS token, e->>2 AS kind, e->>3 AS step,
            nullif(e->4, 'null'::jsonb) AS state, e->5 AS result, e->>6 AS error,
            (e->>7)::float8 AS delay, e->>8 AS awaits, e->>9 AS consume,
-           (e->>10)::int8[] AS seen, (e->>11)::bool AS keep
+           (e->>10)::int8[] AS seen, (e->>11)::bool AS keep, e->12 AS entry
     FROM jsonb_array_elements(%(batch)s::jsonb) e
 ), u AS (
     UPDATE {s}.gen_durable g SET
@@ -356,6 +423,7 @@ WITH o AS (
         state = coalesce(o.state, g.state),
         result = CASE WHEN o.kind = 'done' THEN o.result ELSE g.result END,
         last_error = CASE WHEN o.kind = 'stop' THEN o.error ELSE g.last_error END,
+        errors = CASE WHEN o.entry IS NULL THEN g.errors ELSE {with_entry} END,
         attempt = CASE o.kind WHEN 'replay' THEN g.attempt + 1
                               WHEN 'done' THEN g.attempt
                               WHEN 'stop' THEN g.attempt
@@ -367,6 +435,7 @@ WITH o AS (
         awaits = CASE WHEN o.kind = 'await' THEN o.awaits END,
         locked_by = CASE WHEN o.keep THEN g.locked_by END,
         lease_expires_at = CASE WHEN o.keep THEN g.lease_expires_at END,
+        crash_count = 0,
         updated_at = now()
     FROM o
     WHERE g.id = o.id AND g.locked_by = o.token AND g.status = 'executing'
@@ -376,29 +445,7 @@ WITH o AS (
     USING u JOIN o ON o.id = u.id AND o.token = u.token
     WHERE o.kind <> 'await' AND s.target_id = u.id AND s.name = o.consume
       AND s.id = ANY (o.seen)
-), joined AS (
-    SELECT parent_id, count(*)::int AS n FROM u
-    WHERE status IN ('done', 'failed') AND parent_id IS NOT NULL
-    GROUP BY parent_id
-), parents AS (
-    SELECT p.id, j.n FROM {s}.gen_durable p JOIN joined j ON p.id = j.parent_id
-    ORDER BY p.id
-    FOR NO KEY UPDATE OF p
-), decrement AS (
-    UPDATE {s}.gen_durable p SET
-        children_pending = greatest(p.children_pending - j.n, 0),
-        status = CASE WHEN p.status = 'awaiting_children' AND p.children_pending - j.n <= 0
-                      THEN 'runnable' ELSE p.status END,
-        eligible_at = CASE WHEN p.status = 'awaiting_children'
-                            AND p.children_pending - j.n <= 0
-                           THEN now() ELSE p.eligible_at END,
-        updated_at = now()
-    FROM parents j WHERE p.id = j.id
-    RETURNING p.queue, p.status
-), nudge AS (
-    SELECT pg_notify(%(channel)s, d.queue)
-    FROM (SELECT DISTINCT queue FROM decrement WHERE status = 'runnable') d
-)
+), {join}
 SELECT u.id, u.status::text,
     CASE WHEN u.status = 'executing' THEN (
         SELECT json_agg(json_build_array(s.id, s.name, s.payload) ORDER BY s.id)::text
@@ -407,7 +454,9 @@ SELECT u.id, u.status::text,
           AND NOT coalesce(s.name = o.consume AND s.id = ANY (o.seen), false))
     END, u.token
 FROM u WHERE (SELECT count(*) FROM nudge) >= 0
-"""
+""",
+            join=join,
+            with_entry=_with_error("o.entry"),
         )
         # ScheduleChilds (§7): children insert, inbox consume and the parent's park, as
         # one statement behind the parent's claim guard (`p`): a stale parent inserts
@@ -431,7 +480,9 @@ WITH p AS (
                        ELSE 'awaiting_children' END)::{s}.durable_status,
         children_pending = n.n, step = %(next_step)s,
         state = coalesce(%(new_state)s::jsonb, g.state), attempt = 0, eligible_at = now(),
-        awaits = NULL, locked_by = NULL, lease_expires_at = NULL, updated_at = now()
+        errors = CASE WHEN %(entry)s::jsonb IS NULL THEN g.errors ELSE {with_entry} END,
+        awaits = NULL, locked_by = NULL, lease_expires_at = NULL, crash_count = 0,
+        updated_at = now()
     FROM p, n WHERE g.id = p.id
     RETURNING g.id, g.status
 ), nudge AS (
@@ -444,6 +495,7 @@ FROM u
             source=_INSERT_SOURCE + " JOIN p ON true",
             order=_KEY_ORDER,
             conflict=_ON_CONFLICT,
+            with_entry=_with_error("%(entry)s::jsonb"),
         )
 
         # -- signals (§6, §18.1, §18.9) -------------------------------------------
@@ -503,7 +555,7 @@ FROM wake w
 SELECT id, fsm, fsm_version, step, status::text, state, result, awaits, queue, priority,
        partition_key, eligible_at, attempt, last_error, locked_by, lease_expires_at,
        parent_id, children_pending, unique_key, unique_scope::text[], unique_guard,
-       inserted_at, updated_at
+       inserted_at, updated_at, crash_count, errors
 FROM {s}.gen_durable WHERE id = %(id)s
 """
         )
@@ -550,9 +602,13 @@ WHERE parent_id = %(id)s ORDER BY id
         """Extend one lease, waiting for a lock somebody else holds on the row."""
         return Stmt(self._hold_lease, {"id": instance_id, "token": token, "ttl": ttl})
 
-    def reap(self, limit: int) -> Stmt:
-        """Return up to ``limit`` expired executing rows to runnable, attempt + 1."""
-        return Stmt(self._reap, {"limit": limit})
+    def reap(self, limit: int, *, crash_limit: int) -> Stmt:
+        """Return up to ``limit`` expired executing rows to runnable, attempt + 1, or
+        fail those whose lease expired ``crash_limit`` times on their step. Returns
+        (id, new status) per row."""
+        return Stmt(
+            self._reap, {"limit": limit, "crash_limit": crash_limit, "channel": self.channel}
+        )
 
     def release(
         self,
@@ -599,10 +655,13 @@ WHERE parent_id = %(id)s ORDER BY id
         consume: str | None,
         seen: list[int],
         children: InsertRows,
+        error_entry: str | None = None,
     ) -> Stmt:
-        """Insert children and park the parent at ``next_step`` (one atomic unit)."""
+        """Insert children and park the parent at ``next_step`` (one atomic unit);
+        ``error_entry`` (JSON object text) goes in the error history."""
         params = children.params()
         params.update(
+            entry=error_entry,
             id=parent_id,
             token=token,
             next_step=next_step,
@@ -711,12 +770,16 @@ class CompleteBatch:
         consume: str | None = None,
         seen: list[int] | tuple[int, ...] = (),
         keep: bool = False,
+        error_entry: str | None = None,
     ) -> None:
         # `seen` travels as an int8[] literal; digits and commas need no JSON escaping.
+        # `error_entry` (a JSON object, spliced as it is) is element 12 only when there
+        # is one: a row without it reads as NULL there, and is not a byte longer.
         self.rows.append(
             f"[{id},{_enc(token)},{_enc(kind)},{_opt(step)},{state or 'null'},"
             f"{result or 'null'},{_opt(error)},{delay!r},{_opt(awaits)},"
-            f'{_opt(consume)},"{{{",".join(map(str, seen))}}}",{"true" if keep else "false"}]'
+            f'{_opt(consume)},"{{{",".join(map(str, seen))}}}",{"true" if keep else "false"}'
+            f"{'' if error_entry is None else ',' + error_entry}]"
         )
 
     def params(self) -> dict[str, Any]:

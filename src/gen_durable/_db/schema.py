@@ -107,7 +107,25 @@ V2_DOWN = """
 DROP INDEX IF EXISTS {s}.gen_durable_partition_queue;
 """
 
-VERSIONS: list[tuple[str, str]] = [(V1_UP, V1_DOWN), (V2_UP, V2_DOWN)]
+# Version 3: what the reaper and the error history need (SPEC §5).
+# - `crash_count`: lease expiries of the current step since its last committed outcome;
+#   the reaper fails the row once it reaches the engine's `crash_limit`.
+# - `errors`: the instance's last few errors (a JSON array of objects, oldest first).
+# Both have constant defaults, so ADD COLUMN only records them in the catalog: no table
+# rewrite, and rows in flight keep running across the upgrade. No CHECK constraint on
+# `crash_count` for the same reason: adding one would scan the whole table under the
+# migration's exclusive lock.
+V3_UP = """
+ALTER TABLE {s}.gen_durable
+    ADD COLUMN crash_count int NOT NULL DEFAULT 0,
+    ADD COLUMN errors jsonb NOT NULL DEFAULT '[]';
+"""
+
+V3_DOWN = """
+ALTER TABLE {s}.gen_durable DROP COLUMN IF EXISTS errors, DROP COLUMN IF EXISTS crash_count;
+"""
+
+VERSIONS: list[tuple[str, str]] = [(V1_UP, V1_DOWN), (V2_UP, V2_DOWN), (V3_UP, V3_DOWN)]
 LATEST = len(VERSIONS)
 
 

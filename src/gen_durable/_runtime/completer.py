@@ -77,6 +77,9 @@ class Completion:
     # next backoff.
     give_up_at: float = 0.0
     backoff: float = 0.0
+    # The step's error as an error-history entry (JSON object text, history.py); None
+    # for the usual outcome without an error, which then costs the statement nothing.
+    error_entry: str | None = None
     # Set when submitted; resolved after the commit (None: stale).
     future: asyncio.Future[Committed | None] = field(init=False, repr=False)
 
@@ -277,6 +280,7 @@ class Completer:
                 consume=item.consume,
                 seen=item.seen,
                 keep=item.keep,
+                error_entry=item.error_entry,
             )
             if item.kind == "await":
                 parking_ids.append(item.id)
@@ -298,6 +302,7 @@ class Completer:
                         consume=item.consume,
                         seen=list(item.seen),
                         children=item.children,
+                        error_entry=item.error_entry,
                     ),
                     "childs:" + item.token,
                 )

@@ -91,6 +91,10 @@ class Config:
         16, "consecutive Next steps an instance may run on one claim (0: off)", unit=COUNT,
         low=0, strict=False,
     )  # fmt: skip
+    crash_limit: int = opt(
+        10, "lease expiries on one step before the reaper fails the row", unit=COUNT, low=1,
+        strict=False, cli=True,
+    )  # fmt: skip
 
 
 def options() -> list[dataclasses.Field[Any]]:

@@ -35,6 +35,7 @@ from ..client import build_insert
 from ..errors import Cancel, EncodingError, InvalidOutcome, OutcomeRefused
 from ..machine import Child, Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
+from .history import error_entry, log_step_error
 from .stats import Stats
 from .threads import DaemonThreadPool
 
@@ -112,11 +113,12 @@ def describe_error(error: BaseException) -> str:
 
 
 def reason_text(reason: Any) -> str:
-    """``Stop(reason)`` records ``str(reason)`` (SPEC §4)."""
-    text = str(reason)
-    if isinstance(reason, BaseException) and not text:
-        text = type(reason).__name__
-    return codec.storable(text)
+    """``Stop(reason)`` records ``str(reason)`` (SPEC §4) — for an exception with its
+    type in front: the default ``handle`` stops with the error itself, and a bare
+    ``str`` of a ``KeyError`` reads ``'customer_id'``, which says nothing."""
+    if isinstance(reason, BaseException):
+        return describe_error(reason)
+    return codec.storable(str(reason))
 
 
 class Executor:
@@ -203,6 +205,7 @@ class Executor:
                 claim.token,
                 "stop",
                 error=f"cannot load state of {machine.describe()}: {describe_error(exc)}",
+                error_entry=error_entry(exc, claim.step, claim.attempt),
             )
             completion.started = started
             return StepRun(completion, None)
@@ -229,6 +232,7 @@ class Executor:
                 error=f"cannot create {machine.describe()}: {describe_error(exc)}",
                 consume=claim.awaits,
                 seen=tuple(s.id for s in signals),
+                error_entry=error_entry(exc, claim.step, claim.attempt),
             )
             completion.started = started
             return StepRun(completion, state)
@@ -238,6 +242,7 @@ class Executor:
         except BaseException as exc:
             if engine_cancelled(exc):
                 raise
+            log_step_error(claim.id, machine.describe(), claim.step, claim.attempt, exc)
             if telemetry.listening("step.exception"):
                 telemetry.emit(
                     "step.exception",
@@ -278,6 +283,7 @@ class Executor:
             error=describe_error(refused),
             consume=claim.awaits,
             seen=_seen(run.signals),
+            error_entry=error_entry(refused, claim.step, claim.attempt),
         )
         stop.started = started
         return await self._commit(claim, stop)
@@ -339,16 +345,22 @@ class Executor:
         handle: Callable[..., Any] = getattr(instance, "handle")  # noqa: B009
         try:
             outcome = await self._call(handle, machine.__gd_async_handle__, error, bare)
-            return encode(outcome, claim, machine, signals)
+            completion = encode(outcome, claim, machine, signals)
+            # Whatever handle made of it, the error goes in the history (SPEC §5).
+            completion.error_entry = error_entry(error, ctx.step, ctx.attempt)
+            return completion
         except BaseException as exc:
             if engine_cancelled(exc):
                 raise
+            if exc.__context__ is None and exc is not error:
+                exc.__context__ = error  # a sync handle ran in a thread: chain it by hand
             log.error(
                 "instance %s (%s): handle failed on %s: %s",
                 claim.id,
                 machine.describe(),
                 describe_error(error),
                 describe_error(exc),
+                exc_info=exc,
             )
             return Completion(
                 claim.id,
@@ -358,6 +370,7 @@ class Executor:
                 f"(while handling {describe_error(error)})",
                 consume=claim.awaits,
                 seen=_seen(signals),
+                error_entry=error_entry(exc, ctx.step, ctx.attempt, handling=describe_error(error)),
             )
 
 

@@ -35,12 +35,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .. import telemetry
 from .._db.queries import Queries, Stmt
 from ..registry import Registry
 from .completer import Completer
 from .config import Config
 from .executor import Claim, Executor
+from .reaper import report_reaped
 from .scheduler import NOT_FOUND_LOG_EVERY, EveryInterval, QueueScheduler
 from .stats import Stats
 from .threads import DaemonThreadPool
@@ -266,15 +266,12 @@ class Node:
             await asyncio.sleep(interval)
             try:
                 while True:
-                    ids = [r[0] for r in await self.fetch(self.queries.reap(limit))]
-                    self.stats.add(statements=1, commits=1, reaped=len(ids))
-                    if ids:
-                        log.warning("reaper: %d expired lease(s) returned to runnable", len(ids))
-                        if telemetry.listening("reaper.reaped"):
-                            telemetry.emit("reaper.reaped", {"count": len(ids)}, {"ids": ids})
+                    stmt = self.queries.reap(limit, crash_limit=self.config.crash_limit)
+                    rows = await self.fetch(stmt)
+                    if report_reaped(rows, self.stats, self.config.crash_limit):
                         for sched in self.schedulers.values():
                             sched.wake.set()
-                    if len(ids) < limit:
+                    if len(rows) < limit:
                         break
             except psycopg.Error as exc:
                 log.warning("reaper pass failed: %s", exc)

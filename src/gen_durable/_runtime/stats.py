@@ -19,6 +19,7 @@ class Stats:
     steps: int = 0
     stale: int = 0
     reaped: int = 0
+    poisoned: int = 0
     released: int = 0
     heartbeats: int = 0
 

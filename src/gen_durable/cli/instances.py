@@ -32,6 +32,7 @@ from .common import (
     schema_of,
     table,
 )
+from .history import error_history
 
 
 def cmd_insert(args: argparse.Namespace) -> int:
@@ -131,7 +132,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"instance {inst.id}: {inst.fsm} v{inst.fsm_version}")
     width = max(len(k) for k in fields)
     for key, value in fields.items():
-        if key not in ("id", "fsm", "fsm_version"):
+        if key not in ("id", "fsm", "fsm_version", "errors"):
             print(f"  {key.ljust(width)}  {cell(clip(value, limit))}")
     print(f"\ninbox ({len(inbox)} signal(s))")
     if inbox:
@@ -139,6 +140,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"\nchildren ({len(children)})")
     if children:
         print(items_table(children, limit))
+    print("\n" + error_history(inst.errors))
     return 0
 
 
