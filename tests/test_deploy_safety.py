@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 import gen_durable as gd
-from gen_durable._runtime.scheduler import EveryInterval
+from gen_durable._runtime.handback import EveryInterval
 
 from .conftest import wait_for
 

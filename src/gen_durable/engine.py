@@ -121,6 +121,24 @@ class Engine:
     def started(self) -> bool:
         return self._pool is not None
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why this node stopped running steps on its own, if it did: a part of it (a
+        queue's scheduler, the heartbeat, the reaper) kept failing, so the node drained
+        and handed its claims back rather than limp on. Client calls still work."""
+        return None if self._node is None else self._node.failure
+
+    async def wait_failure(self) -> BaseException:
+        """Wait until the node fails as :attr:`failure` describes (a worker process
+        waits on this and exits). Never returns for a pure client."""
+        node = self._node
+        if node is None:
+            await asyncio.Event().wait()  # nothing can fail
+        assert node is not None
+        await node.failed.wait()
+        assert node.failure is not None
+        return node.failure
+
     async def start(self) -> None:
         """Open the connection pool and start the workers (none for ``queues={}``)."""
         if self._stopping is not None:

@@ -37,6 +37,8 @@ EVENTS = frozenset(
         "reaper.poisoned",
         "registry.not_found",
         "outcome.stale",
+        "service.restarted",
+        "service.failed",
     }
 )
 

@@ -8,11 +8,15 @@ stays failed for an operator to look at instead of crashing one more node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import telemetry
+from .._db.queries import Queries, Stmt
+from .config import Config
+from .service import Service
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
@@ -38,3 +42,44 @@ def report_reaped(rows: Sequence[Sequence[Any]], stats: Stats, crash_limit: int)
         if telemetry.listening("reaper.poisoned"):
             telemetry.emit("reaper.poisoned", {"count": len(poisoned)}, {"ids": poisoned})
     return bool(rows)
+
+
+class Reaper(Service):
+    """Every ``reap_interval``, returns expired leases to the queue (or fails rows at
+    the crash limit), in bounded batches while full ones come back (SPEC §8)."""
+
+    name = "reaper"
+
+    def __init__(
+        self,
+        config: Config,
+        queries: Queries,
+        fetch: Callable[[Stmt], Awaitable[list[Any]]],
+        stats: Stats,
+        woke: Callable[[], None],
+        db_errors: tuple[type[BaseException], ...],
+    ) -> None:
+        self._config = config
+        self._queries = queries
+        self._fetch = fetch
+        self._stats = stats
+        self._woke = woke
+        self._db_errors = db_errors
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.reap_interval)
+            try:
+                await self.sweep()
+            except self._db_errors as exc:
+                log.warning("reaper pass failed: %s", exc)
+
+    async def sweep(self) -> None:
+        limit = self._config.reap_batch
+        while True:
+            stmt = self._queries.reap(limit, crash_limit=self._config.crash_limit)
+            rows = await self._fetch(stmt)
+            if report_reaped(rows, self._stats, self._config.crash_limit):
+                self._woke()
+            if len(rows) < limit:
+                return

@@ -8,6 +8,12 @@ by concurrency and step time, not by the poll interval. An empty pick doubles th
 wait up to ``max_poll_interval``; any claimed work snaps it back. A LISTEN nudge (an
 insert or a wake-up in this queue) also sets ``wake``; polling stays the source of
 truth, so a lost notification only costs latency.
+
+A scheduler is a service of its node (``service.py``): the supervisor runs its loop
+and restarts it if it raises. Its wiring is explicit — the statements, the database,
+the executor, the registry — rather than the whole node; what it holds it registers
+with the node's :class:`~gen_durable._runtime.claims.Holdings`, which the heartbeat
+extends.
 """
 
 from __future__ import annotations
@@ -17,30 +23,51 @@ import heapq
 import logging
 import re
 import time
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from .. import telemetry
-from ..registry import REGISTRY, resolve
-from .executor import Claim
-
-if TYPE_CHECKING:
-    from ..machine import Machine
-    from .node import Node
+from .._db.queries import Queries, Stmt
+from ..machine import Machine
+from ..registry import Registry, resolve
+from .claims import Holdings
+from .config import Config
+from .executor import Claim, Executor
+from .handback import UnknownMachines
+from .service import Service
+from .stats import Stats
 
 log = logging.getLogger("gen_durable")
 
 _KEY_RE = re.compile(r"Key \(partition_key\)=\((.*)\) already exists")
-NOT_FOUND_LOG_EVERY = 60.0
-"""Seconds between two ERROR lines for one missing (machine, version) on a node."""
 
 
-class QueueScheduler:
-    def __init__(self, node: Node, queue: str, concurrency: int) -> None:
-        self.node = node
+@dataclass(frozen=True, slots=True)
+class QueueWiring:
+    """What a queue's scheduler needs from its node, and nothing else."""
+
+    config: Config
+    queries: Queries
+    fetch: Callable[[Stmt], Awaitable[list[Any]]]
+    release: Callable[..., Awaitable[int]]
+    executor: Executor
+    registry: Registry
+    stats: Stats
+    holdings: Holdings
+    unknown: UnknownMachines
+    next_token: Callable[[], str]
+    node_id: str
+
+
+class QueueScheduler(Service):
+    def __init__(self, wiring: QueueWiring, queue: str, concurrency: int) -> None:
+        self.name = f"queue.{queue}"
+        self._w = wiring
+        self._cfg = wiring.config
         self.queue = queue
         self.concurrency = concurrency
         self.wake = asyncio.Event()
@@ -50,35 +77,40 @@ class QueueScheduler:
         self._seq = 0
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop_task: asyncio.Task[None] | None = None
+        self._loop_done = asyncio.Event()
+        self._loop_done.set()  # until the supervisor runs it
+        wiring.holdings.register(self.name, self.held)
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._loop(), name=f"gen_durable.queue.{self.queue}")
+    async def run(self) -> None:
+        """The feeder loop, run (and restarted if it raises) by the supervisor."""
+        self._loop_done.clear()
+        try:
+            await self._loop()
+        finally:
+            self._loop_done.set()
 
     def held(self) -> list[Claim]:
         """Every row this scheduler holds a claim on: running and buffered."""
         return [*self.running.values(), *(entry[2] for entry in self._buffer)]
 
-    async def drain(self, deadline: float) -> None:
+    async def drain(self, deadline: float, cancel_loop: Callable[[], Awaitable[None]]) -> None:
         """Stop picking, hand buffered rows back at once, give running steps until
         ``deadline`` (loop time), then hand back every row still running — ``async``
         and ``def`` steps alike — with the attempt counted (SPEC §8)."""
         self._stopping = True
         self.wake.set()
         loop = asyncio.get_running_loop()
-        if self._loop_task is not None:
-            # A pick stuck on the database must not hold the shutdown hostage.
-            done, _ = await asyncio.wait(
-                {self._loop_task}, timeout=max(0.0, deadline - loop.time())
-            )
-            if not done:
-                self._loop_task.cancel()
-                await asyncio.gather(self._loop_task, return_exceptions=True)
+        # A pick stuck on the database must not hold the shutdown hostage: past the
+        # deadline the loop is cancelled.
+        try:
+            await asyncio.wait_for(self._loop_done.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            await cancel_loop()
         buffered = [entry[2] for entry in self._buffer]
         self._buffer.clear()
-        released = await self.node.release(buffered) if buffered else 0
+        released = await self._w.release(buffered) if buffered else 0
         if telemetry.listening("scheduler.drain"):
             telemetry.emit(
                 "scheduler.drain",
@@ -103,12 +135,12 @@ class QueueScheduler:
         # Interrupted mid-step: count the attempt and hand them back now rather than
         # making them wait for the lease. A ``def`` step's thread runs on; releasing
         # its row clears the claim, so whatever it returns would be stale (§18.2).
-        await self.node.release(stragglers, bump=True)
+        await self._w.release(stragglers, bump=True)
 
     # -- the feeder ----------------------------------------------------------------
 
     async def _loop(self) -> None:
-        cfg = self.node.config
+        cfg = self._cfg
         delay = cfg.poll_interval
         error_delay = 0.1
         while not self._stopping:
@@ -154,13 +186,13 @@ class QueueScheduler:
         return woken
 
     async def _pick(self, limit: int) -> int:
-        node = self.node
-        token = node.next_token()
+        w = self._w
+        token = w.next_token()
         started = time.perf_counter()
-        stmt = node.queries.pick(self.queue, limit, token, node.config.lease_ttl)
+        stmt = w.queries.pick(self.queue, limit, token, self._cfg.lease_ttl)
         for attempt in range(3):
             try:
-                rows = await node.fetch(stmt)
+                rows = await w.fetch(stmt)
                 break
             except pg_errors.UniqueViolation as exc:
                 # Two picks raced past the executing-key probe; the unique index on
@@ -176,26 +208,27 @@ class QueueScheduler:
                     )
                 if attempt == 2:
                     return 0
-        node.stats.add(statements=1, commits=1, picks=1, picked=len(rows))
+        w.stats.add(statements=1, commits=1, picks=1, picked=len(rows))
         if telemetry.listening("pick.stop"):
             telemetry.emit(
                 "pick.stop",
                 {"count": len(rows), "demand": limit, "duration": time.perf_counter() - started},
-                {"queue": self.queue, "node": node.node_id},
+                {"queue": self.queue, "node": w.node_id},
             )
         if not rows:
             return 0
         unknown: list[Claim] = []
         for row in rows:
             claim = Claim.from_row(row, token)
-            machine = resolve(node.registry, claim.fsm, claim.fsm_version)
+            machine = resolve(w.registry, claim.fsm, claim.fsm_version)
             if machine is None:
                 unknown.append(claim)
                 continue
             self._seq += 1
             heapq.heappush(self._buffer, (claim.priority, self._seq, claim, machine))
         if unknown:
-            await self._hand_back_unknown(unknown)
+            # Not failed, not lost: another node (with the code) can run it (SPEC §13).
+            await w.unknown.hand_back(unknown)
         if telemetry.listening("scheduler.saturation"):
             telemetry.emit(
                 "scheduler.saturation",
@@ -203,7 +236,7 @@ class QueueScheduler:
                     "in_flight": len(self.running),
                     "buffer": len(self._buffer),
                     "concurrency": self.concurrency,
-                    "prefetch": node.config.prefetch,
+                    "prefetch": self._cfg.prefetch,
                 },
                 {"queue": self.queue},
             )
@@ -214,48 +247,12 @@ class QueueScheduler:
         one) — looked up only when someone listens, and only on contention."""
         if key is None:
             return None, None
-        stmt = self.node.queries.next_for_key(self.queue, key)
+        stmt = self._w.queries.next_for_key(self.queue, key)
         try:
-            rows = await self.node.fetch(stmt)
+            rows = await self._w.fetch(stmt)
         except Exception:
             return None, None
         return (rows[0][0], rows[0][1]) if rows else (None, None)
-
-    async def _hand_back_unknown(self, claims: list[Claim]) -> None:
-        # Not failed, not lost: another node (with the code) can run it (SPEC §13).
-        node = self.node
-        delay = node.config.unknown_retry
-        groups: dict[tuple[str, int], list[Claim]] = {}
-        for c in claims:
-            groups.setdefault((c.fsm, c.fsm_version), []).append(c)
-        for (fsm, version), group in groups.items():
-            # The reason lands in last_error, where `show` and `status` find it; it
-            # names the node, so an operator knows which deploy lacks the code.
-            reason = (
-                f"no machine {fsm!r} v{version} on node {node.node_id} "
-                f"(handed back, retried in {delay:g}s)"
-            )
-            try:
-                await node.release(group, delay=delay, reason=reason)
-            except Exception:
-                log.exception("handing back %d unknown-machine rows failed", len(group))
-            # Every offer of such a row comes back here (every `delay` seconds, on
-            # every node without the code): one line per machine a minute, not a flood.
-            held = node.not_found_log.allow((fsm, version), len(group))
-            if held is not None:
-                log.error(
-                    "%s: %d instance(s)%s%s",
-                    reason,
-                    len(group),
-                    _versions_here(node, fsm),
-                    f"; {held} more handed back since the last report" if held else "",
-                )
-            if telemetry.listening("registry.not_found"):
-                telemetry.emit(
-                    "registry.not_found",
-                    {"count": len(group)},
-                    {"fsm": fsm, "fsm_version": version},
-                )
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:
@@ -275,7 +272,7 @@ class QueueScheduler:
 
     async def _run(self, claim: Claim, machine: Any) -> None:
         try:
-            await self.node.executor.run(claim, machine, self._may_keep)
+            await self._w.executor.run(claim, machine, self._may_keep)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -286,37 +283,6 @@ class QueueScheduler:
             if self.running.get(claim.id) is claim:
                 del self.running[claim.id]
             self.wake.set()
-
-
-class EveryInterval:
-    """Lets a key through at most once per ``interval`` seconds, counting what it held back.
-
-    ``allow(key, n)`` returns None to stay quiet, else how many were held back since
-    the key last got through (0 the first time)."""
-
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self._clock = clock
-        self._next: dict[Hashable, float] = {}
-        self._held: dict[Hashable, int] = {}
-
-    def allow(self, key: Hashable, n: int = 1) -> int | None:
-        now = self._clock()
-        due = self._next.get(key)
-        if due is not None and now < due:
-            self._held[key] = self._held.get(key, 0) + n
-            return None
-        self._next[key] = now + self.interval
-        return self._held.pop(key, 0)
-
-
-def _versions_here(node: Node, fsm: str) -> str:
-    """`` (this node has v1, v3)`` when other versions of the machine are registered:
-    the usual deploy mistake is a version bump that reached only some nodes."""
-    versions = sorted(
-        {m.__gd_version__ for m in (*node.registry, *REGISTRY) if m.__gd_name__ == fsm}
-    )
-    return f" (this node has {', '.join(f'v{v}' for v in versions)})" if versions else ""
 
 
 def _contended_key(exc: BaseException) -> str | None:

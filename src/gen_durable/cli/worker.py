@@ -113,10 +113,18 @@ async def _run_worker(engine: Engine, startup_timeout: float) -> int:
         ", ".join(f"{q}={n}" for q, n in cfg.queues.items()),
         type(asyncio.get_running_loop()).__module__.split(".")[0],
     )
-    await stop.wait()
-    log.info("draining (up to %.1fs for running steps)", cfg.drain_timeout)
+    stopped = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(engine.wait_failure())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (stopped, failed):
+        waiter.cancel()
+    if engine.failure is None:
+        log.info("draining (up to %.1fs for running steps)", cfg.drain_timeout)
     await engine.stop()
     log.info("worker %s stopped; %d steps run", engine.node_id, engine.stats.steps)
+    if engine.failure is not None:
+        # The node already drained itself; a process manager should restart us.
+        raise CommandError(f"the node stopped after repeated failures: {engine.failure!r}")
     return 0
 
 
