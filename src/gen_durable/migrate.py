@@ -24,6 +24,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from ._db import schema as ddl
+from ._dsn import resolve_dsn
 from .errors import SchemaError
 
 LATEST_VERSION = ddl.LATEST
@@ -109,8 +110,6 @@ async def _run(conn_or_dsn: ConnOrDsn, schema: str, target: int | None, down: bo
     if isinstance(conn_or_dsn, psycopg.Connection):
         return _run_sync(conn_or_dsn, schema, target, down)
     if conn_or_dsn is None or isinstance(conn_or_dsn, str):
-        from .engine import resolve_dsn
-
         dsn = resolve_dsn(conn_or_dsn)
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             return await _run_async(conn, schema, target, down)
@@ -219,8 +218,6 @@ def migrate_sync(
     Without a DSN, ``GEN_DURABLE_DSN`` then ``DATABASE_URL`` are used, as by ``Engine``.
     """
     if dsn_or_connection is None or isinstance(dsn_or_connection, str):
-        from .engine import resolve_dsn
-
         with psycopg.connect(resolve_dsn(dsn_or_connection), autocommit=True) as conn:
             return _run_sync(conn, schema, version, down)
     return _run_sync(dsn_or_connection, schema, version, down)

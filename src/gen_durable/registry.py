@@ -12,9 +12,11 @@ import importlib
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+from .errors import InvalidMachine
+
+if TYPE_CHECKING:  # machine.py registers its classes here: no import back at run time
     from .machine import Machine
 
 log = logging.getLogger("gen_durable")
@@ -30,10 +32,7 @@ class Registry:
             self.add(m)
 
     def add(self, machine: type[Machine]) -> None:
-        from .errors import InvalidMachine
-        from .machine import Machine
-
-        if not (isinstance(machine, type) and issubclass(machine, Machine)):
+        if not (isinstance(machine, type) and hasattr(machine, "__gd_abstract__")):
             raise InvalidMachine(f"{machine!r} is not a gd.FSM or gd.Job subclass")
         if machine.__gd_abstract__:
             raise InvalidMachine(f"{machine.__qualname__} is abstract and cannot run")
@@ -62,31 +61,45 @@ def resolve(explicit: Registry, name: str, version: int) -> type[Machine] | None
     return _import_fallback(name, version)
 
 
-def _import_fallback(name: str, version: int) -> type[Machine] | None:
-    from .machine import Machine
+def is_machine(obj: object) -> bool:
+    """A concrete machine class (every class deriving from gd.FSM/gd.Job carries the
+    ``__gd_*`` attributes its base sets)."""
+    return isinstance(obj, type) and getattr(obj, "__gd_abstract__", True) is False
 
-    parts = name.split(".")
+
+def attribute_path(obj: object, attrs: Iterable[str]) -> object | None:
+    """``obj.a.b.c`` for ``attrs`` ``["a", "b", "c"]``, or None where one is missing."""
+    for attr in attrs:
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def find_dotted(path: str) -> object | None:
+    """What a dotted path names: the longest importable module prefix of ``path``,
+    then attributes for the rest (``pkg.module.Class.Inner``). None when no prefix
+    imports; an error raised while importing an existing module propagates."""
+    parts = path.split(".")
     for cut in range(len(parts) - 1, 0, -1):
-        module_name, attrs = ".".join(parts[:cut]), parts[cut:]
         try:
-            obj: object = importlib.import_module(module_name)
+            module: Any = importlib.import_module(".".join(parts[:cut]))
         except ImportError:
             continue
-        except Exception:  # a module that fails to import is a miss, not a crash
-            log.exception("importing %s to resolve machine %s failed", module_name, name)
-            return None
-        for attr in attrs:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if (
-            isinstance(obj, type)
-            and issubclass(obj, Machine)
-            and not obj.__gd_abstract__
-            and obj.__gd_name__ == name
-            and obj.__gd_version__ == version
-        ):
-            return obj
-        # Importing registers the module's machines: an old version may be there.
-        return REGISTRY.get(name, version)
+        return attribute_path(module, parts[cut:])
     return None
+
+
+def _import_fallback(name: str, version: int) -> type[Machine] | None:
+    try:
+        obj = find_dotted(name)
+    except Exception:  # a module that fails to import is a miss, not a crash
+        log.exception("importing a module to resolve machine %s failed", name)
+        return None
+    if is_machine(obj):
+        found: Any = obj
+        if found.__gd_name__ == name and found.__gd_version__ == version:
+            machine: type[Machine] = found
+            return machine
+    # Importing registers the module's machines: an old version may be there.
+    return REGISTRY.get(name, version)

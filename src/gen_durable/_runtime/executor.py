@@ -31,10 +31,10 @@ from typing import Any
 from .. import outcomes as oc
 from .. import telemetry
 from .._db import codec
-from ..client import build_insert
-from ..errors import Cancel, EncodingError, InvalidOutcome, OutcomeRefused
+from ..errors import Cancel, OutcomeRefused
 from ..machine import Child, Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
+from .encode import describe_error, encode, seen_ids
 from .history import error_entry, log_step_error
 from .stats import Stats
 from .threads import DaemonThreadPool
@@ -42,15 +42,6 @@ from .threads import DaemonThreadPool
 log = logging.getLogger("gen_durable")
 
 _UNLOADED: Any = object()  # the claim's state has not been decoded yet
-
-_KIND = {
-    oc.Next: "next",
-    oc.Replay: "replay",
-    oc.Await: "await",
-    oc.ScheduleChilds: "schedule_childs",
-    oc.Done: "done",
-    oc.Stop: "stop",
-}
 
 
 def engine_cancelled(exc: BaseException) -> bool:
@@ -103,22 +94,6 @@ class Claim:
         if not self.childs_text:
             return ()
         return tuple(Child(*c) for c in codec.loads(self.childs_text))
-
-
-def describe_error(error: BaseException) -> str:
-    """A readable one-line error for ``last_error`` (NUL-free: it goes in a text column)."""
-    text = str(error)
-    out = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return codec.storable(out)
-
-
-def reason_text(reason: Any) -> str:
-    """``Stop(reason)`` records ``str(reason)`` (SPEC §4) — for an exception with its
-    type in front: the default ``handle`` stops with the error itself, and a bare
-    ``str`` of a ``KeyError`` reads ``'customer_id'``, which says nothing."""
-    if isinstance(reason, BaseException):
-        return describe_error(reason)
-    return codec.storable(str(reason))
 
 
 class Executor:
@@ -191,51 +166,12 @@ class Executor:
     async def _step(self, claim: Claim, machine: type[Machine], state: Any) -> StepRun:
         """Run one step; returns its encoded outcome and the state the step saw."""
         started = time.perf_counter()
-        try:
-            if state is _UNLOADED:
-                state = machine.load_state(claim.state_text)
-        except BaseException as exc:
-            if engine_cancelled(exc):
-                raise
-            # The stored state no longer fits the model (the schema changed under
-            # stored rows): deterministic, so retrying cannot help.
-            log.error("instance %s: cannot load state of %s: %s", claim.id, machine.describe(), exc)
-            completion = Completion(
-                claim.id,
-                claim.token,
-                "stop",
-                error=f"cannot load state of {machine.describe()}: {describe_error(exc)}",
-                error_entry=error_entry(exc, claim.step, claim.attempt),
-            )
-            completion.started = started
-            return StepRun(completion, None)
         signals = claim.signals()
-        ctx: Context[Any] = Context(
-            id=claim.id,
-            fsm=claim.fsm,
-            fsm_version=claim.fsm_version,
-            step=claim.step,
-            attempt=claim.attempt,
-            state=state,
-            signals=signals,
-            childs=claim.childs(),
-        )
-        try:
-            instance = machine()
-        except BaseException as exc:
-            if engine_cancelled(exc):
-                raise
-            completion = Completion(
-                claim.id,
-                claim.token,
-                "stop",
-                error=f"cannot create {machine.describe()}: {describe_error(exc)}",
-                consume=claim.awaits,
-                seen=tuple(s.id for s in signals),
-                error_entry=error_entry(exc, claim.step, claim.attempt),
-            )
-            completion.started = started
-            return StepRun(completion, state)
+        prepared = self._prepare(claim, machine, state, signals)
+        if isinstance(prepared, Completion):
+            prepared.started = started
+            return StepRun(prepared, None if state is _UNLOADED else state)
+        instance, ctx = prepared
         try:
             outcome = await self._call_step(instance, machine, ctx)
             completion = encode(outcome, claim, machine, signals)
@@ -251,7 +187,38 @@ class Executor:
                 )
             completion = await self._handle(instance, machine, ctx, exc, claim, signals)
         completion.started = started
-        return StepRun(completion, state, instance, ctx, signals)
+        return StepRun(completion, ctx.state, instance, ctx, signals)
+
+    def _prepare(
+        self, claim: Claim, machine: type[Machine], state: Any, signals: tuple[Signal, ...]
+    ) -> tuple[Machine, Context[Any]] | Completion:
+        """The machine instance and context for a step — or, when the stored state no
+        longer fits the model or the class cannot be built, the failure that ends it
+        (deterministic: retrying cannot help)."""
+        try:
+            if state is _UNLOADED:
+                state = machine.load_state(claim.state_text)
+        except BaseException as exc:
+            if engine_cancelled(exc):
+                raise
+            log.error("instance %s: cannot load state of %s: %s", claim.id, machine.describe(), exc)
+            return failure(claim, signals, exc, f"cannot load state of {machine.describe()}")
+        ctx: Context[Any] = Context(
+            id=claim.id,
+            fsm=claim.fsm,
+            fsm_version=claim.fsm_version,
+            step=claim.step,
+            attempt=claim.attempt,
+            state=state,
+            signals=signals,
+            childs=claim.childs(),
+        )
+        try:
+            return machine(), ctx
+        except BaseException as exc:
+            if engine_cancelled(exc):
+                raise
+            return failure(claim, signals, exc, f"cannot create {machine.describe()}")
 
     async def _commit_or_handle(
         self, claim: Claim, machine: type[Machine], run: StepRun
@@ -276,15 +243,7 @@ class Executor:
                 return await self._commit(claim, completion)
             except OutcomeRefused as again:
                 refused = again
-        stop = Completion(
-            claim.id,
-            claim.token,
-            "stop",
-            error=describe_error(refused),
-            consume=claim.awaits,
-            seen=_seen(run.signals),
-            error_entry=error_entry(refused, claim.step, claim.attempt),
-        )
+        stop = failure(claim, run.signals, refused)
         stop.started = started
         return await self._commit(claim, stop)
 
@@ -362,79 +321,37 @@ class Executor:
                 describe_error(exc),
                 exc_info=exc,
             )
-            return Completion(
-                claim.id,
-                claim.token,
-                "stop",
-                error=f"handle failed: {describe_error(exc)} "
-                f"(while handling {describe_error(error)})",
-                consume=claim.awaits,
-                seen=_seen(signals),
-                error_entry=error_entry(exc, ctx.step, ctx.attempt, handling=describe_error(error)),
+            return failure(
+                claim,
+                signals,
+                exc,
+                "handle failed",
+                suffix=f" (while handling {describe_error(error)})",
+                handling=describe_error(error),
             )
 
 
-def _seen(signals: tuple[Signal, ...]) -> tuple[int, ...]:
-    return tuple(s.id for s in signals)
-
-
-def _state_text(outcome_state: Any, machine: type[Machine], into: Completion) -> str | None:
-    if outcome_state is None:
-        return None  # keep the stored state
-    value = machine.coerce_state(outcome_state, "outcome state")
-    if machine.__gd_state__ is not None:
-        into.state_obj = value
-    return codec.dumps(value, f"state of {machine.__gd_name__}")
-
-
-def encode(
-    outcome: Any, claim: Claim, machine: type[Machine], signals: tuple[Signal, ...]
+def failure(
+    claim: Claim,
+    signals: tuple[Signal, ...],
+    error: BaseException,
+    what: str = "",
+    *,
+    suffix: str = "",
+    **extra: str,
 ) -> Completion:
-    """Validate an outcome and encode it for the completer (raises inside the guard)."""
-    kind = _KIND.get(type(outcome))
-    if kind is None:
-        raise InvalidOutcome(
-            f"{machine.describe()} step {claim.step!r} returned {outcome!r}; a step must "
-            "return one of gd.Next, gd.Replay, gd.Await, gd.ScheduleChilds, gd.Done, gd.Stop"
-        )
-    seen = _seen(signals)
-    base = Completion(claim.id, claim.token, kind, consume=claim.awaits, seen=seen)
-    if isinstance(outcome, oc.Next):
-        base.step = _step_name(outcome.step)
-        base.state = _state_text(outcome.state, machine, base)
-    elif isinstance(outcome, oc.Replay):
-        base.state = _state_text(outcome.state, machine, base)
-        try:
-            base.delay = oc.seconds(outcome.delay, "Replay delay")
-        except (TypeError, ValueError) as exc:
-            raise InvalidOutcome(str(exc)) from exc
-    elif isinstance(outcome, oc.Await):
-        base.awaits = codec.check_text(_nonempty(outcome.signal, "Await signal"), "Await signal")
-        base.state = _state_text(outcome.state, machine, base)
-        base.consume = None
-    elif isinstance(outcome, oc.ScheduleChilds):
-        base.step = _step_name(outcome.step)
-        base.state = _state_text(outcome.state, machine, base)
-        if isinstance(outcome.children, str | bytes) or not hasattr(outcome.children, "__iter__"):
-            raise InvalidOutcome("ScheduleChilds children must be a list of machines or gd.Spec")
-        try:
-            base.children = build_insert(outcome.children, parent_id=claim.id)
-        except EncodingError:
-            raise
-        except Exception as exc:
-            raise InvalidOutcome(f"ScheduleChilds: {exc}") from exc
-    elif isinstance(outcome, oc.Done):
-        base.result = codec.dumps(outcome.result, f"result of {machine.__gd_name__}")
-    else:
-        base.error = reason_text(outcome.reason)
-    return base
-
-
-def _nonempty(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidOutcome(f"{what} must be a non-empty str, got {value!r}")
-    return value
-
-
-def _step_name(value: Any) -> str:
-    return codec.check_text(_nonempty(value, "step name"), "step name")
+    """The one way a step ends ``failed`` on an error the engine caught (its state
+    does not load, the class cannot be built, ``handle`` failed, the database refused
+    every outcome): ``last_error`` says what and why, the error goes in the history,
+    and — like any progressing outcome — the signals the step was woken by and saw
+    are consumed (§6)."""
+    text = describe_error(error)
+    return Completion(
+        claim.id,
+        claim.token,
+        "stop",
+        error=f"{what}: {text}{suffix}" if what else text,
+        consume=claim.awaits,
+        seen=seen_ids(signals),
+        error_entry=error_entry(error, claim.step, claim.attempt, **extra),
+    )

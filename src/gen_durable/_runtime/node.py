@@ -72,6 +72,17 @@ def with_options(dsn: str, extra: str) -> str:
     return f"{own} {extra}" if own else extra
 
 
+def _pool(dsn: str, name: str, size: int, **kwargs: str) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True, "prepare_threshold": 0, **kwargs},
+        open=False,
+        name=name,
+    )
+
+
 class Node:
     def __init__(
         self,
@@ -83,14 +94,7 @@ class Node:
     ) -> None:
         self.config = config
         # One connection per queue's feeder, plus heartbeat, reaper and a release.
-        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            config.dsn,
-            min_size=1,
-            max_size=len(config.queues) + 3,
-            kwargs={"autocommit": True, "prepare_threshold": 0},
-            open=False,
-            name=f"gen_durable-{node_id}-runtime",
-        )
+        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 3)
         self.queries = queries
         self.registry = registry
         self.stats = stats
@@ -101,17 +105,11 @@ class Node:
         # Outcomes commit on connections of their own: a short lock_timeout there
         # keeps one row locked by a client's open transaction from stalling every
         # other outcome of the node, without limiting what clients may wait for.
-        self.completer_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        self.completer_pool = _pool(
             config.dsn,
-            min_size=1,
-            max_size=FLUSHERS,
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": 0,
-                "options": with_options(config.dsn, f"-c lock_timeout={LOCK_TIMEOUT_MS}"),
-            },
-            open=False,
-            name=f"gen_durable-{node_id}-outcomes",
+            f"gen_durable-{node_id}-outcomes",
+            FLUSHERS,
+            options=with_options(config.dsn, f"-c lock_timeout={LOCK_TIMEOUT_MS}"),
         )
         self.completer = Completer(
             self.completer_pool,

@@ -17,11 +17,12 @@ from typing import Any, NoReturn
 import psycopg
 import pydantic
 
-from ..engine import Engine, resolve_dsn
+from .._dsn import resolve_dsn
+from ..engine import Engine
 from ..errors import ConfigurationError, GenDurableError
 from ..machine import Machine
 from ..migrate import installed_version
-from ..registry import REGISTRY
+from ..registry import REGISTRY, attribute_path, find_dotted, is_machine
 
 log = logging.getLogger("gen_durable.cli")
 
@@ -292,28 +293,20 @@ def resolve_machine(spec: str) -> type[Machine]:
     if ":" in spec:
         module_name, _, attrs = spec.partition(":")
         try:
-            obj = importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except ImportError as exc:
             raise CommandError(
                 f"cannot import {module_name!r} for machine {spec!r}: {exc}"
             ) from exc
-        for attr in attrs.split("."):
-            obj = getattr(obj, attr, None)
+        obj = attribute_path(module, attrs.split("."))
     else:
         named = [m for m in REGISTRY if m.__gd_name__ == spec]
         if named:
             return max(named, key=lambda m: m.__gd_version__)
-        parts = spec.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            try:
-                obj = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr, None)
-            break
-    if isinstance(obj, type) and issubclass(obj, Machine) and not obj.__gd_abstract__:
-        return obj
+        obj = find_dotted(spec)
+    if is_machine(obj):
+        found: type[Machine] = obj
+        return found
     raise CommandError(
         f"unknown machine {spec!r}: give a registered name, pkg.module.Class or "
         "module:Class, and --app MODULE to import the module that defines it"

@@ -1,0 +1,172 @@
+"""Validating and encoding new instances, before anything is written (SPEC §10, §11, §15).
+
+Shared by every way an instance comes to exist — ``Engine.insert``/``insert_all``,
+``SyncClient``, a step's ``ScheduleChilds`` — so they refuse the same things with the
+same typed errors: options are checked, the state goes through the machine's model,
+keys and scopes are normalised, times become UTC. The result is an
+:class:`~gen_durable._db.queries.InsertRows` batch ready for one insert statement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from ._db import codec
+from ._db.queries import NON_TERMINAL, STATUSES, InsertRows
+from .errors import ConfigurationError
+from .machine import Machine
+from .outcomes import Spec, seconds
+
+INSERT_OPTIONS = frozenset(
+    {
+        "state",
+        "args",
+        "step",
+        "queue",
+        "priority",
+        "partition_key",
+        "unique_key",
+        "unique_scope",
+        "eligible_at",
+        "schedule_at",
+        "schedule_in",
+    }
+)
+
+
+def _machine_of(item: object) -> tuple[type[Machine], dict[str, Any]]:
+    if isinstance(item, Spec):
+        return _check_machine(item.machine), dict(item.options)
+    return _check_machine(item), {}
+
+
+def _check_machine(machine: object) -> type[Machine]:
+    if isinstance(machine, type) and issubclass(machine, Machine) and not machine.__gd_abstract__:
+        return machine
+    raise ConfigurationError(f"expected a gd.FSM/gd.Job subclass or gd.Spec, got {machine!r}")
+
+
+def _timestamp(value: Any, what: str) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise ConfigurationError(f"{what} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ConfigurationError(
+            f"{what} must be timezone-aware (e.g. datetime.now(timezone.utc)); got {value}"
+        )
+    # Python allows UTC offsets up to ±23:59, PostgreSQL only up to ±15:59: the same
+    # instant in UTC is stored whatever offset the caller used.
+    return value.astimezone(dt.UTC)
+
+
+def _scope(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    statuses = list(value)
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown status(es) {unknown} in unique_scope; statuses are {list(STATUSES)}"
+        )
+    # Every non-terminal status leads back to every other one (a Next returns to
+    # runnable, a signal wakes a parked row), so a scope holding only some of them
+    # would let a row leave its key and later collide re-entering it. The scope is
+    # therefore all four non-terminal statuses, plus `done`/`failed` to keep the key
+    # after the instance finished.
+    if not set(NON_TERMINAL) <= set(statuses):
+        raise ConfigurationError(
+            f"unique_scope {statuses} must include every non-terminal status "
+            f"{list(NON_TERMINAL)}; add 'done' and/or 'failed' to keep the key after "
+            "the instance finishes"
+        )
+    return "{" + ",".join(dict.fromkeys(statuses)) + "}"
+
+
+_DEFAULT_SCOPE = "{" + ",".join(NON_TERMINAL) + "}"
+
+
+def add_insert(
+    rows: InsertRows,
+    machine: type[Machine],
+    options: dict[str, Any],
+    parent_id: int | None = None,
+) -> None:
+    """Validate one instance's options and append it to ``rows`` (SPEC §11)."""
+    step = machine.__gd_initial__
+    queue = machine.__gd_queue__
+    priority = 0
+    pkey: str | None = None
+    ukey: bytes | None = None
+    scope: str | None = None
+    eligible_at: dt.datetime | None = None
+    delay: float | None = None
+    value: Any = None
+    if options:  # a bare class (the common batch item) skips all of this
+        unknown = options.keys() - INSERT_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown insert option(s) {sorted(unknown)}; options are {sorted(INSERT_OPTIONS)}"
+            )
+        state = options.get("state")
+        args = options.get("args")
+        if state is not None and args is not None:
+            raise ConfigurationError("pass state= or args=, not both (they are the same thing)")
+        value = args if args is not None else state
+        step = codec.check_text(options.get("step") or step, "step")
+        queue = codec.check_text(options.get("queue") or queue, "queue")
+        priority = options.get("priority", 0)
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not (-32768 <= priority <= 32767)
+        ):
+            raise ConfigurationError(f"priority must be an int in -32768..32767, got {priority!r}")
+        pkey = options.get("partition_key")
+        if pkey is not None:
+            codec.check_text(pkey, "partition_key")
+        ukey = codec.key_bytes(options.get("unique_key"))
+        scope = _scope(options.get("unique_scope"))
+        if ukey is not None and scope is None:
+            scope = _DEFAULT_SCOPE
+        if options.get("eligible_at") is not None:
+            eligible_at = _timestamp(options["eligible_at"], "eligible_at")
+        elif options.get("schedule_at") is not None:
+            eligible_at = _timestamp(options["schedule_at"], "schedule_at")
+        elif options.get("schedule_in") is not None:
+            try:
+                delay = seconds(options["schedule_in"], "schedule_in")
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(str(exc)) from exc
+    # The state model validates before anything is written (pydantic.ValidationError).
+    state = machine.coerce_state(value, error=ConfigurationError)
+    encoded = codec.dumps(state, f"state of {machine.__gd_name__}")
+    rows.fsm.append(machine.__gd_name__)
+    rows.fsm_version.append(machine.__gd_version__)
+    rows.step.append(step)
+    rows.state.append(encoded)
+    rows.queue.append(queue)
+    rows.priority.append(priority)
+    rows.partition_key.append(pkey)
+    rows.eligible_at.append(eligible_at)
+    rows.delay.append(delay)
+    rows.unique_key.append(ukey)
+    rows.unique_scope.append(scope)
+    rows.parent_id.append(parent_id)
+
+
+def build_insert(items: Iterable[object], parent_id: int | None = None) -> InsertRows:
+    """Encode a batch of ``Spec``s / classes into insert arrays."""
+    rows = InsertRows.empty()
+    for item in items:
+        machine, options = _machine_of(item)
+        add_insert(rows, machine, options, parent_id)
+    return rows
+
+
+def build_one(machine: object, options: dict[str, Any]) -> InsertRows:
+    rows = InsertRows.empty()
+    add_insert(rows, _check_machine(machine), options)
+    return rows

@@ -1,0 +1,112 @@
+"""Validating and encoding a step's outcome for the completer (SPEC §4, §15).
+
+Runs inside the executor's guarded region: whatever is wrong with an outcome — not an
+outcome at all, a state of the wrong model, JSON PostgreSQL cannot store, a bad
+delay, children that are not machines — raises here, inside the step, so it goes
+through ``handle`` like any other error and the row is never left half-written.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import outcomes as oc
+from .._db import codec
+from .._inputs import build_insert
+from ..errors import EncodingError, InvalidOutcome
+from ..machine import Machine, Signal
+from .completer import Completion
+
+if TYPE_CHECKING:
+    from .executor import Claim
+
+_KIND = {
+    oc.Next: "next",
+    oc.Replay: "replay",
+    oc.Await: "await",
+    oc.ScheduleChilds: "schedule_childs",
+    oc.Done: "done",
+    oc.Stop: "stop",
+}
+
+
+def describe_error(error: BaseException) -> str:
+    """A readable one-line error for ``last_error`` (NUL-free: it goes in a text column)."""
+    text = str(error)
+    out = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return codec.storable(out)
+
+
+def reason_text(reason: Any) -> str:
+    """``Stop(reason)`` records ``str(reason)`` (SPEC §4) — for an exception with its
+    type in front: the default ``handle`` stops with the error itself, and a bare
+    ``str`` of a ``KeyError`` reads ``'customer_id'``, which says nothing."""
+    if isinstance(reason, BaseException):
+        return describe_error(reason)
+    return codec.storable(str(reason))
+
+
+def seen_ids(signals: tuple[Signal, ...]) -> tuple[int, ...]:
+    return tuple(s.id for s in signals)
+
+
+def _state_text(outcome_state: Any, machine: type[Machine], into: Completion) -> str | None:
+    if outcome_state is None:
+        return None  # keep the stored state
+    value = machine.coerce_state(outcome_state, "outcome state")
+    if machine.__gd_state__ is not None:
+        into.state_obj = value
+    return codec.dumps(value, f"state of {machine.__gd_name__}")
+
+
+def encode(
+    outcome: Any, claim: Claim, machine: type[Machine], signals: tuple[Signal, ...]
+) -> Completion:
+    """Validate an outcome and encode it for the completer (raises inside the guard)."""
+    kind = _KIND.get(type(outcome))
+    if kind is None:
+        raise InvalidOutcome(
+            f"{machine.describe()} step {claim.step!r} returned {outcome!r}; a step must "
+            "return one of gd.Next, gd.Replay, gd.Await, gd.ScheduleChilds, gd.Done, gd.Stop"
+        )
+    seen = seen_ids(signals)
+    base = Completion(claim.id, claim.token, kind, consume=claim.awaits, seen=seen)
+    if isinstance(outcome, oc.Next):
+        base.step = _step_name(outcome.step)
+        base.state = _state_text(outcome.state, machine, base)
+    elif isinstance(outcome, oc.Replay):
+        base.state = _state_text(outcome.state, machine, base)
+        try:
+            base.delay = oc.seconds(outcome.delay, "Replay delay")
+        except (TypeError, ValueError) as exc:
+            raise InvalidOutcome(str(exc)) from exc
+    elif isinstance(outcome, oc.Await):
+        base.awaits = codec.check_text(_nonempty(outcome.signal, "Await signal"), "Await signal")
+        base.state = _state_text(outcome.state, machine, base)
+        base.consume = None
+    elif isinstance(outcome, oc.ScheduleChilds):
+        base.step = _step_name(outcome.step)
+        base.state = _state_text(outcome.state, machine, base)
+        if isinstance(outcome.children, str | bytes) or not hasattr(outcome.children, "__iter__"):
+            raise InvalidOutcome("ScheduleChilds children must be a list of machines or gd.Spec")
+        try:
+            base.children = build_insert(outcome.children, parent_id=claim.id)
+        except EncodingError:
+            raise
+        except Exception as exc:
+            raise InvalidOutcome(f"ScheduleChilds: {exc}") from exc
+    elif isinstance(outcome, oc.Done):
+        base.result = codec.dumps(outcome.result, f"result of {machine.__gd_name__}")
+    else:
+        base.error = reason_text(outcome.reason)
+    return base
+
+
+def _nonempty(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidOutcome(f"{what} must be a non-empty str, got {value!r}")
+    return value
+
+
+def _step_name(value: Any) -> str:
+    return codec.check_text(_nonempty(value, "step name"), "step name")
