@@ -388,7 +388,7 @@ def cases(batch: int) -> list[Case]:
                 f"complete.{kind}",
                 f"outcome `{kind}` ×{b} (`complete`)",
                 _complete_case(kind, "default", b),
-                "The outcome arrays are `unnest`ed and joined to the table through the"
+                "The outcome batch (one jsonb array) is unpacked and joined to the table through the"
                 f" primary key ({pk}); the claim guard (`locked_by`, `status`) is a filter"
                 " on the fetched row, so a stale outcome matches nothing (§18.2). The inbox"
                 " consume deletes through `signals_target`."
@@ -422,7 +422,7 @@ def cases(batch: int) -> list[Case]:
             "`schedule_childs` (10 children)",
             _schedule_childs,
             "The parent is locked by primary key behind its claim guard; children are"
-            " inserted from `unnest` arrays (uniqueness through the `gen_durable_unique`"
+            " inserted from the jsonb batch (uniqueness through the `gen_durable_unique`"
             " arbiter, §10) only when that guard matched, and the parent is parked by"
             " primary key.",
         ),
@@ -459,7 +459,7 @@ def cases(batch: int) -> list[Case]:
             "insert",
             "insert (one instance)",
             _insert,
-            "An INSERT from `unnest` arrays: no scan at all; duplicates are resolved by the"
+            "An INSERT from a jsonb batch: no scan at all; duplicates are resolved by the"
             " `gen_durable_unique` arbiter index (§10).",
         ),
     ]
