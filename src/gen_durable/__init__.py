@@ -8,7 +8,7 @@ proceeds. See the README for a tour and ``docs/`` for guides.
 from __future__ import annotations
 
 from . import embedded, telemetry
-from .client import Instance, SyncClient
+from .client import SyncClient
 from .engine import Engine
 from .errors import (
     Cancel,
@@ -23,6 +23,7 @@ from .errors import (
     OutcomeRefused,
     SchemaError,
 )
+from .instance import Instance
 from .machine import FSM, Child, Context, Job, Signal, State
 from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
 from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Spec, Stop

@@ -42,7 +42,8 @@ import psycopg
 
 import gen_durable as gd
 
-from ._db.admin_queries import AdminQueries
+from ._db import runner
+from ._db.statements import admin
 from .engine import Engine
 from .machine import Child
 from .migrate import migrate, migrate_down
@@ -261,25 +262,22 @@ class Outcome:
         return all(ok for ok, _ in self.checks)
 
 
-async def _counts(conn: Conn, admin: AdminQueries) -> dict[str, dict[str, int]]:
-    stmt = admin.counts_by_fsm()
-    cur = await conn.execute(stmt.query, stmt.params)
-    rows = await cur.fetchall()
+async def _counts(conn: Conn, schema: str) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for fsm, status, n in rows:
-        out.setdefault(fsm, {})[status] = n
+    for row in await runner.fetch(conn, admin.COUNTS_BY_FSM.bind(schema)):
+        out.setdefault(row.fsm, {})[row.status] = row.count
     return out
 
 
 async def _wait(
     conn: Conn,
-    admin: AdminQueries,
+    schema: str,
     progress: Progress,
     condition: Callable[[dict[str, dict[str, int]]], bool],
     deadline: float,
 ) -> dict[str, dict[str, int]]:
     while True:
-        counts = await _counts(conn, admin)
+        counts = await _counts(conn, schema)
         progress.show(counts)
         if condition(counts) or time.monotonic() > deadline:
             return counts
@@ -292,7 +290,6 @@ def _active(counts: dict[str, dict[str, int]]) -> int:
 
 async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome, dict[str, Any]]:
     plan = Plan(size)
-    admin = AdminQueries(schema)
     WATCH.reset()  # a fresh watch per run (a process may run the demo twice)
     # A fresh start every run: our tables go down and come back up.
     await migrate_down(dsn, schema=schema, version=0)
@@ -341,14 +338,14 @@ async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome
         async with worker:
             counts = await _wait(
                 conn,
-                admin,
+                schema,
                 progress,
                 lambda c: c.get("demo.Order", {}).get("awaiting_signal", 0) >= len(late),
                 deadline,
             )
             random.Random(size).shuffle(late)  # webhooks arrive in any order
             duplicates += sum([await pay(n) for n in late])
-            counts = await _wait(conn, admin, progress, lambda c: _active(c) == 0, deadline)
+            counts = await _wait(conn, schema, progress, lambda c: _active(c) == 0, deadline)
             elapsed = time.monotonic() - started
             progress.show(counts, final=True)
         steps = worker.stats.steps
@@ -449,7 +446,7 @@ def _inspect_hints(out: Any, target: str, schema: str, dsn: str | None, example:
         "    # an order with a backordered item",
         file=out,
     )
-    sql = f"SELECT fsm, status, count(*) FROM {schema}.gen_durable GROUP BY 1, 2 ORDER BY 1, 2"
+    sql = admin.one_line(admin.COUNTS_BY_FSM, schema)
     if dsn is not None:
         print(f"  psql {shlex.quote(dsn)} -c {shlex.quote(sql)}", file=out)
     else:

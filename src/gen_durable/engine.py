@@ -22,36 +22,36 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ._db import runner
 from ._db.queries import Queries, Stmt
-from ._db.translate import refused_input
 from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
     Delivery,
-    Instance,
     build_insert,
     build_one,
     check_id,
     check_single,
-    child_items,
     delivery,
-    inbox_items,
     inserted_ids,
     signal_params,
     wait_verdict,
 )
 from .errors import ConfigurationError, GenDurableError, SchemaError
+from .instance import Instance
 from .machine import Child, Machine, Signal
 from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
 
 log = logging.getLogger("gen_durable")
+
+R = TypeVar("R")
 
 _NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
 
@@ -218,29 +218,11 @@ class Engine:
             raise GenDurableError("the engine is not started: use `async with engine:` first")
         return self._pool
 
-    async def _one(
-        self, stmt: Stmt, conn: psycopg.AsyncConnection[Any] | None
-    ) -> tuple[Any, ...] | None:
-        try:
-            if conn is not None:
-                cur = await conn.execute(stmt.query, stmt.params)
-                row: tuple[Any, ...] | None = await cur.fetchone()
-                return row
-            async with self._require_pool().connection() as own:
-                cur = await own.execute(stmt.query, stmt.params)
-                row = await cur.fetchone()
-                return row
-        except psycopg.Error as exc:
-            typed = refused_input(exc)
-            if typed is None:
-                raise
-            raise typed from exc
+    async def _one(self, stmt: Stmt[R], conn: psycopg.AsyncConnection[Any] | None) -> R | None:
+        return await runner.fetch_one(conn if conn is not None else self._require_pool(), stmt)
 
-    async def _all(self, stmt: Stmt) -> list[tuple[Any, ...]]:
-        async with self._require_pool().connection() as own:
-            cur = await own.execute(stmt.query, stmt.params)
-            rows: list[tuple[Any, ...]] = await cur.fetchall()
-            return rows
+    async def _all(self, stmt: Stmt[R]) -> list[R]:
+        return await runner.fetch(self._require_pool(), stmt)
 
     async def insert(
         self,
@@ -258,7 +240,8 @@ class Engine:
         Pass ``conn=`` to insert inside your own transaction.
         """
         rows = build_one(machine, options)
-        return check_single(inserted_ids(await self._one(self.queries.insert(rows), conn)), rows)
+        inserted = await self._one(self.queries.insert(rows), conn)
+        return check_single(inserted_ids(inserted), rows)
 
     async def insert_all(
         self,
@@ -274,7 +257,8 @@ class Engine:
         rows = build_insert(specs)
         if not len(rows):
             return []
-        return inserted_ids(await self._one(self.queries.insert(rows), conn))
+        inserted = await self._one(self.queries.insert(rows), conn)
+        return inserted_ids(inserted)
 
     async def signal(
         self,
@@ -304,14 +288,14 @@ class Engine:
         this ``dedup_key`` was already stored for the live instance, nothing new was
         stored); ``"finished"`` (refused: the instance is terminal)."""
         params = signal_params(target_id, name, payload, dedup_key)
-        return delivery(await self._one(self.queries.signal(*params), conn), target_id)
+        delivered = await self._one(self.queries.signal(*params), conn)
+        return delivery(delivered, target_id)
 
     async def get(
         self, instance_id: int, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> Instance | None:
         """A frozen snapshot of one instance, or None for an unknown id."""
-        row = await self._one(self.queries.get(check_id(instance_id)), conn)
-        return None if row is None else Instance.from_row(row)
+        return await self._one(self.queries.get(check_id(instance_id)), conn)
 
     async def wait(
         self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
@@ -334,9 +318,9 @@ class Engine:
     async def inbox(self, instance_id: int) -> list[Signal]:
         """The instance's stored signals, oldest first: ``ctx.signals`` items, with
         ``dedup_key`` and ``inserted_at`` filled in."""
-        return inbox_items(await self._all(self.queries.inbox(check_id(instance_id))))
+        return await self._all(self.queries.inbox(check_id(instance_id)))
 
     async def children(self, instance_id: int) -> list[Child]:
         """The instance's children, by id: ``ctx.childs`` items
         (``id, fsm, status, state, result, last_error``)."""
-        return child_items(await self._all(self.queries.children(check_id(instance_id))))
+        return await self._all(self.queries.children(check_id(instance_id)))

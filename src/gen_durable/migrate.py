@@ -21,9 +21,10 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 
+from ._db import runner
 from ._db import schema as ddl
+from ._db.statements.migrations import LOCK, VERSION, TableComment, lock_key
 from .errors import SchemaError
 
 LATEST_VERSION = ddl.LATEST
@@ -39,46 +40,24 @@ def migration_sql(version: int, *, schema: str = "public", down: bool = False) -
     """
     if not 1 <= version <= LATEST_VERSION:
         raise SchemaError(f"unknown schema version {version}; versions are 1..{LATEST_VERSION}")
-    up, dn = ddl.VERSIONS[version - 1]
-    q = ddl.quote_ident(schema)
-    if down:
-        text = ddl.render(dn, schema)
-        if version > 1:
-            text += f"\nCOMMENT ON TABLE {q}.gen_durable IS '{ddl.comment_for(version - 1)}';\n"
-        return text
-    text = ""
-    if version == 1:
-        text += f"CREATE SCHEMA IF NOT EXISTS {q};\n"
-    text += ddl.render(up, schema)
-    text += f"\nCOMMENT ON TABLE {q}.gen_durable IS '{ddl.comment_for(version)}';\n"
-    return text
+    return ddl.script(version, schema, down=down)
 
 
 async def installed_version(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> int:
     """The schema version installed in ``schema`` (0 when there is none)."""
-    cur = await conn.execute(_VERSION_QUERY, (schema,))
-    row: Any = await cur.fetchone()
+    row = await runner.fetch_one(conn, VERSION.bind(schema, {"schema": schema}))
     return _parse_version(row, schema)
 
 
 def installed_version_sync(conn: psycopg.Connection[Any], schema: str = "public") -> int:
-    cur = conn.execute(_VERSION_QUERY, (schema,))
-    row: Any = cur.fetchone()
+    row = runner.fetch_one_sync(conn, VERSION.bind(schema, {"schema": schema}))
     return _parse_version(row, schema)
 
 
-_VERSION_QUERY = """
-SELECT obj_description(c.oid, 'pg_class')
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = 'gen_durable' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-"""
-
-
-def _parse_version(row: tuple[object, ...] | None, schema: str) -> int:
+def _parse_version(row: TableComment | None, schema: str) -> int:
     if row is None:
         return 0
-    comment = row[0]
-    version = ddl.parse_comment(comment if isinstance(comment, str) else None)
+    version = ddl.parse_comment(row.comment)
     if version is None:
         raise SchemaError(
             f"{schema}.gen_durable exists but was not created by gen_durable "
@@ -97,12 +76,6 @@ def _plan(current: int, target: int) -> list[tuple[int, bool]]:
     if target >= current:
         return [(v, False) for v in range(current + 1, target + 1)]
     return [(v, True) for v in range(current, target, -1)]
-
-
-def _lock_key(schema: str) -> sql.Composed:
-    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(
-        sql.Literal("gen_durable.migrate:" + schema)
-    )
 
 
 async def _run(conn_or_dsn: ConnOrDsn, schema: str, target: int | None, down: bool) -> int:
@@ -160,14 +133,15 @@ async def _run_async(
 ) -> int:
     goal = _check_target(target, down)
     async with conn.transaction():
-        await conn.execute(_lock_key(schema))
+        await runner.fetch(conn, LOCK.bind(schema, {"key": lock_key(schema)}))
         current = await installed_version(conn, schema)
         err = _direction_error(current, goal, down)
         if err:
             raise err
         for version, is_down in _plan(current, goal):
+            script = migration_sql(version, schema=schema, down=is_down)
             try:
-                await conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+                await runner.run_script(conn, script)
             except _CLASH as exc:
                 raise _clash(exc, schema) from exc
     return goal
@@ -176,14 +150,15 @@ async def _run_async(
 def _run_sync(conn: psycopg.Connection[Any], schema: str, target: int | None, down: bool) -> int:
     goal = _check_target(target, down)
     with conn.transaction():
-        conn.execute(_lock_key(schema))
+        runner.fetch_sync(conn, LOCK.bind(schema, {"key": lock_key(schema)}))
         current = installed_version_sync(conn, schema)
         err = _direction_error(current, goal, down)
         if err:
             raise err
         for version, is_down in _plan(current, goal):
+            script = migration_sql(version, schema=schema, down=is_down)
             try:
-                conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
+                runner.run_script_sync(conn, script)
             except _CLASH as exc:
                 raise _clash(exc, schema) from exc
     return goal

@@ -180,12 +180,12 @@ class Node:
     def held(self) -> list[Claim]:
         return [c for s in self.schedulers.values() for c in s.held()]
 
-    async def fetch(self, stmt: Stmt) -> list[tuple[Any, ...]]:
-        """Run one statement on a pooled autocommit connection; its rows, if any."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(stmt.query, stmt.params)
-            rows: list[tuple[Any, ...]] = await cur.fetchall() if cur.description else []
-            return rows
+    async def fetch(self, stmt: Stmt) -> list[Any]:
+        """Run one statement on a pooled autocommit connection; its rows, decoded by
+        name. Errors stay psycopg's own: the loops classify them."""
+        from .._db import runner
+
+        return await runner.fetch(self.pool, stmt, raw=True)
 
     async def release(
         self,
@@ -228,7 +228,7 @@ class Node:
             [c.id for c in held], [c.token for c in held], self.config.lease_ttl
         )
         try:
-            extended = {row[0] for row in await self.fetch(stmt)}
+            extended = {row.id for row in await self.fetch(stmt)}
             self.stats.add(statements=1, commits=1, heartbeats=1)
         except _DB_ERRORS as exc:
             log.warning("heartbeat for %d rows failed: %s", len(held), exc)

@@ -186,8 +186,7 @@ class QueueScheduler:
         if not rows:
             return 0
         unknown: list[Claim] = []
-        for row in rows:
-            claim = Claim.from_row(row, token)
+        for claim in rows:
             machine = resolve(node.registry, claim.fsm, claim.fsm_version)
             if machine is None:
                 unknown.append(claim)
@@ -219,7 +218,7 @@ class QueueScheduler:
             rows = await self.node.fetch(stmt)
         except Exception:
             return None, None
-        return (rows[0][0], rows[0][1]) if rows else (None, None)
+        return (rows[0].id, rows[0].fsm) if rows else (None, None)
 
     async def _hand_back_unknown(self, claims: list[Claim]) -> None:
         # Not failed, not lost: another node (with the code) can run it (SPEC §13).
