@@ -13,6 +13,8 @@ from .engine import Engine
 from .errors import (
     Cancel,
     ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
     Duplicate,
     EncodingError,
     GenDurableError,
@@ -38,6 +40,8 @@ __all__ = [
     "Child",
     "ConfigurationError",
     "Context",
+    "DatabaseError",
+    "DatabaseUnavailable",
     "Done",
     "Duplicate",
     "EncodingError",

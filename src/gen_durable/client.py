@@ -259,7 +259,8 @@ class SyncClient:
 
     Each call takes ``conn=`` to run inside the caller's own open psycopg transaction
     (transactional enqueue). Without it, calls run on the client's own autocommit
-    connection, opened lazily.
+    connection, opened lazily. Database failures raise ``gd.DatabaseUnavailable`` /
+    ``gd.DatabaseError`` (the driver's error as ``__cause__``), as on ``Engine``.
     """
 
     def __init__(self, dsn: str | None = None, *, schema: str = "public") -> None:
@@ -273,7 +274,7 @@ class SyncClient:
         if conn is not None:
             return conn
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True)
+            self._conn = runner.connect_sync(self._dsn)
         return self._conn
 
     def _one(self, conn: psycopg.Connection[Any] | None, stmt: Stmt[R]) -> R | None:

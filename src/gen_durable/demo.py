@@ -308,7 +308,7 @@ async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome
         reap_interval=5,
         drain_timeout=2,
     )
-    async with client, await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with client, await runner.connect(dsn) as conn:
         id_of: dict[int, int] = {}
         for iid in await client.insert_all([plan.order(n) for n in plan.numbers]):
             inst = await client.get(iid)

@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ._db import runner
 from ._db.queries import Queries, Stmt
+from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
@@ -52,6 +53,9 @@ from .registry import Registry
 log = logging.getLogger("gen_durable")
 
 R = TypeVar("R")
+
+START_TIMEOUT = 30.0
+"""How long ``start`` waits for the database before it gives up."""
 
 _NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
 
@@ -77,6 +81,11 @@ class Engine:
     :class:`gen_durable._runtime.config.Config` — type, default, bounds and meaning —
     and listed in the README's configuration table. Durations are seconds. Bad values
     raise ``ConfigurationError`` here.
+
+    Client calls raise only ``gd.GenDurableError`` subclasses (``DatabaseUnavailable``
+    when PostgreSQL cannot be reached or the connection is lost, ``DatabaseError`` when
+    it refuses a statement, each with the driver's error as ``__cause__``) or
+    ``pydantic.ValidationError`` for bad state.
     """
 
     def __init__(
@@ -122,14 +131,24 @@ class Engine:
         return self._pool is not None
 
     async def start(self) -> None:
-        """Open the connection pool and start the workers (none for ``queues={}``)."""
+        """Open the connection pool and start the workers (none for ``queues={}``).
+
+        Raises ``gd.DatabaseUnavailable`` when PostgreSQL cannot be reached and
+        ``gd.SchemaError`` when the schema is missing or older than this release.
+        """
         if self._stopping is not None:
             await asyncio.shield(self._stopping)  # a stop in progress ends first
         if self._pool is not None:
             return
+        # One connection of its own first: an unreachable server or a missing schema
+        # fails the start at once, with the reason, instead of a pool retrying in the
+        # background until its timeout.
+        dsn = self.config.dsn
+        async with await runner.connect(dsn, timeout=START_TIMEOUT) as conn:
+            await self._check_schema(conn)
         size = self.config.pool_size or (len(self.config.queues) + 6)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.config.dsn,
+            dsn,
             min_size=min(2, size),
             max_size=size,
             kwargs={"autocommit": True, "prepare_threshold": 0},
@@ -137,31 +156,29 @@ class Engine:
             name=f"gen_durable-{self.node_id}",
         )
         try:
-            await pool.open(wait=True, timeout=30)
-        except Exception as exc:
+            await pool.open(wait=True, timeout=START_TIMEOUT)
+        except BaseException as exc:
             await pool.close()
-            raise GenDurableError(f"cannot connect to the database: {exc}") from exc
-        try:
-            await self._check_schema(pool)
-        except BaseException:
-            await pool.close()
+            if isinstance(exc, DRIVER_ERRORS):
+                raise unreachable(exc, server_of(dsn)) from exc
             raise
         self._pool = pool
         if self.config.queues:
             node = Node(self.config, self.queries, self.registry, self.stats, self.node_id)
             try:
                 await node.start()
-            except Exception as exc:
+            except BaseException as exc:
                 self._pool = None
                 await pool.close()
-                raise GenDurableError(f"cannot connect to the database: {exc}") from exc
+                if isinstance(exc, DRIVER_ERRORS):
+                    raise unreachable(exc, server_of(dsn)) from exc
+                raise
             self._node = node
 
-    async def _check_schema(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Refuse to run on a schema that is missing or older than this release."""
         schema = self.config.schema
-        async with pool.connection() as conn:
-            version = await installed_version(conn, schema)
+        version = await installed_version(conn, schema)
         if version == 0:
             raise SchemaError(
                 f"no gen_durable tables in schema {schema!r}: run "

@@ -17,6 +17,7 @@ version step as text::
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from psycopg import errors as pg_errors
 
 from ._db import runner
 from ._db import schema as ddl
+from ._db.statement import Stmt
 from ._db.statements.migrations import LOCK, VERSION, TableComment, lock_key
 from .errors import SchemaError
 
@@ -85,7 +87,7 @@ async def _run(conn_or_dsn: ConnOrDsn, schema: str, target: int | None, down: bo
         from .engine import resolve_dsn
 
         dsn = resolve_dsn(conn_or_dsn)
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        async with await runner.connect(dsn) as conn:
             return await _run_async(conn, schema, target, down)
     return await _run_async(conn_or_dsn, schema, target, down)
 
@@ -128,40 +130,67 @@ def _clash(exc: psycopg.Error, schema: str) -> SchemaError:
     )
 
 
+# One migration, written once: a generator that yields what to run — a statement,
+# answered with its rows, or a DDL script, answered with None — and at last the
+# version it leaves. The async and the sync path only drive it inside one transaction
+# (psycopg's own way to one core under two I/O layers); a driver error is thrown into
+# it, so a name clash is told apart here once.
+_Migration = Generator[Stmt | str | int, list[Any] | None, None]
+
+
+def _migration(schema: str, target: int | None, down: bool) -> _Migration:
+    goal = _check_target(target, down)
+    yield LOCK.bind(schema, {"key": lock_key(schema)})
+    rows = yield VERSION.bind(schema, {"schema": schema})
+    current = _parse_version(rows[0] if rows else None, schema)
+    err = _direction_error(current, goal, down)
+    if err:
+        raise err
+    for version, is_down in _plan(current, goal):
+        try:
+            yield migration_sql(version, schema=schema, down=is_down)
+        except _CLASH as exc:
+            raise _clash(exc, schema) from exc
+    yield goal
+
+
 async def _run_async(
     conn: psycopg.AsyncConnection[Any], schema: str, target: int | None, down: bool
 ) -> int:
-    goal = _check_target(target, down)
-    async with conn.transaction():
-        await runner.fetch(conn, LOCK.bind(schema, {"key": lock_key(schema)}))
-        current = await installed_version(conn, schema)
-        err = _direction_error(current, goal, down)
-        if err:
-            raise err
-        for version, is_down in _plan(current, goal):
-            script = migration_sql(version, schema=schema, down=is_down)
-            try:
-                await runner.run_script(conn, script)
-            except _CLASH as exc:
-                raise _clash(exc, schema) from exc
-    return goal
+    steps = _migration(schema, target, down)
+    with runner.Boundary("migrate", conn):
+        async with conn.transaction():
+            todo = next(steps)
+            while not isinstance(todo, int):
+                try:
+                    answer = None
+                    if isinstance(todo, str):
+                        await runner.run_script(conn, todo)
+                    else:
+                        answer = await runner.fetch(conn, todo, raw=True)
+                except psycopg.Error as exc:
+                    todo = steps.throw(exc)
+                else:
+                    todo = steps.send(answer)
+            return todo
 
 
 def _run_sync(conn: psycopg.Connection[Any], schema: str, target: int | None, down: bool) -> int:
-    goal = _check_target(target, down)
-    with conn.transaction():
-        runner.fetch_sync(conn, LOCK.bind(schema, {"key": lock_key(schema)}))
-        current = installed_version_sync(conn, schema)
-        err = _direction_error(current, goal, down)
-        if err:
-            raise err
-        for version, is_down in _plan(current, goal):
-            script = migration_sql(version, schema=schema, down=is_down)
+    steps = _migration(schema, target, down)
+    with runner.Boundary("migrate", conn), conn.transaction():
+        todo = next(steps)
+        while not isinstance(todo, int):
             try:
-                runner.run_script_sync(conn, script)
-            except _CLASH as exc:
-                raise _clash(exc, schema) from exc
-    return goal
+                answer = None
+                if isinstance(todo, str):
+                    runner.run_script_sync(conn, todo)
+                else:
+                    answer = runner.fetch_sync(conn, todo, raw=True)
+            except psycopg.Error as exc:
+                todo = steps.throw(exc)
+            else:
+                todo = steps.send(answer)
+        return todo
 
 
 async def migrate(
@@ -196,6 +225,6 @@ def migrate_sync(
     if dsn_or_connection is None or isinstance(dsn_or_connection, str):
         from .engine import resolve_dsn
 
-        with psycopg.connect(resolve_dsn(dsn_or_connection), autocommit=True) as conn:
+        with runner.connect_sync(resolve_dsn(dsn_or_connection)) as conn:
             return _run_sync(conn, schema, version, down)
     return _run_sync(dsn_or_connection, schema, version, down)

@@ -5,14 +5,13 @@
   decoded by column name into the statement's result type.
 * :func:`fetch_together` runs several statements pipelined in one transaction on one
   pooled connection: one round trip (the completer's flush).
-* :func:`run_script` runs DDL (migrations).
+* :func:`connect` opens a connection; :func:`run_script` runs DDL (migrations).
 * :class:`Boundary` translates, for a block that runs several of these.
 
-Client calls get a refusal of their data as a typed error (:mod:`._db.translate`),
-the driver's error kept as ``__cause__``. The runtime passes ``raw=True`` and gets
-psycopg's own errors, unchanged: it tells a transient failure from a refusal or a lock
-timeout by their classes (the completer bisects, isolates and retries on them,
-schedulers back off).
+Client calls get typed errors (:mod:`._db.translate`), the driver's error kept as
+``__cause__``. The runtime passes ``raw=True`` and gets psycopg's own errors,
+unchanged: it tells a transient failure from a refusal or a lock timeout by their
+classes (the completer bisects, isolates and retries on them, schedulers back off).
 
 The sync functions (``*_sync``) are the same steps without ``await``, for
 :class:`~gen_durable.SyncClient` and the sync migration path; decoding and
@@ -21,6 +20,7 @@ translation are shared, not copied.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,12 +29,25 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from .statement import Stmt
-from .translate import refused_input
+from .translate import DRIVER_ERRORS, server_of, translate, unreachable
 
 R = TypeVar("R")
 
 AsyncTarget = AsyncConnectionPool[Any] | psycopg.AsyncConnection[Any]
 Where = AsyncTarget | psycopg.Connection[Any] | str
+
+
+def server(where: Where) -> str:
+    """``host:port`` of a pool, a connection or a DSN (for messages)."""
+    if isinstance(where, str):
+        return server_of(where)
+    if isinstance(where, AsyncConnectionPool):
+        conninfo = where.conninfo
+        return server_of(conninfo) if isinstance(conninfo, str) else "the configured server"
+    try:
+        return f"{where.info.host}:{where.info.port}"
+    except psycopg.Error:
+        return "the configured server"
 
 
 class Boundary:
@@ -52,10 +65,8 @@ class Boundary:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if isinstance(exc, psycopg.Error):
-            typed = refused_input(exc)
-            if typed is not None:
-                raise typed from exc
+        if isinstance(exc, DRIVER_ERRORS):
+            raise translate(exc, call=self.call, server=server(self.where)) from exc
 
 
 async def fetch(target: AsyncTarget, stmt: Stmt[R], *, raw: bool = False) -> list[R]:
@@ -111,6 +122,18 @@ async def _together(pool: AsyncConnectionPool[Any], stmts: Sequence[Stmt[Any]]) 
             ]
 
 
+async def connect(dsn: str, *, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+    """A new autocommit connection; ``DatabaseUnavailable`` when it cannot be opened
+    (``ConfigurationError`` for a malformed DSN)."""
+    try:
+        coro = psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        return await asyncio.wait_for(coro, timeout)
+    except TimeoutError as exc:
+        raise unreachable(TimeoutError(f"no answer within {timeout:g}s"), server_of(dsn)) from exc
+    except DRIVER_ERRORS as exc:
+        raise unreachable(exc, server_of(dsn)) from exc
+
+
 async def run_script(conn: psycopg.AsyncConnection[Any], script: str) -> None:
     """Run DDL text (raw errors: a migration tells a name clash apart itself)."""
     await conn.execute(script.encode())
@@ -136,6 +159,14 @@ def _rows_sync(conn: psycopg.Connection[Any], stmt: Stmt[R]) -> list[R]:
     cur = conn.cursor(row_factory=stmt.statement.row_factory)
     cur.execute(stmt.query, stmt.params)
     return cur.fetchall() if stmt.statement.result is not None else []
+
+
+def connect_sync(dsn: str) -> psycopg.Connection[Any]:
+    """:func:`connect`, synchronously."""
+    try:
+        return psycopg.connect(dsn, autocommit=True)
+    except DRIVER_ERRORS as exc:
+        raise unreachable(exc, server_of(dsn)) from exc
 
 
 def run_script_sync(conn: psycopg.Connection[Any], script: str) -> None:
