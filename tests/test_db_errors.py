@@ -237,3 +237,12 @@ async def test_refusals_of_the_callers_data_stay_encoding_errors(make_engine) ->
             await engine.insert(Ticket, unique_key=os.urandom(10_000))
     assert "digest" in str(info.value)
     assert isinstance(info.value.__cause__, psycopg.errors.ProgramLimitExceeded)
+
+
+def test_the_cli_names_an_unknown_machine_with_not_found() -> None:
+    from gen_durable.cli.common import resolve_machine
+
+    with pytest.raises(gd.NotFound) as info:
+        resolve_machine("no.such.Machine")
+    assert info.value.fsm == "no.such.Machine"
+    assert "unknown machine 'no.such.Machine'" in str(info.value) and "--app" in str(info.value)

@@ -31,16 +31,15 @@ class Duplicate(GenDurableError):
 
 
 class NotFound(GenDurableError, LookupError):
-    """No machine is registered under a name and version (SPEC §13)."""
+    """No machine is known by the name (and version) a caller gave (SPEC §13) — e.g.
+    ``gen-durable insert NAME`` naming no registered machine, class or module path."""
 
-    def __init__(self, fsm: str, version: int | None = None) -> None:
+    def __init__(self, fsm: str, version: int | None = None, *, hint: str | None = None) -> None:
         self.fsm = fsm
         self.version = version
         what = fsm if version is None else f"{fsm} v{version}"
-        super().__init__(
-            f"no machine registered as {what}; import the module that defines it, "
-            "or pass the class in Engine(fsms=[...])"
-        )
+        hint = hint or "import the module that defines it, or pass the class in Engine(fsms=[...])"
+        super().__init__(f"unknown machine {what!r}: {hint}")
 
 
 class NoSuchInstance(GenDurableError, LookupError):

@@ -19,7 +19,7 @@ import pydantic
 
 from .._db import runner
 from ..engine import Engine, resolve_dsn
-from ..errors import ConfigurationError, DatabaseUnavailable, GenDurableError
+from ..errors import ConfigurationError, DatabaseUnavailable, GenDurableError, NotFound
 from ..machine import Machine
 from ..migrate import installed_version
 from ..registry import REGISTRY
@@ -315,9 +315,10 @@ def resolve_machine(spec: str) -> type[Machine]:
             break
     if isinstance(obj, type) and issubclass(obj, Machine) and not obj.__gd_abstract__:
         return obj
-    raise CommandError(
-        f"unknown machine {spec!r}: give a registered name, pkg.module.Class or "
-        "module:Class, and --app MODULE to import the module that defines it"
+    raise NotFound(
+        spec,
+        hint="give a registered name, pkg.module.Class or module:Class, and --app MODULE "
+        "to import the module that defines it",
     )
 
 
