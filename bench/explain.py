@@ -388,10 +388,10 @@ def cases(batch: int) -> list[Case]:
                 f"complete.{kind}",
                 f"outcome `{kind}` ×{b} (`complete`)",
                 _complete_case(kind, "default", b),
-                "The outcome batch (one jsonb array) is unpacked and joined to the table through the"
-                f" primary key ({pk}); the claim guard (`locked_by`, `status`) is a filter"
-                " on the fetched row, so a stale outcome matches nothing (§18.2). The inbox"
-                " consume deletes through `signals_target`."
+                "The outcome batch (one jsonb array) is unpacked and joined to the table"
+                f" through the primary key ({pk}); the claim guard (`locked_by`, `status`)"
+                " is a filter on the fetched row, so a stale outcome matches nothing"
+                " (§18.2). The inbox consume deletes through `signals_target`."
                 + {
                     "await": " `Await` re-checks the inbox under the row lock with an index"
                     " probe of `signals_target` (§18.1, §18.5).",

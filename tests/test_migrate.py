@@ -19,7 +19,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import gen_durable as gd
+from gen_durable._db import runner
 from gen_durable._db.queries import CompleteBatch, Queries
+from gen_durable._db.statements import migrations
+from gen_durable._db.statements.migrations import lock_key
 
 from .conftest import FAST, wait_for
 from .sqlhelp import rows, wait_lock_waiters
@@ -382,10 +385,11 @@ async def test_concurrent_migrators_leave_one_correct_schema(dsn, fresh) -> None
             await psycopg.AsyncConnection.connect(dsn) as gate,
             await psycopg.AsyncConnection.connect(dsn, autocommit=True) as observer,
         ):
-            await gate.execute(migrate_module._lock_key(fresh))
+            await runner.fetch(gate, migrations.LOCK.bind(fresh, {"key": lock_key(fresh)}))
             runs = [asyncio.create_task(gd.migrate(dsn, schema=fresh)) for _ in range(3)]
 
-            await wait_lock_waiters(observer, fresh, 3)
+            # The key is a parameter: the waiters' query text names the lock, not the schema.
+            await wait_lock_waiters(observer, "pg_advisory_xact_lock", 3)
             assert catalog(dsn, fresh) == {}
             await gate.commit()
         assert await asyncio.gather(*runs) == [LATEST] * 3

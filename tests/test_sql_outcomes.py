@@ -189,8 +189,8 @@ async def test_schedule_childs_effect_on_every_column(conn, q, schema) -> None:
     )
     got = await schedule(conn, q, before["id"], TOKEN, children, state='{"n": 9}', consume="go")
     assert len(got) == 1
-    pid, status, child_ids, _ = got[0]
-    assert (pid, status) == (before["id"], "awaiting_children")
+    pid, status, child_ids, _, token = got[0]
+    assert (pid, status, token) == (before["id"], "awaiting_children", TOKEN)
     assert len(child_ids) == 2
     after = await fetch(conn, schema, before["id"])
     changed = {"status", "step", "attempt", "eligible_at", "state", "awaits", "children_pending"}

@@ -293,7 +293,7 @@ async def test_completer_park_waits_for_an_open_delivery_and_sees_it(dsn, conn, 
 async def _notes(dsn: str, q: Queries, action: Any) -> list[str]:
     """Payloads notified on the schema's channel while ``action()`` runs."""
     async with connections(dsn, 1) as (listener,):
-        await listener.execute(q.listen_sql())
+        await listener.execute(q.listen().query)
         await action()
         # A marker sent last: everything before it has been delivered once it arrives.
         await listener.execute("SELECT pg_notify(%s, '--end--')", (q.channel,))

@@ -8,11 +8,13 @@ proceeds. See the README for a tour and ``docs/`` for guides.
 from __future__ import annotations
 
 from . import embedded, telemetry
-from .client import Instance, SyncClient
+from .client import SyncClient
 from .engine import Engine
 from .errors import (
     Cancel,
     ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailable,
     Duplicate,
     EncodingError,
     GenDurableError,
@@ -23,6 +25,7 @@ from .errors import (
     OutcomeRefused,
     SchemaError,
 )
+from .instance import Instance
 from .machine import FSM, Child, Context, Job, Signal, State
 from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
 from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Spec, Stop
@@ -37,6 +40,8 @@ __all__ = [
     "Child",
     "ConfigurationError",
     "Context",
+    "DatabaseError",
+    "DatabaseUnavailable",
     "Done",
     "Duplicate",
     "EncodingError",

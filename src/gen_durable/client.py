@@ -15,76 +15,29 @@ module; ``Engine`` runs them on an async connection, :class:`SyncClient` on a sy
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Any, Literal, TypeVar
 
 import psycopg
-from psycopg.rows import TupleRow
 
-from ._db import codec
-from ._db.queries import InsertRows, Queries
-from ._db.translate import refused_input
+from ._db import codec, runner
+from ._db.queries import InsertRows, Queries, Stmt
+from ._db.statements.inserts import Inserted
+from ._db.statements.signals import Delivered
 from ._dsn import resolve_dsn
 from ._inputs import INSERT_OPTIONS, build_insert, build_one
 from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
+from .instance import Instance as Instance  # re-exported: gen_durable.client.Instance
 from .machine import Child, Machine, Signal
+
+R = TypeVar("R")
 
 __all__ = ["INSERT_OPTIONS", "Instance", "SyncClient", "build_insert", "build_one"]
 
 
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """A frozen snapshot of one ``gen_durable`` row (SPEC §2 column names)."""
-
-    id: int
-    fsm: str
-    fsm_version: int
-    step: str
-    status: str
-    state: Any
-    result: Any
-    awaits: str | None
-    queue: str
-    priority: int
-    partition_key: str | None
-    eligible_at: dt.datetime
-    attempt: int
-    last_error: str | None
-    locked_by: str | None
-    lease_expires_at: dt.datetime | None
-    parent_id: int | None
-    children_pending: int
-    unique_key: bytes | None
-    unique_scope: tuple[str, ...]
-    unique_guard: bytes | None
-    inserted_at: dt.datetime
-    updated_at: dt.datetime
-    # Schema version 3 (SPEC §5): lease expiries of the current step since its last
-    # committed outcome, and the last few errors, oldest first — each a dict with
-    # step, attempt, at (ISO time), type, message and traceback.
-    crash_count: int
-    errors: tuple[dict[str, Any], ...]
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> Instance:
-        values = list(row)
-        for i in (18, 20):  # bytea arrives as memoryview/bytes depending on the loader
-            if values[i] is not None:
-                values[i] = bytes(values[i])
-        values[19] = tuple(values[19] or ())
-        values[24] = tuple(values[24] or ())
-        return cls(*values)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in ("done", "failed")
-
-
-def inserted_ids(row: tuple[Any, ...] | None) -> list[int]:
-    return list(row[0] or []) if row else []
+def inserted_ids(row: Inserted | None) -> list[int]:
+    return list(row.ids or []) if row else []
 
 
 def check_single(ids: list[int], rows: InsertRows) -> int:
@@ -124,16 +77,6 @@ def check_id(value: object) -> int:
     )
 
 
-def inbox_items(rows: Iterable[Sequence[Any]]) -> list[Signal]:
-    """``inbox`` rows (id, name, payload, dedup_key, inserted_at) as ``ctx.signals`` items."""
-    return [Signal(*row) for row in rows]
-
-
-def child_items(rows: Iterable[Sequence[Any]]) -> list[Child]:
-    """``children`` rows as ``ctx.childs`` items."""
-    return [Child(*row) for row in rows]
-
-
 def signal_params(
     target_id: int, name: str, payload: Any, dedup_key: str | None
 ) -> tuple[int, str, str, str | None]:
@@ -151,14 +94,14 @@ Delivery = Literal["stored", "duplicate", "finished"]
 (the target is live); or refused because the target is finished (SPEC §6)."""
 
 
-def delivery(row: tuple[Any, ...] | None, target_id: int) -> Delivery:
-    """Read the signal statement's (status, inserted signal id, woke) row."""
+def delivery(row: Delivered | None, target_id: int) -> Delivery:
+    """What the signal statement's row says happened."""
     if row is None:
         raise NoSuchInstance(target_id)
-    if row[0] in ("done", "failed"):
+    if row.status in ("done", "failed"):
         return "finished"
     # A live target stores the signal unless ON CONFLICT found its dedup_key.
-    return "stored" if row[1] is not None else "duplicate"
+    return "stored" if row.signal_id is not None else "duplicate"
 
 
 class SyncClient:
@@ -167,37 +110,27 @@ class SyncClient:
 
     Each call takes ``conn=`` to run inside the caller's own open psycopg transaction
     (transactional enqueue). Without it, calls run on the client's own autocommit
-    connection, opened lazily.
+    connection, opened lazily. Database failures raise ``gd.DatabaseUnavailable`` /
+    ``gd.DatabaseError`` (the driver's error as ``__cause__``), as on ``Engine``.
     """
 
     def __init__(self, dsn: str | None = None, *, schema: str = "public") -> None:
         self._dsn = resolve_dsn(dsn)
         self._queries = Queries(schema)
-        self._conn: psycopg.Connection[TupleRow] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
 
     def _connection(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
         if conn is not None:
             return conn
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True)
+            self._conn = runner.connect_sync(self._dsn)
         return self._conn
 
-    def _one(self, conn: psycopg.Connection[Any] | None, stmt: Any) -> tuple[Any, ...] | None:
-        try:
-            cur = self._connection(conn).execute(stmt.query, stmt.params)
-            row: tuple[Any, ...] | None = cur.fetchone()
-        except psycopg.Error as exc:
-            typed = refused_input(exc)
-            if typed is None:
-                raise
-            raise typed from exc
-        return row
+    def _one(self, conn: psycopg.Connection[Any] | None, stmt: Stmt[R]) -> R | None:
+        return runner.fetch_one_sync(self._connection(conn), stmt)
 
-    def _all(self, stmt: Any) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = (
-            self._connection(None).execute(stmt.query, stmt.params).fetchall()
-        )
-        return rows
+    def _all(self, stmt: Stmt[R]) -> list[R]:
+        return runner.fetch_sync(self._connection(None), stmt)
 
     def insert(
         self, machine: type[Machine], *, conn: psycopg.Connection[Any] | None = None, **options: Any
@@ -228,16 +161,15 @@ class SyncClient:
     def get(
         self, instance_id: int, *, conn: psycopg.Connection[Any] | None = None
     ) -> Instance | None:
-        row = self._one(conn, self._queries.get(check_id(instance_id)))
-        return None if row is None else Instance.from_row(row)
+        return self._one(conn, self._queries.get(check_id(instance_id)))
 
     def inbox(self, instance_id: int) -> list[Signal]:
         """The instance's stored signals, oldest first (see ``Engine.inbox``)."""
-        return inbox_items(self._all(self._queries.inbox(check_id(instance_id))))
+        return self._all(self._queries.inbox(check_id(instance_id)))
 
     def children(self, instance_id: int) -> list[Child]:
         """The instance's children, by id (see ``Engine.children``)."""
-        return child_items(self._all(self._queries.children(check_id(instance_id))))
+        return self._all(self._queries.children(check_id(instance_id)))
 
     def wait(
         self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05

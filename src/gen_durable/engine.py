@@ -22,37 +22,41 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ._db import runner
 from ._db.queries import Queries, Stmt
-from ._db.translate import refused_input
+from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
 from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
     Delivery,
-    Instance,
     build_insert,
     build_one,
     check_id,
     check_single,
-    child_items,
     delivery,
-    inbox_items,
     inserted_ids,
     signal_params,
     wait_verdict,
 )
 from .errors import GenDurableError, SchemaError
+from .instance import Instance
 from .machine import Child, Machine, Signal
 from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
 
 log = logging.getLogger("gen_durable")
+
+R = TypeVar("R")
+
+START_TIMEOUT = 30.0
+"""How long ``start`` waits for the database before it gives up."""
 
 _NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
 
@@ -66,6 +70,11 @@ class Engine:
     :class:`gen_durable._runtime.config.Config` — type, default, bounds and meaning —
     and listed in the README's configuration table. Durations are seconds. Bad values
     raise ``ConfigurationError`` here.
+
+    Client calls raise only ``gd.GenDurableError`` subclasses (``DatabaseUnavailable``
+    when PostgreSQL cannot be reached or the connection is lost, ``DatabaseError`` when
+    it refuses a statement, each with the driver's error as ``__cause__``) or
+    ``pydantic.ValidationError`` for bad state.
     """
 
     def __init__(
@@ -129,14 +138,24 @@ class Engine:
         return node.failure
 
     async def start(self) -> None:
-        """Open the connection pool and start the workers (none for ``queues={}``)."""
+        """Open the connection pool and start the workers (none for ``queues={}``).
+
+        Raises ``gd.DatabaseUnavailable`` when PostgreSQL cannot be reached and
+        ``gd.SchemaError`` when the schema is missing or older than this release.
+        """
         if self._stopping is not None:
             await asyncio.shield(self._stopping)  # a stop in progress ends first
         if self._pool is not None:
             return
+        # One connection of its own first: an unreachable server or a missing schema
+        # fails the start at once, with the reason, instead of a pool retrying in the
+        # background until its timeout.
+        dsn = self.config.dsn
+        async with await runner.connect(dsn, timeout=START_TIMEOUT) as conn:
+            await self._check_schema(conn)
         size = self.config.pool_size or (len(self.config.queues) + 6)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            self.config.dsn,
+            dsn,
             min_size=min(2, size),
             max_size=size,
             kwargs={"autocommit": True, "prepare_threshold": 0},
@@ -144,31 +163,29 @@ class Engine:
             name=f"gen_durable-{self.node_id}",
         )
         try:
-            await pool.open(wait=True, timeout=30)
-        except Exception as exc:
+            await pool.open(wait=True, timeout=START_TIMEOUT)
+        except BaseException as exc:
             await pool.close()
-            raise GenDurableError(f"cannot connect to the database: {exc}") from exc
-        try:
-            await self._check_schema(pool)
-        except BaseException:
-            await pool.close()
+            if isinstance(exc, DRIVER_ERRORS):
+                raise unreachable(exc, server_of(dsn)) from exc
             raise
         self._pool = pool
         if self.config.queues:
             node = Node(self.config, self.queries, self.registry, self.stats, self.node_id)
             try:
                 await node.start()
-            except Exception as exc:
+            except BaseException as exc:
                 self._pool = None
                 await pool.close()
-                raise GenDurableError(f"cannot connect to the database: {exc}") from exc
+                if isinstance(exc, DRIVER_ERRORS):
+                    raise unreachable(exc, server_of(dsn)) from exc
+                raise
             self._node = node
 
-    async def _check_schema(self, pool: AsyncConnectionPool[Any]) -> None:
+    async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Refuse to run on a schema that is missing or older than this release."""
         schema = self.config.schema
-        async with pool.connection() as conn:
-            version = await installed_version(conn, schema)
+        version = await installed_version(conn, schema)
         if version == 0:
             raise SchemaError(
                 f"no gen_durable tables in schema {schema!r}: run "
@@ -225,29 +242,11 @@ class Engine:
             raise GenDurableError("the engine is not started: use `async with engine:` first")
         return self._pool
 
-    async def _one(
-        self, stmt: Stmt, conn: psycopg.AsyncConnection[Any] | None
-    ) -> tuple[Any, ...] | None:
-        try:
-            if conn is not None:
-                cur = await conn.execute(stmt.query, stmt.params)
-                row: tuple[Any, ...] | None = await cur.fetchone()
-                return row
-            async with self._require_pool().connection() as own:
-                cur = await own.execute(stmt.query, stmt.params)
-                row = await cur.fetchone()
-                return row
-        except psycopg.Error as exc:
-            typed = refused_input(exc)
-            if typed is None:
-                raise
-            raise typed from exc
+    async def _one(self, stmt: Stmt[R], conn: psycopg.AsyncConnection[Any] | None) -> R | None:
+        return await runner.fetch_one(conn if conn is not None else self._require_pool(), stmt)
 
-    async def _all(self, stmt: Stmt) -> list[tuple[Any, ...]]:
-        async with self._require_pool().connection() as own:
-            cur = await own.execute(stmt.query, stmt.params)
-            rows: list[tuple[Any, ...]] = await cur.fetchall()
-            return rows
+    async def _all(self, stmt: Stmt[R]) -> list[R]:
+        return await runner.fetch(self._require_pool(), stmt)
 
     async def insert(
         self,
@@ -265,7 +264,8 @@ class Engine:
         Pass ``conn=`` to insert inside your own transaction.
         """
         rows = build_one(machine, options)
-        return check_single(inserted_ids(await self._one(self.queries.insert(rows), conn)), rows)
+        inserted = await self._one(self.queries.insert(rows), conn)
+        return check_single(inserted_ids(inserted), rows)
 
     async def insert_all(
         self,
@@ -281,7 +281,8 @@ class Engine:
         rows = build_insert(specs)
         if not len(rows):
             return []
-        return inserted_ids(await self._one(self.queries.insert(rows), conn))
+        inserted = await self._one(self.queries.insert(rows), conn)
+        return inserted_ids(inserted)
 
     async def signal(
         self,
@@ -311,14 +312,14 @@ class Engine:
         this ``dedup_key`` was already stored for the live instance, nothing new was
         stored); ``"finished"`` (refused: the instance is terminal)."""
         params = signal_params(target_id, name, payload, dedup_key)
-        return delivery(await self._one(self.queries.signal(*params), conn), target_id)
+        delivered = await self._one(self.queries.signal(*params), conn)
+        return delivery(delivered, target_id)
 
     async def get(
         self, instance_id: int, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> Instance | None:
         """A frozen snapshot of one instance, or None for an unknown id."""
-        row = await self._one(self.queries.get(check_id(instance_id)), conn)
-        return None if row is None else Instance.from_row(row)
+        return await self._one(self.queries.get(check_id(instance_id)), conn)
 
     async def wait(
         self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
@@ -341,9 +342,9 @@ class Engine:
     async def inbox(self, instance_id: int) -> list[Signal]:
         """The instance's stored signals, oldest first: ``ctx.signals`` items, with
         ``dedup_key`` and ``inserted_at`` filled in."""
-        return inbox_items(await self._all(self.queries.inbox(check_id(instance_id))))
+        return await self._all(self.queries.inbox(check_id(instance_id)))
 
     async def children(self, instance_id: int) -> list[Child]:
         """The instance's children, by id: ``ctx.childs`` items
         (``id, fsm, status, state, result, last_error``)."""
-        return child_items(await self._all(self.queries.children(check_id(instance_id))))
+        return await self._all(self.queries.children(check_id(instance_id)))

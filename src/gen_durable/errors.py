@@ -7,6 +7,8 @@ translated here once, keeping the original as ``__cause__``.
 
 from __future__ import annotations
 
+import psycopg
+
 
 class GenDurableError(Exception):
     """Base class of every error raised by gen_durable."""
@@ -29,16 +31,15 @@ class Duplicate(GenDurableError):
 
 
 class NotFound(GenDurableError, LookupError):
-    """No machine is registered under a name and version (SPEC §13)."""
+    """No machine is known by the name (and version) a caller gave (SPEC §13) — e.g.
+    ``gen-durable insert NAME`` naming no registered machine, class or module path."""
 
-    def __init__(self, fsm: str, version: int | None = None) -> None:
+    def __init__(self, fsm: str, version: int | None = None, *, hint: str | None = None) -> None:
         self.fsm = fsm
         self.version = version
         what = fsm if version is None else f"{fsm} v{version}"
-        super().__init__(
-            f"no machine registered as {what}; import the module that defines it, "
-            "or pass the class in Engine(fsms=[...])"
-        )
+        hint = hint or "import the module that defines it, or pass the class in Engine(fsms=[...])"
+        super().__init__(f"unknown machine {what!r}: {hint}")
 
 
 class NoSuchInstance(GenDurableError, LookupError):
@@ -68,6 +69,27 @@ class OutcomeRefused(GenDurableError):
     ``__cause__``."""
 
 
+class DatabaseError(GenDurableError, psycopg.DatabaseError):
+    """PostgreSQL failed or refused a statement of a client call (a lock timeout, a
+    statement timeout, a deadlock, a missing table, …). The message says what to do;
+    ``sqlstate`` is PostgreSQL's error code when it sent one, and ``__cause__`` is the
+    driver's error.
+
+    It is also a ``psycopg.DatabaseError``, so code written against the driver's
+    errors before they were translated keeps catching them."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class DatabaseUnavailable(DatabaseError, psycopg.OperationalError):
+    """PostgreSQL cannot be reached: the connection failed, was lost during the call,
+    or no pooled connection became free in time. Retrying later may succeed; a call
+    whose connection was lost may or may not have been applied. Also a
+    ``psycopg.OperationalError``, as the driver's error was."""
+
+
 class SchemaError(GenDurableError):
     """The database schema is missing, foreign, or at an unknown version."""
 
@@ -83,6 +105,8 @@ class Cancel(GenDurableError):
 __all__ = [
     "Cancel",
     "ConfigurationError",
+    "DatabaseError",
+    "DatabaseUnavailable",
     "Duplicate",
     "EncodingError",
     "GenDurableError",

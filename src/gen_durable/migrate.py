@@ -17,13 +17,16 @@ version step as text::
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
 
+from ._db import runner
 from ._db import schema as ddl
+from ._db.statement import Stmt
+from ._db.statements.migrations import LOCK, VERSION, TableComment, lock_key
 from ._dsn import resolve_dsn
 from .errors import SchemaError
 
@@ -40,46 +43,24 @@ def migration_sql(version: int, *, schema: str = "public", down: bool = False) -
     """
     if not 1 <= version <= LATEST_VERSION:
         raise SchemaError(f"unknown schema version {version}; versions are 1..{LATEST_VERSION}")
-    up, dn = ddl.VERSIONS[version - 1]
-    q = ddl.quote_ident(schema)
-    if down:
-        text = ddl.render(dn, schema)
-        if version > 1:
-            text += f"\nCOMMENT ON TABLE {q}.gen_durable IS '{ddl.comment_for(version - 1)}';\n"
-        return text
-    text = ""
-    if version == 1:
-        text += f"CREATE SCHEMA IF NOT EXISTS {q};\n"
-    text += ddl.render(up, schema)
-    text += f"\nCOMMENT ON TABLE {q}.gen_durable IS '{ddl.comment_for(version)}';\n"
-    return text
+    return ddl.script(version, schema, down=down)
 
 
 async def installed_version(conn: psycopg.AsyncConnection[Any], schema: str = "public") -> int:
     """The schema version installed in ``schema`` (0 when there is none)."""
-    cur = await conn.execute(_VERSION_QUERY, (schema,))
-    row: Any = await cur.fetchone()
+    row = await runner.fetch_one(conn, VERSION.bind(schema, {"schema": schema}))
     return _parse_version(row, schema)
 
 
 def installed_version_sync(conn: psycopg.Connection[Any], schema: str = "public") -> int:
-    cur = conn.execute(_VERSION_QUERY, (schema,))
-    row: Any = cur.fetchone()
+    row = runner.fetch_one_sync(conn, VERSION.bind(schema, {"schema": schema}))
     return _parse_version(row, schema)
 
 
-_VERSION_QUERY = """
-SELECT obj_description(c.oid, 'pg_class')
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname = 'gen_durable' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-"""
-
-
-def _parse_version(row: tuple[object, ...] | None, schema: str) -> int:
+def _parse_version(row: TableComment | None, schema: str) -> int:
     if row is None:
         return 0
-    comment = row[0]
-    version = ddl.parse_comment(comment if isinstance(comment, str) else None)
+    version = ddl.parse_comment(row.comment)
     if version is None:
         raise SchemaError(
             f"{schema}.gen_durable exists but was not created by gen_durable "
@@ -100,18 +81,12 @@ def _plan(current: int, target: int) -> list[tuple[int, bool]]:
     return [(v, True) for v in range(current, target, -1)]
 
 
-def _lock_key(schema: str) -> sql.Composed:
-    return sql.SQL("SELECT pg_advisory_xact_lock(hashtext({}))").format(
-        sql.Literal("gen_durable.migrate:" + schema)
-    )
-
-
 async def _run(conn_or_dsn: ConnOrDsn, schema: str, target: int | None, down: bool) -> int:
     if isinstance(conn_or_dsn, psycopg.Connection):
         return _run_sync(conn_or_dsn, schema, target, down)
     if conn_or_dsn is None or isinstance(conn_or_dsn, str):
         dsn = resolve_dsn(conn_or_dsn)
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        async with await runner.connect(dsn) as conn:
             return await _run_async(conn, schema, target, down)
     return await _run_async(conn_or_dsn, schema, target, down)
 
@@ -154,38 +129,67 @@ def _clash(exc: psycopg.Error, schema: str) -> SchemaError:
     )
 
 
+# One migration, written once: a generator that yields what to run — a statement,
+# answered with its rows, or a DDL script, answered with None — and at last the
+# version it leaves. The async and the sync path only drive it inside one transaction
+# (psycopg's own way to one core under two I/O layers); a driver error is thrown into
+# it, so a name clash is told apart here once.
+_Migration = Generator[Stmt | str | int, list[Any] | None, None]
+
+
+def _migration(schema: str, target: int | None, down: bool) -> _Migration:
+    goal = _check_target(target, down)
+    yield LOCK.bind(schema, {"key": lock_key(schema)})
+    rows = yield VERSION.bind(schema, {"schema": schema})
+    current = _parse_version(rows[0] if rows else None, schema)
+    err = _direction_error(current, goal, down)
+    if err:
+        raise err
+    for version, is_down in _plan(current, goal):
+        try:
+            yield migration_sql(version, schema=schema, down=is_down)
+        except _CLASH as exc:
+            raise _clash(exc, schema) from exc
+    yield goal
+
+
 async def _run_async(
     conn: psycopg.AsyncConnection[Any], schema: str, target: int | None, down: bool
 ) -> int:
-    goal = _check_target(target, down)
-    async with conn.transaction():
-        await conn.execute(_lock_key(schema))
-        current = await installed_version(conn, schema)
-        err = _direction_error(current, goal, down)
-        if err:
-            raise err
-        for version, is_down in _plan(current, goal):
-            try:
-                await conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
-            except _CLASH as exc:
-                raise _clash(exc, schema) from exc
-    return goal
+    steps = _migration(schema, target, down)
+    with runner.Boundary("migrate", conn):
+        async with conn.transaction():
+            todo = next(steps)
+            while not isinstance(todo, int):
+                try:
+                    answer = None
+                    if isinstance(todo, str):
+                        await runner.run_script(conn, todo)
+                    else:
+                        answer = await runner.fetch(conn, todo, raw=True)
+                except psycopg.Error as exc:
+                    todo = steps.throw(exc)
+                else:
+                    todo = steps.send(answer)
+            return todo
 
 
 def _run_sync(conn: psycopg.Connection[Any], schema: str, target: int | None, down: bool) -> int:
-    goal = _check_target(target, down)
-    with conn.transaction():
-        conn.execute(_lock_key(schema))
-        current = installed_version_sync(conn, schema)
-        err = _direction_error(current, goal, down)
-        if err:
-            raise err
-        for version, is_down in _plan(current, goal):
+    steps = _migration(schema, target, down)
+    with runner.Boundary("migrate", conn), conn.transaction():
+        todo = next(steps)
+        while not isinstance(todo, int):
             try:
-                conn.execute(migration_sql(version, schema=schema, down=is_down).encode())
-            except _CLASH as exc:
-                raise _clash(exc, schema) from exc
-    return goal
+                answer = None
+                if isinstance(todo, str):
+                    runner.run_script_sync(conn, todo)
+                else:
+                    answer = runner.fetch_sync(conn, todo, raw=True)
+            except psycopg.Error as exc:
+                todo = steps.throw(exc)
+            else:
+                todo = steps.send(answer)
+        return todo
 
 
 async def migrate(
@@ -218,6 +222,6 @@ def migrate_sync(
     Without a DSN, ``GEN_DURABLE_DSN`` then ``DATABASE_URL`` are used, as by ``Engine``.
     """
     if dsn_or_connection is None or isinstance(dsn_or_connection, str):
-        with psycopg.connect(resolve_dsn(dsn_or_connection), autocommit=True) as conn:
+        with runner.connect_sync(resolve_dsn(dsn_or_connection)) as conn:
             return _run_sync(conn, schema, version, down)
     return _run_sync(dsn_or_connection, schema, version, down)

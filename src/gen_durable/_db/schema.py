@@ -146,6 +146,21 @@ def render(script: str, schema: str) -> str:
     return script.replace("{s}", quote_ident(schema))
 
 
+def script(version: int, schema: str, *, down: bool = False) -> str:
+    """The SQL that moves ``schema`` from ``version - 1`` to ``version`` (or back),
+    ending with the ``COMMENT ON TABLE`` that records the version it arrives at."""
+    up, dn = VERSIONS[version - 1]
+    q = quote_ident(schema)
+    if down:
+        text = render(dn, schema)
+        if version > 1:
+            text += f"\nCOMMENT ON TABLE {q}.gen_durable IS '{comment_for(version - 1)}';\n"
+        return text
+    text = f"CREATE SCHEMA IF NOT EXISTS {q};\n" if version == 1 else ""
+    text += render(up, schema)
+    return text + f"\nCOMMENT ON TABLE {q}.gen_durable IS '{comment_for(version)}';\n"
+
+
 def quote_ident(name: str) -> str:
     if not name or "\x00" in name:
         raise ValueError(f"invalid schema name {name!r}")

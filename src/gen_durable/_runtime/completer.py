@@ -40,7 +40,9 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool
 
+from .._db import runner
 from .._db.queries import CompleteBatch, InsertRows, Queries, Stmt
+from .._db.statements.outcomes import OUTCOME, Completed, Scheduled
 from ..errors import OutcomeRefused
 from .stats import Stats
 
@@ -259,7 +261,7 @@ class Completer:
         )
 
     async def _flush(self, batch: Sequence[Completion]) -> None:
-        simple = CompleteBatch.empty()
+        simple: list[str] = []
         parking_ids: list[int] = []
         parking_tokens: list[str] = []
         childs: list[Completion] = []
@@ -267,67 +269,45 @@ class Completer:
             if item.kind == "schedule_childs":
                 childs.append(item)
                 continue
-            simple.add(
-                id=item.id,
-                token=item.token,
-                kind=item.kind,
-                step=item.step,
-                state=item.state,
-                result=item.result,
-                error=item.error,
-                delay=item.delay,
-                awaits=item.awaits,
-                consume=item.consume,
-                seen=item.seen,
-                keep=item.keep,
-                error_entry=item.error_entry,
-            )
+            simple.append(OUTCOME.row(item))  # a Completion has every OUTCOME field
             if item.kind == "await":
                 parking_ids.append(item.id)
                 parking_tokens.append(item.token)
-        stmts: list[tuple[Stmt, str]] = []
+        stmts: list[Stmt[Any]] = []
         if parking_ids:
-            stmts.append((self._q.lock_claimed(parking_ids, parking_tokens), "lock"))
-        if len(simple):
-            stmts.append((self._q.complete(simple), "complete"))
+            stmts.append(self._q.lock_claimed(parking_ids, parking_tokens))
+        if simple:
+            stmts.append(self._q.complete(CompleteBatch(simple)))
         for item in childs:
             assert item.children is not None
             stmts.append(
-                (
-                    self._q.schedule_childs(
-                        parent_id=item.id,
-                        token=item.token,
-                        next_step=item.step or "",
-                        state=item.state,
-                        consume=item.consume,
-                        seen=list(item.seen),
-                        children=item.children,
-                        error_entry=item.error_entry,
-                    ),
-                    "childs:" + item.token,
+                self._q.schedule_childs(
+                    parent_id=item.id,
+                    token=item.token,
+                    next_step=item.step or "",
+                    state=item.state,
+                    consume=item.consume,
+                    seen=list(item.seen),
+                    children=item.children,
+                    error_entry=item.error_entry,
                 )
             )
-        statuses: dict[tuple[int, str], Committed] = {}
         # The completer's connections run with a short lock_timeout (see Node): a row
         # locked by somebody's open transaction fails the flush fast instead of
         # holding a flusher, and is retried on its own (LockNotAvailable above).
-        async with self._pool.connection() as conn:
-            if len(stmts) == 1:
-                cur = await conn.execute(stmts[0][0].query, stmts[0][0].params)
-                results = [await cur.fetchall()]
-            else:
-                async with conn.pipeline():
-                    async with conn.transaction():
-                        curs = [await conn.execute(s.query, s.params) for s, _ in stmts]
-                    results = [await c.fetchall() for c in curs]
+        # Several statements are pipelined in one transaction; errors stay psycopg's,
+        # classified by _flush_resilient.
+        results = await runner.fetch_together(self._pool, stmts, raw=True)
         self._stats.add(statements=len(stmts), commits=1, outcomes=len(batch))
-        for (_, role), rows in zip(stmts, results, strict=True):
-            if role == "complete":
-                for row in rows:
-                    statuses[(row[0], row[3])] = (row[1], row[2])
-            elif role.startswith("childs:"):
-                for row in rows:
-                    statuses[(row[0], role[7:])] = (row[1], None)
+        # Every committed row names its claim, (id, token): that key finds the outcome
+        # it answers, whichever statement wrote it.
+        statuses: dict[tuple[int, str], Committed] = {}
+        for rows in results:
+            for row in rows:
+                if isinstance(row, Completed):
+                    statuses[(row.id, row.token)] = (row.status, row.inbox)
+                elif isinstance(row, Scheduled):
+                    statuses[(row.id, row.token)] = (row.status, None)
         for item in batch:
             if not item.future.done():
                 item.future.set_result(statuses.get((item.id, item.token), STALE))

@@ -30,9 +30,9 @@ from typing import Any
 
 from .. import outcomes as oc
 from .. import telemetry
-from .._db import codec
+from .._db.statements.pick import Claim as Claim  # the pick decodes rows into it
 from ..errors import Cancel, OutcomeRefused
-from ..machine import Child, Context, Job, Machine, Signal
+from ..machine import Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
 from .encode import describe_error, encode, seen_ids
 from .history import error_entry, log_step_error
@@ -62,38 +62,6 @@ class StepRun:
     instance: Machine | None = None
     ctx: Context[Any] | None = None
     signals: tuple[Signal, ...] = ()
-
-
-@dataclass(slots=True)
-class Claim:
-    """A row claimed by a pick, as the executor needs it."""
-
-    id: int
-    fsm: str
-    fsm_version: int
-    step: str
-    state_text: str
-    attempt: int
-    awaits: str | None
-    priority: int
-    partition_key: str | None
-    inbox_text: str | None
-    childs_text: str | None
-    token: str
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...], token: str) -> Claim:
-        return cls(*row, token)  # type: ignore[call-arg]  # the pick's RETURNING order
-
-    def signals(self) -> tuple[Signal, ...]:
-        if not self.inbox_text:
-            return ()
-        return tuple(Signal(i, n, p) for i, n, p in codec.loads(self.inbox_text))
-
-    def childs(self) -> tuple[Child, ...]:
-        if not self.childs_text:
-            return ()
-        return tuple(Child(*c) for c in codec.loads(self.childs_text))
 
 
 class Executor:
@@ -145,18 +113,18 @@ class Executor:
                 return None if committed is None else committed[0]
             chained += 1
             claim = Claim(
-                claim.id,
-                claim.fsm,
-                claim.fsm_version,
-                completion.step or claim.step,
-                completion.state if completion.state is not None else claim.state_text,
-                0,
-                None,
-                claim.priority,
-                claim.partition_key,
-                committed[1],
-                claim.childs_text,  # terminal children cannot change under a chain
-                claim.token,
+                id=claim.id,
+                fsm=claim.fsm,
+                fsm_version=claim.fsm_version,
+                step=completion.step or claim.step,
+                state_text=completion.state if completion.state is not None else claim.state_text,
+                attempt=0,
+                awaits=None,
+                priority=claim.priority,
+                partition_key=claim.partition_key,
+                inbox_text=committed[1],
+                childs_text=claim.childs_text,  # terminal children cannot change under a chain
+                token=claim.token,
             )
             # Reuse the validated model the step returned (no pydantic round trip);
             # otherwise — state kept, or a plain dict that must not alias the step's

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from .._db import runner
 from .._db.queries import Queries, Stmt
 from .claims import Holdings
 from .config import Config
@@ -72,7 +73,7 @@ class Heartbeat(Service):
             [c.id for c in held], [c.token for c in held], self._config.lease_ttl
         )
         try:
-            extended = {row[0] for row in await self._fetch(stmt)}
+            extended = {row.id for row in await self._fetch(stmt)}
             self._stats.add(statements=1, commits=1, heartbeats=1)
         except self._db_errors as exc:
             log.warning("heartbeat for %d rows failed: %s", len(held), exc)
@@ -96,7 +97,7 @@ class Heartbeat(Service):
         try:
             conn = await psycopg.AsyncConnection.connect(self._config.dsn, autocommit=True)
             async with conn:
-                await conn.execute(stmt.query, stmt.params)
+                await runner.fetch(conn, stmt, raw=True)
             self._stats.add(statements=1, commits=1, heartbeats=1)
         except self._db_errors as exc:
             log.warning("lease extension of instance %s failed: %s", claim.id, exc)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from .._db import runner
 from .._db.queries import Queries
 from .config import Config
 from .service import Service
@@ -41,7 +42,7 @@ class Listener(Service):
             try:
                 conn = await psycopg.AsyncConnection.connect(self._config.dsn, autocommit=True)
                 async with conn:
-                    await conn.execute(self._queries.listen_sql())
+                    await runner.fetch(conn, self._queries.listen(), raw=True)
                     delay = 0.1
                     self._wake(None)
                     async for note in conn.notifies():

@@ -205,12 +205,12 @@ class Node:
     def held(self) -> list[Claim]:
         return self.holdings.held()
 
-    async def fetch(self, stmt: Stmt) -> list[tuple[Any, ...]]:
-        """Run one statement on a pooled autocommit connection; its rows, if any."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(stmt.query, stmt.params)
-            rows: list[tuple[Any, ...]] = await cur.fetchall() if cur.description else []
-            return rows
+    async def fetch(self, stmt: Stmt) -> list[Any]:
+        """Run one statement on a pooled autocommit connection; its rows, decoded by
+        name. Errors stay psycopg's own: the loops classify them."""
+        from .._db import runner
+
+        return await runner.fetch(self.pool, stmt, raw=True)
 
     async def release(
         self,

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import telemetry
 from .._db.queries import Queries, Stmt
+from .._db.statements.leases import Reaped
 from .config import Config
 from .service import Service
 from .stats import Stats
@@ -22,10 +23,10 @@ from .stats import Stats
 log = logging.getLogger("gen_durable")
 
 
-def report_reaped(rows: Sequence[Sequence[Any]], stats: Stats, crash_limit: int) -> bool:
+def report_reaped(rows: Sequence[Reaped], stats: Stats, crash_limit: int) -> bool:
     """Log and emit one reaper batch; True when it changed any row."""
-    reaped = [r[0] for r in rows if r[1] == "runnable"]
-    poisoned = [r[0] for r in rows if r[1] != "runnable"]
+    reaped = [r.id for r in rows if r.status == "runnable"]
+    poisoned = [r.id for r in rows if r.status != "runnable"]
     stats.add(statements=1, commits=1, reaped=len(reaped), poisoned=len(poisoned))
     if reaped:
         log.warning("reaper: %d expired lease(s) returned to runnable", len(reaped))

@@ -218,8 +218,7 @@ class QueueScheduler(Service):
         if not rows:
             return 0
         unknown: list[Claim] = []
-        for row in rows:
-            claim = Claim.from_row(row, token)
+        for claim in rows:
             machine = resolve(w.registry, claim.fsm, claim.fsm_version)
             if machine is None:
                 unknown.append(claim)
@@ -252,7 +251,7 @@ class QueueScheduler(Service):
             rows = await self._w.fetch(stmt)
         except Exception:
             return None, None
-        return (rows[0][0], rows[0][1]) if rows else (None, None)
+        return (rows[0].id, rows[0].fsm) if rows else (None, None)
 
     def _start_buffered(self) -> None:
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:

@@ -17,9 +17,10 @@ from typing import Any, NoReturn
 import psycopg
 import pydantic
 
+from .._db import runner
 from .._dsn import resolve_dsn
 from ..engine import Engine
-from ..errors import ConfigurationError, GenDurableError
+from ..errors import ConfigurationError, DatabaseUnavailable, GenDurableError, NotFound
 from ..machine import Machine
 from ..migrate import installed_version
 from ..registry import REGISTRY, attribute_path, find_dotted, is_machine
@@ -189,11 +190,11 @@ def dsn_of(args: argparse.Namespace) -> str:
 
 async def connect(dsn: str, timeout: int = 10) -> psycopg.AsyncConnection[Any]:
     try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=True, connect_timeout=timeout)
-    except psycopg.OperationalError as exc:  # refused, unreachable, auth: maybe transient
-        raise CannotConnect(f"cannot connect to the database: {one_line(str(exc))}") from exc
-    except psycopg.ProgrammingError as exc:  # a malformed DSN: retrying cannot help
-        raise CommandError(f"invalid database DSN: {one_line(str(exc))}") from exc
+        return await runner.connect(dsn, timeout=timeout)
+    except DatabaseUnavailable as exc:  # refused, unreachable, auth: maybe transient
+        raise CannotConnect(f"cannot connect to the database: {exc}") from exc
+    except ConfigurationError as exc:  # a malformed DSN: retrying cannot help
+        raise CommandError(f"invalid database DSN: {exc}") from exc
 
 
 async def require_schema(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
@@ -307,9 +308,10 @@ def resolve_machine(spec: str) -> type[Machine]:
     if is_machine(obj):
         found: type[Machine] = obj
         return found
-    raise CommandError(
-        f"unknown machine {spec!r}: give a registered name, pkg.module.Class or "
-        "module:Class, and --app MODULE to import the module that defines it"
+    raise NotFound(
+        spec,
+        hint="give a registered name, pkg.module.Class or module:Class, and --app MODULE "
+        "to import the module that defines it",
     )
 
 
@@ -329,8 +331,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, pydantic.ValidationError):
         return f"invalid {exc.title}: {problems(exc)}"
     text = one_line(str(exc))
-    if isinstance(exc, psycopg.Error):
-        return f"database error: {text}"
     if isinstance(exc, GenDurableError | CommandError | UsageError):
         return text
+    if isinstance(exc, psycopg.Error):
+        return f"database error: {text}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
-import psycopg
 import pydantic
 
-from .._db.admin_queries import AdminQueries
-from ..client import Delivery, Instance
+from .._db import runner
+from .._db.statements import admin
+from ..client import Delivery
+from ..instance import Instance
 from ..machine import Child, Signal
 from .common import (
     DEMO_SCHEMA,
@@ -158,6 +160,11 @@ def fields_of(item: Any) -> dict[str, Any]:
     return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
 
 
+def values(items: Sequence[Any]) -> list[list[Any]]:
+    """Dataclass rows as table rows, one cell per field."""
+    return [list(fields_of(item).values()) for item in items]
+
+
 def items_table(items: list[Signal] | list[Child], limit: int | None) -> str:
     """Inbox signals or children as a table, one column per field."""
     rows = [fields_of(item) for item in items]
@@ -166,53 +173,40 @@ def items_table(items: list[Signal] | list[Child], limit: int | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     dsn, schema = dsn_of(args), schema_of(args)
-    admin = AdminQueries(schema)
 
-    async def fetch(conn: psycopg.AsyncConnection[Any], stmt: Any) -> list[tuple[Any, ...]]:
-        cur = await conn.execute(stmt.query, stmt.params)
-        return await cur.fetchall()
-
-    async def run() -> tuple[int, list[Any], list[Any], list[Any], list[Any]]:
+    async def run() -> tuple[
+        int,
+        list[admin.QueueCount],
+        list[admin.Backlog],
+        list[admin.ExpiredLease],
+        list[admin.HandedBack],
+    ]:
         async with await connect(dsn) as conn:
             version = await require_schema(conn, schema)
             # One snapshot, so the reads agree with each other.
             async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                counts = await fetch(conn, admin.counts())
-                backlog = await fetch(conn, admin.backlog())
-                expired = await fetch(conn, admin.expired_leases(EXPIRED_SHOWN))
-                handed_back = await fetch(conn, admin.handed_back())
+                await runner.fetch(conn, admin.SNAPSHOT.bind(schema))
+                counts = await runner.fetch(conn, admin.COUNTS.bind(schema))
+                backlog = await runner.fetch(conn, admin.BACKLOG.bind(schema))
+                limit = {"limit": EXPIRED_SHOWN}
+                expired = await runner.fetch(conn, admin.EXPIRED_LEASES.bind(schema, limit))
+                handed_back = await runner.fetch(conn, admin.HANDED_BACK.bind(schema))
             return version, counts, backlog, expired, handed_back
 
     version, counts, backlog, expired, handed_back = asyncio.run(run())
     statuses = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
     per_queue: dict[str, dict[str, int]] = {}
-    for queue, status, n in counts:
-        per_queue.setdefault(queue, dict.fromkeys(statuses, 0))[status] = n
+    for c in counts:
+        per_queue.setdefault(c.queue, dict.fromkeys(statuses, 0))[c.status] = c.count
     if option(args, "json"):
         print_json(
             {
                 "schema": schema,
                 "version": version,
                 "queues": per_queue,
-                "backlog": [
-                    {"queue": q, "ready": r, "scheduled": s, "oldest_ready_age": a}
-                    for q, r, s, a in backlog
-                ],
-                "expired_leases": [
-                    dict(
-                        zip(
-                            ("id", "fsm", "step", "queue", "locked_by", "expired_for"),
-                            r,
-                            strict=True,
-                        )
-                    )
-                    for r in expired
-                ],
-                "waiting_for_machine": [
-                    dict(zip(("fsm", "fsm_version", "rows", "last_error"), r, strict=True))
-                    for r in handed_back
-                ],
+                "backlog": [fields_of(r) for r in backlog],
+                "expired_leases": [fields_of(r) for r in expired],
+                "waiting_for_machine": [fields_of(r) for r in handed_back],
             }
         )
         return 0
@@ -224,17 +218,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(table(["queue", *statuses, "total"], rows))
     if backlog:
         print("\nrunnable backlog")
-        print(table(["queue", "ready", "scheduled", "oldest ready (s)"], backlog))
+        print(table(["queue", "ready", "scheduled", "oldest ready (s)"], values(backlog)))
     many = f" or more (the oldest {EXPIRED_SHOWN} shown)" if len(expired) >= EXPIRED_SHOWN else ""
     print(f"\nexecuting with an expired lease: {len(expired)}{many}")
     if expired:
-        print(table(["id", "fsm", "step", "queue", "locked_by", "expired for (s)"], expired))
+        headers = ["id", "fsm", "step", "queue", "locked_by", "expired for (s)"]
+        print(table(headers, values(expired)))
     if handed_back:
         # Only when there are some: outside a deploy this is the sign of a node
         # missing code, and an empty section would be noise every other time.
-        waiting = sum(r[2] for r in handed_back)
+        waiting = sum(r.rows for r in handed_back)
         print(f"\nrunnable rows handed back by a node that lacks their machine: {waiting}")
-        print(table(["fsm", "version", "rows", "last reason"], handed_back))
+        print(table(["fsm", "version", "rows", "last reason"], values(handed_back)))
     return 0
 
 

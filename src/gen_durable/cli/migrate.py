@@ -7,9 +7,9 @@ import asyncio
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from .._db.admin_queries import AdminQueries
+from .._db import runner
+from .._db.statements import admin
 from ..migrate import LATEST_VERSION, installed_version, migrate, migrate_down, migration_sql
 from .common import CommandError, connect, dsn_of, option, print_json, schema_of
 
@@ -59,25 +59,16 @@ async def _drop_if_empty(conn: psycopg.AsyncConnection[Any], schema: str) -> Non
     must not stall the workers for a mistyped command. When both are empty, they are
     locked and checked again in the dropping transaction, so no row inserted in
     between is dropped unseen."""
-    admin = AdminQueries(schema)
-    await _refuse_rows(conn, admin, schema)
+    await _refuse_rows(conn, schema)
     async with conn.transaction():
-        await conn.execute(
-            sql.SQL("LOCK TABLE {s}.gen_durable, {s}.signals IN ACCESS EXCLUSIVE MODE").format(
-                s=sql.Identifier(schema)
-            )
-        )
-        await _refuse_rows(conn, admin, schema)
+        await runner.fetch(conn, admin.LOCK_TABLES.bind(schema))
+        await _refuse_rows(conn, schema)
         await migrate_down(conn, schema=schema, version=0)
 
 
-async def _refuse_rows(
-    conn: psycopg.AsyncConnection[Any], admin: AdminQueries, schema: str
-) -> None:
-    stmt = admin.table_rows()
-    cur = await conn.execute(stmt.query, stmt.params)
-    row = await cur.fetchone()
-    instances, signals = row if row else (0, 0)
+async def _refuse_rows(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    row = await runner.fetch_one(conn, admin.TABLE_ROWS.bind(schema))
+    instances, signals = (row.instances, row.signals) if row else (0, 0)
     if instances or signals:
         raise CommandError(
             f"schema {schema!r} holds {instances} instance row(s) and {signals} signal(s); "

@@ -32,7 +32,6 @@ import shlex
 import shutil
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,126 +41,17 @@ import psycopg
 
 import gen_durable as gd
 
-from ._db.admin_queries import AdminQueries
-from .engine import Engine
-from .machine import Child
-from .migrate import migrate, migrate_down
+from .._db import runner
+from .._db.statements import admin
+from ..engine import Engine
+from ..machine import Child
+from ..migrate import migrate, migrate_down
+
+# Importing the module registers the demo's machines (demo.Order, demo.Pack,
+# demo.SendReceipt) with the process-wide registry the demo's engine resolves from.
+from .machines import OUT_OF_STOCK, STATUSES, WATCH, Order
 
 Conn = psycopg.AsyncConnection[Any]
-STATUSES = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
-OUT_OF_STOCK = "SKU-OUT-OF-STOCK"
-PACK_SECONDS = 0.02
-
-
-@dataclass
-class PartitionWatch:
-    """How many packs of one customer ran at the same moment (it must stay 1)."""
-
-    running: Counter[str] = field(default_factory=Counter)
-    peak: int = 0
-    packs: int = 0
-
-    def enter(self, key: str) -> None:
-        self.running[key] += 1
-        self.packs += 1
-        self.peak = max(self.peak, self.running[key])
-
-    def leave(self, key: str) -> None:
-        self.running[key] -= 1
-
-    def reset(self) -> None:
-        self.running.clear()
-        self.peak = self.packs = 0
-
-
-WATCH = PartitionWatch()
-
-
-class Order(gd.FSM, name="demo.Order", queue="orders"):
-    class State(gd.State):
-        number: int
-        customer: str
-        items: list[str]
-        flaky: int = 0  # times the payment gateway fails before it answers
-        parked: bool = False
-        payments_seen: int = 0
-        charge_attempts: int = 0
-        shipped: list[str] = []
-        backordered: list[str] = []
-
-    async def step(self, step: str, ctx: gd.Context[Order.State]) -> gd.Outcome:
-        s = ctx.state
-        match step:
-            case "start":
-                return gd.Next("await_payment", s)
-            case "await_payment":
-                paid = [sig for sig in ctx.signals if sig.name == "payment"]
-                if not paid:
-                    return gd.Await("payment", s.model_copy(update={"parked": True}))
-                return gd.Next("charge", s.model_copy(update={"payments_seen": len(paid)}))
-            case "charge":
-                if ctx.attempt < s.flaky:
-                    raise ConnectionError("payment gateway timed out")
-                return gd.Next("pack", s.model_copy(update={"charge_attempts": ctx.attempt + 1}))
-            case "pack":
-                packs = [
-                    gd.Spec(
-                        Pack,
-                        args={"order": s.number, "sku": sku, "customer": s.customer},
-                        partition_key=f"customer-{s.customer}",
-                    )
-                    for sku in s.items
-                ]
-                return gd.ScheduleChilds("ship", packs, s)
-            case "ship":
-                packed = [c.state["sku"] for c in ctx.childs if c.status == "done"]
-                missing = [c.state["sku"] for c in ctx.childs if c.status == "failed"]
-                if not packed:
-                    return gd.Stop("nothing could be packed")
-                receipt = gd.Spec(SendReceipt, args={"order": s.number, "items": packed})
-                update = {"shipped": packed, "backordered": missing}
-                return gd.ScheduleChilds("finish", [receipt], s.model_copy(update=update))
-            case "finish":
-                return gd.Done(
-                    {
-                        "shipped": s.shipped,
-                        "backordered": s.backordered,
-                        "parked": s.parked,
-                        "payments_seen": s.payments_seen,
-                        "charge_attempts": s.charge_attempts,
-                    }
-                )
-        raise ValueError(f"unknown step {step!r}")
-
-    def handle(self, error: Exception, ctx: gd.Context[Any]) -> gd.Outcome:
-        if isinstance(error, ConnectionError) and ctx.attempt < 5:
-            return gd.Replay(ctx.state, delay=0.05 * 2**ctx.attempt)
-        return gd.Stop(error)
-
-
-class Pack(gd.Job, name="demo.Pack", queue="packing"):
-    async def perform(self, args: dict[str, Any], ctx: gd.Context[Any]) -> dict[str, Any]:
-        if args["sku"] == OUT_OF_STOCK:
-            raise gd.Cancel(f"{args['sku']} is out of stock")
-        key = args["customer"]
-        WATCH.enter(key)
-        try:
-            await asyncio.sleep(PACK_SECONDS)  # the warehouse at work
-        finally:
-            WATCH.leave(key)
-        return {"sku": args["sku"], "box": f"box-{args['order']}"}
-
-
-class SendReceipt(gd.Job, name="demo.SendReceipt", queue="mail", max_attempts=5):
-    def perform(self, args: dict[str, Any], ctx: gd.Context[Any]) -> dict[str, Any]:
-        if ctx.attempt == 0 and args["order"] % 4 == 0:
-            raise ConnectionError("mail server busy")
-        return {"sent_to": f"order-{args['order']}", "attempts": ctx.attempt + 1}
-
-    def backoff(self, attempt: int) -> float:
-        return 0.1 * 2.0**attempt
-
-
 # -- the plan ------------------------------------------------------------------------
 
 
@@ -241,7 +131,7 @@ class Progress:
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    from .cli.common import table
+    from ..cli.common import table
 
     return table(headers, rows)
 
@@ -261,25 +151,22 @@ class Outcome:
         return all(ok for ok, _ in self.checks)
 
 
-async def _counts(conn: Conn, admin: AdminQueries) -> dict[str, dict[str, int]]:
-    stmt = admin.counts_by_fsm()
-    cur = await conn.execute(stmt.query, stmt.params)
-    rows = await cur.fetchall()
+async def _counts(conn: Conn, schema: str) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for fsm, status, n in rows:
-        out.setdefault(fsm, {})[status] = n
+    for row in await runner.fetch(conn, admin.COUNTS_BY_FSM.bind(schema)):
+        out.setdefault(row.fsm, {})[row.status] = row.count
     return out
 
 
 async def _wait(
     conn: Conn,
-    admin: AdminQueries,
+    schema: str,
     progress: Progress,
     condition: Callable[[dict[str, dict[str, int]]], bool],
     deadline: float,
 ) -> dict[str, dict[str, int]]:
     while True:
-        counts = await _counts(conn, admin)
+        counts = await _counts(conn, schema)
         progress.show(counts)
         if condition(counts) or time.monotonic() > deadline:
             return counts
@@ -292,7 +179,6 @@ def _active(counts: dict[str, dict[str, int]]) -> int:
 
 async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome, dict[str, Any]]:
     plan = Plan(size)
-    admin = AdminQueries(schema)
     WATCH.reset()  # a fresh watch per run (a process may run the demo twice)
     # A fresh start every run: our tables go down and come back up.
     await migrate_down(dsn, schema=schema, version=0)
@@ -311,7 +197,7 @@ async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome
         reap_interval=5,
         drain_timeout=2,
     )
-    async with client, await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with client, await runner.connect(dsn) as conn:
         id_of: dict[int, int] = {}
         for iid in await client.insert_all([plan.order(n) for n in plan.numbers]):
             inst = await client.get(iid)
@@ -341,14 +227,14 @@ async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome
         async with worker:
             counts = await _wait(
                 conn,
-                admin,
+                schema,
                 progress,
                 lambda c: c.get("demo.Order", {}).get("awaiting_signal", 0) >= len(late),
                 deadline,
             )
             random.Random(size).shuffle(late)  # webhooks arrive in any order
             duplicates += sum([await pay(n) for n in late])
-            counts = await _wait(conn, admin, progress, lambda c: _active(c) == 0, deadline)
+            counts = await _wait(conn, schema, progress, lambda c: _active(c) == 0, deadline)
             elapsed = time.monotonic() - started
             progress.show(counts, final=True)
         steps = worker.stats.steps
@@ -449,7 +335,7 @@ def _inspect_hints(out: Any, target: str, schema: str, dsn: str | None, example:
         "    # an order with a backordered item",
         file=out,
     )
-    sql = f"SELECT fsm, status, count(*) FROM {schema}.gen_durable GROUP BY 1, 2 ORDER BY 1, 2"
+    sql = admin.one_line(admin.COUNTS_BY_FSM, schema)
     if dsn is not None:
         print(f"  psql {shlex.quote(dsn)} -c {shlex.quote(sql)}", file=out)
     else:
@@ -467,7 +353,7 @@ def run_demo(
     out = out or sys.stdout
     t0 = time.monotonic()
     if schema == "public":
-        from .cli.common import UsageError
+        from ..cli.common import UsageError
 
         raise UsageError("the demo drops and recreates its tables: give it its own --schema")
     dsn = dsn or os.environ.get("GEN_DURABLE_DSN") or os.environ.get("DATABASE_URL")
@@ -475,7 +361,7 @@ def run_demo(
     if embedded or dsn is None:
         data = Path.cwd() / ".pgdata"
         print(f"Starting the embedded PostgreSQL server in {data} ...", file=out, flush=True)
-        from .cli.common import start_embedded
+        from ..cli.common import start_embedded
 
         dsn = start_embedded(data)
         given = None

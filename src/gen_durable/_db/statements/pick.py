@@ -1,0 +1,164 @@
+"""The pick: claiming a batch of one queue's runnable rows (SPEC §8, §9, §17, §18.8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...machine import Child, Signal
+from .. import codec
+from ..statement import Statement
+from .common import CHILD_JSON, SIGNAL_JSON
+
+PICK_WALK = 16
+"""Priorities the pick visits one by one before it scans the rest of the queue at once."""
+
+
+@dataclass(slots=True)
+class Claim:
+    """A row claimed by a pick, as the executor needs it (columns of :data:`PICK`)."""
+
+    id: int
+    fsm: str
+    fsm_version: int
+    step: str
+    state_text: str
+    attempt: int
+    awaits: str | None
+    priority: int
+    partition_key: str | None
+    inbox_text: str | None
+    childs_text: str | None
+    token: str
+
+    def signals(self) -> tuple[Signal, ...]:
+        if not self.inbox_text:
+            return ()
+        return tuple(Signal(*s) for s in codec.loads(self.inbox_text))
+
+    def childs(self) -> tuple[Child, ...]:
+        if not self.childs_text:
+            return ()
+        return tuple(Child(*c) for c in codec.loads(self.childs_text))
+
+
+# Keys that already have an executing row are skipped by a probe of
+# gen_durable_partition_active — written as a closed range rather than `=`, which is
+# the same set of keys but gives the planner no equality to hash: with `=` it may
+# pick a hashed SubPlan that reads *every* executing row on each pick (seen on a
+# million-row table). The second probe, of gen_durable_partition_queue, keeps a key's
+# later row from running while an earlier, eligible one is merely locked.
+_GUARD = """(g.partition_key IS NULL OR NOT EXISTS (
+                SELECT 1 FROM {s}.gen_durable e
+                WHERE e.partition_key >= g.partition_key AND e.partition_key <= g.partition_key
+                  AND e.status = 'executing')
+              AND NOT EXISTS (
+                SELECT 1 FROM {s}.gen_durable h
+                WHERE h.partition_key >= g.partition_key AND h.partition_key <= g.partition_key
+                  AND h.status = 'runnable' AND h.eligible_at <= now()
+                  AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)))"""
+
+# `prio` lists the queue's runnable priorities, most urgent first, one index probe
+# each (a loose index scan; a recursive query yields its rows in the order it finds
+# them), for at most PICK_WALK of them. For each, the first branch of `cand` walks
+# gen_durable_pick with queue and priority fixed, so `eligible_at <= now()` bounds the
+# scan: rows scheduled for later are not read. (One scan over (queue, priority,
+# eligible_at) with only the queue fixed steps over every future row of a more urgent
+# priority: 25 ms per pick behind a million delayed rows.) Priorities past the walk
+# are taken by the second branch, that one scan, from the last walked priority on: a
+# queue with thousands of distinct priorities costs PICK_WALK probes more than the
+# single scan, never a probe per priority. UNION ALL runs its branches in order and
+# the outer LIMIT stops at the batch, so a less urgent priority is only visited when
+# the ones before it ran short.
+# `chosen` keeps the most urgent row per key; the others were only locked for this
+# statement and stay runnable. The UNIQUE index on executing keys is the cross-node
+# guard: a concurrent pick that slipped past the probe fails on it and is retried by
+# the caller.
+# The UPDATE finds the chosen rows through `id = ANY (ARRAY(...))`, a primary-key
+# lookup whatever the planner guesses of the batch size (a join on `chosen` became a
+# hash join over the whole table in a generic plan).
+# Inbox and children ride along in RETURNING (§17: no extra round trip).
+PICK = Statement(
+    "pick",
+    "Claim up to `limit` runnable rows of one queue for one claim token",
+    f"""
+WITH RECURSIVE prio AS (
+    (SELECT g.priority, 1 AS depth FROM {{s}}.gen_durable g
+     WHERE g.queue = %(queue)s AND g.status = 'runnable'
+     ORDER BY g.priority LIMIT 1)
+    UNION ALL
+    SELECT (SELECT g.priority FROM {{s}}.gen_durable g
+            WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.priority > p.priority
+            ORDER BY g.priority LIMIT 1),
+           p.depth + 1
+    FROM prio p WHERE p.priority IS NOT NULL AND p.depth < {PICK_WALK}
+), cand AS (
+    SELECT w.id, w.partition_key, w.priority, w.eligible_at FROM (
+        SELECT c.id, c.partition_key, c.priority, c.eligible_at
+        FROM prio p CROSS JOIN LATERAL (
+            SELECT g.id, g.partition_key, g.priority, g.eligible_at
+            FROM {{s}}.gen_durable g
+            WHERE g.queue = %(queue)s AND g.priority = p.priority AND g.status = 'runnable'
+              AND g.eligible_at <= now()
+              AND {_GUARD}
+            ORDER BY g.eligible_at
+            LIMIT %(limit)s
+            FOR NO KEY UPDATE OF g SKIP LOCKED
+        ) c
+        WHERE p.priority IS NOT NULL
+        UNION ALL
+        SELECT t.id, t.partition_key, t.priority, t.eligible_at FROM (
+            SELECT g.id, g.partition_key, g.priority, g.eligible_at
+            FROM {{s}}.gen_durable g
+            WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.eligible_at <= now()
+              AND g.priority > (SELECT p.priority FROM prio p WHERE p.depth = {PICK_WALK})
+              AND {_GUARD}
+            ORDER BY g.priority, g.eligible_at
+            LIMIT %(limit)s
+            FOR NO KEY UPDATE OF g SKIP LOCKED
+        ) t
+    ) w
+    LIMIT %(limit)s
+), chosen AS (
+    SELECT c.id FROM (
+        SELECT id, partition_key, row_number() OVER (
+            PARTITION BY partition_key ORDER BY priority, eligible_at, id) AS rn
+        FROM cand) c
+    WHERE c.partition_key IS NULL OR c.rn = 1
+)
+UPDATE {{s}}.gen_durable g
+SET status = 'executing', locked_by = %(token)s,
+    lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
+WHERE g.id = ANY (ARRAY(SELECT id FROM chosen))
+RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.attempt,
+    g.awaits, g.priority, g.partition_key,
+    (SELECT json_agg({SIGNAL_JSON} ORDER BY s.id)::text
+       FROM {{s}}.signals s WHERE s.target_id = g.id) AS inbox_text,
+    (SELECT json_agg({CHILD_JSON} ORDER BY c.id)::text
+       FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
+    g.locked_by AS token
+""",
+    {"queue": "text", "limit": "int8", "token": "text", "ttl": "float8"},
+    Claim,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHead:
+    """The instance a contended pick wanted for a partition key."""
+
+    id: int
+    fsm: str
+
+
+# Rare and off the hot path: names the instance for `partition.contended` telemetry.
+NEXT_FOR_KEY = Statement(
+    "next_for_key",
+    "The most urgent runnable row of a partition key, for contention telemetry",
+    """
+SELECT id, fsm FROM {s}.gen_durable
+WHERE queue = %(queue)s AND status = 'runnable' AND partition_key = %(key)s
+ORDER BY priority, eligible_at LIMIT 1
+""",
+    {"queue": "text", "key": "text"},
+    KeyHead,
+)
