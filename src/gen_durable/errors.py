@@ -1,8 +1,9 @@
 """Every error gen_durable raises, in one place (SPEC §11, §15).
 
 All derive from :class:`GenDurableError`, so ``except gd.GenDurableError`` catches
-anything the library itself decided to refuse. Database errors that reach a user are
-translated here once, keeping the original as ``__cause__``.
+anything the library itself decided to refuse. Database and pool errors that reach a
+user are translated once, at the runner's boundary (``_db/translate.py``), into the
+database errors below, keeping the original as ``__cause__``.
 """
 
 from __future__ import annotations
