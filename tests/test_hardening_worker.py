@@ -108,3 +108,24 @@ def test_steps_raising_system_exit_or_keyboard_interrupt_go_through_handle(
         _reap(worker)
     err = log.close()
     assert worker.returncode == 0, err
+
+
+def test_a_worker_whose_heartbeat_keeps_failing_stops_and_exits_1(on: list[str]) -> None:
+    """The supervisor restarts the failing service with backoff, gives up after its
+    limit, the node drains itself, and the process exits 1 with a one-line reason (so
+    a process manager restarts it) instead of running on without leases."""
+    worker = start_worker(
+        "--app", "tests.failing_heartbeat_app", *WORKER_FAST, "--heartbeat-interval", "0.1",
+        *on,
+    )  # fmt: skip
+    log = StderrLines(worker)
+    try:
+        worker.wait(timeout=60)
+    finally:
+        _reap(worker)
+    err = log.close()
+    assert worker.returncode == 1, err
+    assert err.count("heartbeat service raised") == 4, err  # restarted 4 times
+    assert "heartbeat service failed 5 times" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gen-durable: error: the node stopped after repeated failures")

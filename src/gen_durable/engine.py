@@ -112,6 +112,7 @@ class Engine:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._node: Node | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -123,8 +124,9 @@ class Engine:
     def failure(self) -> BaseException | None:
         """Why this node stopped running steps on its own, if it did: a part of it (a
         queue's scheduler, the heartbeat, the reaper) kept failing, so the node drained
-        and handed its claims back rather than limp on. Client calls still work."""
-        return None if self._node is None else self._node.failure
+        and handed its claims back rather than limp on. Client calls still work, and
+        the reason stays readable after ``stop()`` (until the next ``start()``)."""
+        return self._failure if self._node is None else self._node.failure
 
     async def wait_failure(self) -> BaseException:
         """Wait until the node fails as :attr:`failure` describes (a worker process
@@ -147,6 +149,7 @@ class Engine:
             await asyncio.shield(self._stopping)  # a stop in progress ends first
         if self._pool is not None:
             return
+        self._failure = None
         # One connection of its own first: an unreachable server or a missing schema
         # fails the start at once, with the reason, instead of a pool retrying in the
         # background until its timeout.
@@ -223,6 +226,8 @@ class Engine:
             if node is not None:
                 await node.stop()
         finally:
+            if node is not None:
+                self._failure = node.failure  # still readable after the stop
             self._node = None
             self._pool = None
             if pool is not None:
