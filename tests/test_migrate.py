@@ -130,7 +130,7 @@ async def test_fresh_migrate_to_latest_and_version_in_the_table_comment(dsn, fre
         "{runnable,executing,awaiting_signal,awaiting_children,done,failed}",
     ) in cat["types"]
     generated = [r for r in cat["columns"] if r[2] == "unique_guard"]
-    assert generated[0][7] == "s"  # GENERATED ALWAYS … STORED
+    assert generated[0][7] == ""  # a plain column since version 4 (SPEC §10, v2)
 
 
 async def test_migrating_twice_is_a_no_op(dsn, fresh) -> None:
@@ -327,6 +327,61 @@ async def test_version_2_rows_in_flight_run_after_the_upgrade(dsn, fresh) -> Non
     assert got[parent].result == {"step": "join", "attempt": 0, "childs": 1}
     assert (got[done].status, got[done].result) == ("done", {"old": True})
     assert (got[failed].status, got[failed].last_error) == ("failed", "old error")
+
+
+async def test_version_3_keyed_rows_in_flight_keep_their_guards_and_run(dsn, fresh) -> None:
+    """Version 4 turns the generated `unique_guard` into a plain column in place: the
+    values stay, the unique index stays, and keyed rows in flight run to the end,
+    freeing (or, with `done` in the scope, keeping) their keys (SPEC §10 v2, §16)."""
+    await gd.migrate(dsn, schema=fresh, version=3)
+    s = sql.Identifier(fresh)
+    live = "{runnable,executing,awaiting_signal,awaiting_children}"
+    kept = "{runnable,executing,awaiting_signal,awaiting_children,done}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+
+        def add(key: str, scope: str, columns: str = "", values: str = "") -> int:
+            query = sql.SQL(
+                "INSERT INTO {}.gen_durable (fsm, step, unique_key, unique_scope" + columns + ")"
+                " VALUES (%s, 'start', %s, %s" + values + ") RETURNING id"
+            ).format(s)
+            row = c.execute(query, (Upgraded.__gd_name__, key.encode(), scope)).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        runnable = add("a", live)
+        expired = add(
+            "b",
+            live,
+            ", status, locked_by, lease_expires_at",
+            ", 'executing', 'gone:1', now() - interval '1 second'",
+        )
+        parked = add("c", kept, ", status, awaits", ", 'awaiting_signal', 'go'")
+        done = add("d", kept, ", status", ", 'done'")
+        freed = add("e", live, ", status", ", 'done'")
+        guards = "SELECT id, unique_guard FROM {}.gen_durable ORDER BY id"
+        before = c.execute(sql.SQL(guards).format(s)).fetchall()
+    assert [g for _, g in before] == [b"a", b"b", b"c", b"d", None]
+    assert await gd.migrate(dsn, schema=fresh) == LATEST
+    with psycopg.connect(dsn) as c:
+        assert c.execute(sql.SQL(guards).format(s)).fetchall() == before
+    engine = gd.Engine(dsn, schema=fresh, fsms=[Upgraded], **{**FAST, "reap_interval": 0.1})
+    async with engine:
+        with pytest.raises(gd.Duplicate):
+            await engine.insert(Upgraded, unique_key="d")
+        await wait_for(lambda: _statuses(engine, parked, "awaiting_signal"))
+        assert await engine.signal(parked, "go") is True
+        for iid in (runnable, expired, parked):
+            await wait_for(lambda iid=iid: _statuses(engine, iid, "done"), timeout=30)
+        got = {iid: await engine.get(iid) for iid in (runnable, expired, parked, done, freed)}
+        again = await engine.insert(Upgraded, unique_key="a")
+        await wait_for(lambda: _statuses(engine, again, "done"))
+    assert {i: g.unique_guard for i, g in got.items() if g} == {
+        runnable: None,
+        expired: None,
+        parked: b"c",
+        done: b"d",
+        freed: None,
+    }
 
 
 async def _statuses(engine: gd.Engine, iid: int, status: str) -> bool:

@@ -64,7 +64,7 @@ def test_default_scope_is_the_non_terminal_statuses_and_done_frees_the_key(dsn, 
         client.insert(Plain, unique_key="order-1")
     assert err.value.unique_key == b"order-1"
     _finish(dsn, q, first, "done")
-    assert _row(client, first).unique_guard is None  # recomputed on the status change
+    assert _row(client, first).unique_guard is None  # cleared as the status left the scope
     second = client.insert(Plain, unique_key="order-1")
     assert second != first
 
@@ -123,7 +123,7 @@ def test_duplicates_within_a_batch_and_against_existing_rows_are_dropped(
 
 @pytest.mark.parametrize(
     "scope",
-    [["bogus"], ["runnable"], ["done"], [*NON_TERMINAL[:3], "done"], "runnable"],
+    [["bogus"], ["runnable", "Done"], [1], ["runnable", None], 5, [b"runnable"]],
 )
 def test_invalid_scope_is_refused_before_anything_is_written(client, schema, dsn, scope) -> None:
     with pytest.raises(gd.ConfigurationError):
@@ -132,6 +132,18 @@ def test_invalid_scope_is_refused_before_anything_is_written(client, schema, dsn
         client.insert_all([gd.Spec(Plain), gd.Spec(Plain, unique_key="k", unique_scope=scope)])
     with psycopg.connect(dsn) as c:
         assert c.execute(f'SELECT count(*) FROM "{schema}".gen_durable').fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    "scope", [["runnable"], ["done"], [*NON_TERMINAL[:3], "done"], "runnable", [], ()]
+)
+def test_any_subset_of_statuses_is_a_scope(client, scope) -> None:
+    """SPEC §10, revised in v2: the empty scope too, which (like any scope without
+    `runnable`) never occupies its key."""
+    iid = client.insert(Plain, unique_key="k", unique_scope=scope)
+    listed = [scope] if isinstance(scope, str) else list(scope)
+    assert _row(client, iid).unique_scope == tuple(listed)
+    assert _row(client, iid).unique_guard == (b"k" if "runnable" in listed else None)
 
 
 def test_str_key_is_stored_as_utf8_bytes_and_bytes_verbatim(client) -> None:

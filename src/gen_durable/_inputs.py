@@ -61,26 +61,30 @@ def _timestamp(value: Any, what: str) -> dt.datetime:
 
 
 def _scope(value: Any) -> str | None:
+    """Any subset of the statuses (SPEC §10, revised in v2): the row takes its key at
+    insert when the scope holds ``runnable`` and frees it for good once its status
+    leaves the scope. A scope without ``runnable`` — the empty one included — never
+    occupies the key; it is accepted, not refused, as the subset it is."""
     if value is None:
         return None
     if isinstance(value, str):
         value = [value]
-    statuses = list(value)
+    try:
+        statuses = list(value)
+    except TypeError:
+        raise ConfigurationError(
+            f"unique_scope must be a status name or a list of them, not {type(value).__name__}"
+        ) from None
+    wrong = [s for s in statuses if not isinstance(s, str)]
+    if wrong:
+        raise ConfigurationError(
+            f"unique_scope items must be status names (str), got {wrong!r}; "
+            f"statuses are {list(STATUSES)}"
+        )
     unknown = [s for s in statuses if s not in STATUSES]
     if unknown:
         raise ConfigurationError(
             f"unknown status(es) {unknown} in unique_scope; statuses are {list(STATUSES)}"
-        )
-    # Every non-terminal status leads back to every other one (a Next returns to
-    # runnable, a signal wakes a parked row), so a scope holding only some of them
-    # would let a row leave its key and later collide re-entering it. The scope is
-    # therefore all four non-terminal statuses, plus `done`/`failed` to keep the key
-    # after the instance finished.
-    if not set(NON_TERMINAL) <= set(statuses):
-        raise ConfigurationError(
-            f"unique_scope {statuses} must include every non-terminal status "
-            f"{list(NON_TERMINAL)}; add 'done' and/or 'failed' to keep the key after "
-            "the instance finishes"
         )
     return "{" + ",".join(dict.fromkeys(statuses)) + "}"
 

@@ -125,7 +125,38 @@ V3_DOWN = """
 ALTER TABLE {s}.gen_durable DROP COLUMN IF EXISTS errors, DROP COLUMN IF EXISTS crash_count;
 """
 
-VERSIONS: list[tuple[str, str]] = [(V1_UP, V1_DOWN), (V2_UP, V2_DOWN), (V3_UP, V3_DOWN)]
+# Version 4: any unique scope (SPEC §10, revised in v2). `unique_guard` becomes a plain
+# column that keeps its current values: the insert sets it (the key, when the row's
+# scope holds `runnable`) and every status change that leaves the scope clears it for
+# good, so a row returning into its scope can never collide with a newer holder of its
+# key. DROP EXPRESSION (PostgreSQL 13+) only changes the catalog: no rewrite, the
+# partial unique index `gen_durable_unique` stays as it is, rows in flight keep
+# running.
+V4_UP = """
+ALTER TABLE {s}.gen_durable ALTER COLUMN unique_guard DROP EXPRESSION;
+"""
+
+# Back to the generated column, and with it the v1 semantics: the guard is recomputed
+# from the status on every change. PostgreSQL cannot turn a plain column back into a
+# generated one, so it is dropped (with its index) and added again, computed for every
+# row. If two rows with one key are both inside their scopes again (a row that left
+# its scope and came back while a newer row took the key), recreating the index fails
+# and the whole down migration rolls back: finish or delete one of them first.
+V4_DOWN = """
+ALTER TABLE {s}.gen_durable DROP COLUMN unique_guard;
+ALTER TABLE {s}.gen_durable ADD COLUMN unique_guard bytea GENERATED ALWAYS AS (
+    CASE WHEN status = ANY (unique_scope) THEN unique_key END
+) STORED;
+CREATE UNIQUE INDEX gen_durable_unique ON {s}.gen_durable (unique_guard)
+    WHERE unique_guard IS NOT NULL;
+"""
+
+VERSIONS: list[tuple[str, str]] = [
+    (V1_UP, V1_DOWN),
+    (V2_UP, V2_DOWN),
+    (V3_UP, V3_DOWN),
+    (V4_UP, V4_DOWN),
+]
 LATEST = len(VERSIONS)
 
 

@@ -41,6 +41,22 @@ def with_error(entry: str) -> str:
     )
 
 
+def clear_guard(alias: str, status: str) -> str:
+    """The SET item that frees a row's unique key for good when its new ``status`` (an
+    SQL expression of the enum) is outside its scope (SPEC §10, revised in v2). It only
+    ever keeps or clears ``unique_guard``, never sets it: a row takes its key at insert
+    alone. A row without a guard (no key, or freed already: the common case) stops at
+    the first test, and a row that stays in its scope keeps the guard unchanged, so an
+    update that was HOT stays HOT. (A guard is only ever set when the scope holds
+    ``runnable``, so a move into ``runnable`` never clears one; the test is written
+    out anyway so the invariant does not rest on that.)"""
+    return (
+        f"unique_guard = CASE WHEN {alias}.unique_guard IS NOT NULL "
+        f"AND NOT (({status}) = ANY ({alias}.unique_scope)) THEN NULL "
+        f"ELSE {alias}.unique_guard END"
+    )
+
+
 def _json_item(alias: str, names: Sequence[str]) -> str:
     return "json_build_array(" + ", ".join(f"{alias}.{n}" for n in names) + ")"
 
@@ -64,22 +80,22 @@ CHILD_JSON = _json_item("c", CHILD_ITEM)
 # in id order so sibling batches on two nodes cannot deadlock; concurrent decrements
 # serialize on the parent row and the one that reaches zero while the parent waits
 # flips it to runnable (and nudges its queue).
-JOIN = """joined AS (
+_FLIP = "p.status = 'awaiting_children' AND p.children_pending - j.n <= 0"
+
+JOIN = f"""joined AS (
     SELECT parent_id, count(*)::int AS n FROM u
     WHERE status IN ('done', 'failed') AND parent_id IS NOT NULL
     GROUP BY parent_id
 ), parents AS (
-    SELECT p.id, j.n FROM {s}.gen_durable p JOIN joined j ON p.id = j.parent_id
+    SELECT p.id, j.n FROM {{s}}.gen_durable p JOIN joined j ON p.id = j.parent_id
     ORDER BY p.id
     FOR NO KEY UPDATE OF p
 ), decrement AS (
-    UPDATE {s}.gen_durable p SET
+    UPDATE {{s}}.gen_durable p SET
         children_pending = greatest(p.children_pending - j.n, 0),
-        status = CASE WHEN p.status = 'awaiting_children' AND p.children_pending - j.n <= 0
-                      THEN 'runnable' ELSE p.status END,
-        eligible_at = CASE WHEN p.status = 'awaiting_children'
-                            AND p.children_pending - j.n <= 0
-                           THEN now() ELSE p.eligible_at END,
+        status = CASE WHEN {_FLIP} THEN 'runnable' ELSE p.status END,
+        eligible_at = CASE WHEN {_FLIP} THEN now() ELSE p.eligible_at END,
+        {clear_guard("p", f"CASE WHEN {_FLIP} THEN 'runnable' ELSE p.status END")},
         updated_at = now()
     FROM parents j WHERE p.id = j.id
     RETURNING p.queue, p.status

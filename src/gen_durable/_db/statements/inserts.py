@@ -83,14 +83,20 @@ SOURCE = f"""
 # index's tuple locks in one global order and cannot deadlock (§18.7). Rows without a
 # key keep their input order. Duplicates, against stored rows or within the batch,
 # are dropped by ON CONFLICT whose inference predicate matches the index (§10).
+# A row takes its key here and only here: its guard is the key when its scope holds
+# `runnable`, the status every instance starts in (§10, revised in v2); a scope
+# without it never occupies the key.
 BODY = """
 INSERT INTO {s}.gen_durable AS g
     (fsm, fsm_version, step, state, queue, priority, partition_key, eligible_at,
-     unique_key, unique_scope, parent_id)
+     unique_key, unique_scope, unique_guard, parent_id)
 SELECT x.fsm, x.fsm_version, x.step, x.state, x.queue,
        x.priority, x.partition_key,
        coalesce(x.eligible_at, now() + make_interval(secs => coalesce(x.delay, 0))),
-       x.unique_key, coalesce(x.unique_scope::{s}.durable_status[], '{}'), x.parent_id
+       x.unique_key, coalesce(x.unique_scope::{s}.durable_status[], '{}'),
+       CASE WHEN 'runnable' = ANY (x.unique_scope::{s}.durable_status[])
+            THEN x.unique_key END,
+       x.parent_id
 FROM """
 
 KEY_ORDER = "ORDER BY x.unique_key NULLS LAST, x.ord"

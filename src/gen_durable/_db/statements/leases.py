@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..batch import INT8, TEXT, Layout
 from ..statement import Statement
-from .common import JOIN, with_error
+from .common import JOIN, clear_guard, with_error
 
 CLAIM = Layout("claim", [("id", INT8), ("token", TEXT)])
 """One claimed row: its id and the claim token that holds it."""
@@ -102,6 +102,9 @@ _EXPIRED_ENTRY = with_error(
 # down (SPEC §5). `attempt` stays the one that crashed, as for a Stop, and a failed
 # child releases its parent's barrier like any terminal child (§7): the join CTEs are
 # the outcomes' own.
+_REAPED = """(CASE WHEN x.poisoned THEN 'failed'
+                       ELSE 'runnable' END)::{s}.durable_status"""
+
 REAP = Statement(
     "reap",
     "Return up to `limit` expired leases to runnable, or fail them at the crash limit",
@@ -113,8 +116,8 @@ WITH x AS (
     FOR NO KEY UPDATE SKIP LOCKED
 ), u AS (
     UPDATE {{s}}.gen_durable g SET
-        status = (CASE WHEN x.poisoned THEN 'failed'
-                       ELSE 'runnable' END)::{{s}}.durable_status,
+        status = {_REAPED},
+        {clear_guard("g", _REAPED)},
         attempt = CASE WHEN x.poisoned THEN g.attempt ELSE g.attempt + 1 END,
         crash_count = g.crash_count + 1,
         last_error = CASE WHEN x.poisoned THEN format(
@@ -146,7 +149,8 @@ WITH r AS (
     {still_held("FOR NO KEY UPDATE OF g SKIP LOCKED")}
 )
 UPDATE {{s}}.gen_durable g
-SET status = 'runnable', locked_by = NULL, lease_expires_at = NULL, updated_at = now(),
+SET status = 'runnable', {clear_guard("g", "'runnable'")},
+    locked_by = NULL, lease_expires_at = NULL, updated_at = now(),
     attempt = g.attempt + %(bump)s,
     eligible_at = CASE WHEN %(delay)s > 0 THEN now() + make_interval(secs => %(delay)s)
                        ELSE g.eligible_at END,

@@ -19,7 +19,7 @@ from ..batch import (
     array,
 )
 from ..statement import Statement
-from .common import JOIN, SIGNAL_JSON, with_error
+from .common import JOIN, SIGNAL_JSON, clear_guard, with_error
 from .inserts import BODY, KEY_ORDER, ON_CONFLICT, RETURNING, SOURCE
 from .leases import Touched, still_held
 
@@ -104,6 +104,20 @@ class Completed:
 # `u` is the guarded compare-and-set; `consumed` deletes the inbox rows the step saw
 # under the name it was woken by (§6); `joined` … `decrement` is the join of §7
 # (`JOIN`, shared with the reaper).
+_STATUS = """(CASE o.kind
+            WHEN 'next' THEN CASE WHEN o.keep THEN 'executing' ELSE 'runnable' END
+            WHEN 'replay' THEN 'runnable'
+            WHEN 'done' THEN 'done'
+            WHEN 'stop' THEN 'failed'
+            ELSE CASE WHEN EXISTS (
+                    SELECT 1 FROM {s}.signals s
+                    WHERE s.target_id = g.id AND s.name = o.awaits
+                      AND s.id <> ALL (o.seen))
+                 THEN 'runnable' ELSE 'awaiting_signal' END
+            END)::{s}.durable_status"""
+"""The new status of an outcome's row; written twice in the SET (the status, and
+whether it leaves the key's scope), evaluated twice only for a row holding a key."""
+
 COMPLETE = Statement(
     "complete",
     "Apply Next/Replay/Await/Done/Stop outcomes of any number of rows, claim-guarded",
@@ -113,17 +127,8 @@ WITH o AS (
     FROM jsonb_array_elements(%(batch)s::jsonb) e
 ), u AS (
     UPDATE {{s}}.gen_durable g SET
-        status = (CASE o.kind
-            WHEN 'next' THEN CASE WHEN o.keep THEN 'executing' ELSE 'runnable' END
-            WHEN 'replay' THEN 'runnable'
-            WHEN 'done' THEN 'done'
-            WHEN 'stop' THEN 'failed'
-            ELSE CASE WHEN EXISTS (
-                    SELECT 1 FROM {{s}}.signals s
-                    WHERE s.target_id = g.id AND s.name = o.awaits
-                      AND s.id <> ALL (o.seen))
-                 THEN 'runnable' ELSE 'awaiting_signal' END
-            END)::{{s}}.durable_status,
+        status = {_STATUS},
+        {clear_guard("g", _STATUS)},
         step = coalesce(o.step, g.step),
         state = coalesce(o.state, g.state),
         result = CASE WHEN o.kind = 'done' THEN o.result ELSE g.result END,
@@ -180,6 +185,8 @@ class Scheduled:
 # ScheduleChilds (§7): children insert, inbox consume and the parent's park, as one
 # statement behind the parent's claim guard (`p`): a stale parent inserts no children.
 # The parent goes straight to runnable when none were inserted.
+_PARKED = "(CASE WHEN n.n = 0 THEN 'runnable' ELSE 'awaiting_children' END)::{s}.durable_status"
+
 SCHEDULE_CHILDS = Statement(
     "schedule_childs",
     "Insert a parent's children and park it on their barrier, as one atomic unit",
@@ -199,8 +206,8 @@ WITH p AS (
     WHERE s.target_id = p.id AND s.name = %(consume)s AND s.id = ANY (%(seen)s::int8[])
 ), u AS (
     UPDATE {{s}}.gen_durable g SET
-        status = (CASE WHEN n.n = 0 THEN 'runnable'
-                       ELSE 'awaiting_children' END)::{{s}}.durable_status,
+        status = {_PARKED},
+        {clear_guard("g", _PARKED)},
         children_pending = n.n, step = %(next_step)s,
         state = coalesce(%(new_state)s::jsonb, g.state), attempt = 0, eligible_at = now(),
         errors = CASE WHEN %(entry)s::jsonb IS NULL THEN g.errors

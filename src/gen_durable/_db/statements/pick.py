@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...machine import Child, Signal
 from .. import codec
 from ..statement import Statement
-from .common import CHILD_JSON, SIGNAL_JSON
+from .common import CHILD_JSON, SIGNAL_JSON, clear_guard
 
 PICK_WALK = 16
 """Priorities the pick visits one by one before it scans the rest of the queue at once."""
@@ -126,7 +126,7 @@ WITH RECURSIVE prio AS (
     WHERE c.partition_key IS NULL OR c.rn = 1
 )
 UPDATE {{s}}.gen_durable g
-SET status = 'executing', locked_by = %(token)s,
+SET status = 'executing', {clear_guard("g", "'executing'")}, locked_by = %(token)s,
     lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
 WHERE g.id = ANY (ARRAY(SELECT id FROM chosen))
 RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.attempt,

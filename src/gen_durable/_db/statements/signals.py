@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..statement import Statement
+from .common import clear_guard
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +36,27 @@ class Delivered:
 # redelivery whose dedup_key is already stored wakes nobody: the parked step has seen
 # that signal (§18.5), so waking it would only re-run it for nothing. `woke` is
 # recognised by the flip's own `updated_at = now()`.
+_WAKES = "g.status = 'awaiting_signal' AND g.awaits = %(name)s AND NOT d.dup"
+_WOKEN = f"CASE WHEN {_WAKES} THEN 'runnable'::{{s}}.durable_status ELSE g.status END"
+
 SIGNAL = Statement(
     "signal",
     "Store a signal and wake its target if parked on that name, under the row lock",
-    """
+    f"""
 WITH wake AS (
-    UPDATE {s}.gen_durable g SET
-        status = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
-                           AND NOT d.dup
-                      THEN 'runnable'::{s}.durable_status ELSE g.status END,
-        eligible_at = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
-                                AND NOT d.dup
-                           THEN now() ELSE g.eligible_at END,
-        updated_at = CASE WHEN g.status = 'awaiting_signal' AND g.awaits = %(name)s
-                               AND NOT d.dup
-                          THEN now() ELSE g.updated_at END
+    UPDATE {{s}}.gen_durable g SET
+        status = {_WOKEN},
+        {clear_guard("g", _WOKEN)},
+        eligible_at = CASE WHEN {_WAKES} THEN now() ELSE g.eligible_at END,
+        updated_at = CASE WHEN {_WAKES} THEN now() ELSE g.updated_at END
     FROM (SELECT EXISTS (
-            SELECT 1 FROM {s}.signals s
+            SELECT 1 FROM {{s}}.signals s
             WHERE s.target_id = %(id)s AND s.dedup_key = %(dedup_key)s) AS dup) d
     WHERE g.id = %(id)s
     RETURNING g.id, g.status, g.queue,
         g.status = 'runnable' AND g.awaits = %(name)s AND g.updated_at = now() AS woke
 ), ins AS (
-    INSERT INTO {s}.signals (target_id, name, payload, dedup_key)
+    INSERT INTO {{s}}.signals (target_id, name, payload, dedup_key)
     SELECT w.id, %(name)s, %(payload)s::jsonb, %(dedup_key)s FROM wake w
     WHERE w.status NOT IN ('done', 'failed')
     ON CONFLICT (target_id, dedup_key) DO NOTHING
