@@ -288,6 +288,19 @@ SPREAD_PRIORITIES = 1000  # distinct priorities of the spread case
 
 
 @contextmanager
+def _removed_after(s: Session, table: str) -> Iterator[None]:
+    """Vacuum the rows a case added at negative priorities, as a lived-in table would
+    be, and remove them after the case so later cases never see them (nor their dead
+    index entries)."""
+    s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
+    try:
+        yield
+    finally:
+        s.conn.execute(f"DELETE FROM {table} WHERE priority < 0".encode())
+        s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
+
+
+@contextmanager
 def _delayed_rows(s: Session, batch: int, priorities: int = 1) -> Iterator[None]:
     """Rows scheduled for tomorrow at priorities more urgent than any other (-1, or
     -1 down to -``priorities``): in index order they all sit before every row the pick
@@ -301,12 +314,31 @@ def _delayed_rows(s: Session, batch: int, priorities: int = 1) -> Iterator[None]
         " FROM generate_series(1, %s) i",
         [priorities, DELAYED_PER_BATCH * batch],
     )
-    s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
-    try:
+    with _removed_after(s, table):
         yield
-    finally:
-        s.conn.execute(f"DELETE FROM {table} WHERE priority < 0".encode())
-        s.conn.execute(f"VACUUM (ANALYZE) {table}".encode())
+
+
+SLEEPING_PER_BATCH = 10_000  # sleeping rows per row of the batch: 1,000,000 at batch 100
+
+
+@contextmanager
+def _sleeping_rows(s: Session, batch: int) -> Iterator[None]:
+    """Instances asleep in a durable sleep (a delayed ``Next``: runnable, attempt 0,
+    due within the hour) at priority -1, with half a batch of due rows at that same
+    priority: the pick takes those, must stop where the sleepers begin, and goes on
+    to the next priority for the rest of the batch. Committed, vacuumed and removed
+    afterwards, as for the delayed rows."""
+    table = f"{quote_ident(s.q.schema)}.gen_durable"
+    s.conn.execute(
+        f"INSERT INTO {table} (fsm, step, queue, priority, eligible_at)"
+        " SELECT 'order.process', CASE WHEN i <= %s THEN 'start' ELSE 'wake' END, 'default',"
+        "        -1, CASE WHEN i <= %s THEN now() - i * interval '1 ms'"
+        "                 ELSE now() + interval '10 min' + i * interval '1 ms' END"
+        " FROM generate_series(1, %s) i",
+        [batch // 2, batch // 2, batch // 2 + SLEEPING_PER_BATCH * batch],
+    )
+    with _removed_after(s, table):
+        yield
 
 
 def _insert(s: Session) -> tuple[Stmt, int]:
@@ -371,6 +403,19 @@ def cases(batch: int) -> list[Case]:
             " without visiting the heap: the cost stays near one index page per few"
             " hundred delayed rows instead of two index probes per priority.",
             around=lambda s: _delayed_rows(s, b, SPREAD_PRIORITIES),
+        ),
+        Case(
+            "pick.sleeping",
+            f"pick with {SLEEPING_PER_BATCH * b:,} rows sleeping at the same priority as"
+            f" due work (batch {b})",
+            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            "Durable sleep (a delayed `Next`, §19) leaves the sleepers runnable with a future"
+            " `eligible_at`, at the priority of the work that is due. With `queue` and"
+            " `priority` fixed, the index order is `eligible_at` order, so the due rows"
+            " come first and `eligible_at <= now()` ends the scan where the sleepers"
+            " begin: here half a batch is due at that priority, the pick takes it, reads"
+            " no sleeper, and fills the batch from the next priority.",
+            around=lambda s: _sleeping_rows(s, b),
         ),
         Case(
             "reap",
@@ -584,7 +629,7 @@ def _touched(explain: Plan, expected: int) -> Check:
 
 def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
     plan = explain["Plan"]
-    if case in ("pick", "pick.delayed", "pick.spread"):
+    if case in ("pick", "pick.delayed", "pick.spread", "pick.sleeping"):
         picks = [n for n in scans(plan) if n.get("Index Name") == "gen_durable_pick"]
         seen = sum(visited(n) for n in picks)
         claimed = plan["Actual Rows"]
@@ -598,6 +643,16 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
                     f"gen_durable_pick scans read {read} buffers for a batch of {batch}"
                     f" behind {DELAYED_PER_BATCH * batch:,} delayed rows"
                     f" (limit {2 * batch + 40})",
+                )
+            )
+        if case == "pick.sleeping":
+            extra.append(
+                Check(
+                    "sleeping rows are not read",
+                    bool(picks) and claimed == batch and read <= 2 * batch + 40,
+                    f"gen_durable_pick scans read {read} buffers for a batch of {batch}"
+                    f" ({claimed} claimed) beside {SLEEPING_PER_BATCH * batch:,} sleeping"
+                    f" rows (limit {2 * batch + 40})",
                 )
             )
         if case == "pick.spread":

@@ -127,6 +127,39 @@ async def test_replay_with_delay_is_not_picked_before_it_is_due(conn, q, schema)
     assert after["state"] == before["state"]  # Replay without a state keeps it
 
 
+async def test_delayed_next_sleeps_runnable_at_its_step(conn, q, schema) -> None:
+    # A durable sleep: Next's effect on every column, except that the row is due later.
+    (iid,) = await insert(conn, q, {"state": '{"n": 0}'})
+    await set_columns(conn, schema, iid, attempt=2, awaits="go")
+    go = (await signal(conn, q, iid, "go"))[1]
+    other = (await signal(conn, q, iid, "other"))[1]
+    await claim_one(conn, q, TOKEN)
+    before = await fetch(conn, schema, iid)
+    got = await complete(
+        conn,
+        q,
+        id=iid,
+        token=TOKEN,
+        kind="next",
+        step="after",
+        state='{"n": 1}',
+        delay=30.0,
+        consume="go",
+        seen=[go, other],
+    )
+    assert got == [(iid, "runnable")]
+    after = await fetch(conn, schema, iid)
+    changed = {"status", "step", "attempt", "eligible_at", "state", "awaits"} | LEASE
+    same_except(before, after, changed)
+    _lease_cleared(before, after)
+    assert (after["status"], after["step"], after["attempt"]) == ("runnable", "after", 0)
+    assert after["eligible_at"] == after["updated_at"] + dt.timedelta(seconds=30)
+    assert after["state"] == {"n": 1} and after["awaits"] is None
+    # Signals consumed as for any Next: the awaited name only.
+    assert await inbox(conn, schema, iid) == [(other, "other")]
+    assert await run(conn, q.pick("default", 10, "node-a:2", 30)) == []
+
+
 async def test_await_effect_on_every_column(conn, q, schema) -> None:
     before = await _claimed(conn, q, schema)
     got = await complete(

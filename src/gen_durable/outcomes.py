@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import InvalidOutcome
+
 if TYPE_CHECKING:
     from .machine import Machine
 
@@ -39,10 +41,21 @@ def seconds(value: Seconds, what: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Next:
-    """Go to ``step`` now, with ``state`` written (attempt resets to 0)."""
+    """Go to ``step`` with ``state`` written (attempt resets to 0) — now, or after
+    ``delay`` (seconds or ``timedelta``): a durable sleep that holds nothing meanwhile."""
 
     step: str
     state: Any = None
+    delay: Seconds = field(default=0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        # Checked here, not at commit, so a bad delay raises where it was written. The
+        # default (int 0) skips the check: a plain Next is on every hot path.
+        if self.delay.__class__ is not int or self.delay != 0:
+            try:
+                seconds(self.delay, "Next delay")
+            except (TypeError, ValueError) as exc:
+                raise InvalidOutcome(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)

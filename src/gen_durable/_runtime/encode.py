@@ -74,6 +74,8 @@ def encode(
     if isinstance(outcome, oc.Next):
         base.step = _step_name(outcome.step)
         base.state = _state_text(outcome.state, machine, base)
+        if outcome.delay:  # validated when the Next was built
+            base.delay = oc.seconds(outcome.delay, "Next delay")
     elif isinstance(outcome, oc.Replay):
         base.state = _state_text(outcome.state, machine, base)
         try:

@@ -88,7 +88,7 @@ class Executor:
         """Run a claim's step to a committed outcome; returns the final status
         (None: stale).
 
-        Run-ahead: a ``Next`` may keep the claim (the row stays ``executing`` with a
+        Run-ahead: an undelayed ``Next`` may keep the claim (the row stays ``executing`` with a
         fresh lease) and its next step runs at once on the inbox and children the
         commit returned — no pick, no queue round trip. Allowed up to ``run_ahead``
         consecutive steps, never for a ``partition_key`` row (the key's other
@@ -102,6 +102,7 @@ class Executor:
             completion, state = run.completion, run.state
             if (
                 completion.kind == "next"
+                and not completion.delay  # a sleep goes back to the queue, holding nothing
                 and chained < self._run_ahead
                 and claim.partition_key is None
                 and may_keep(claim.priority)

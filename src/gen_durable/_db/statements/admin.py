@@ -112,8 +112,8 @@ GROUP BY queue ORDER BY queue
 # The scheduler's release writes "no machine 'name' vN on node ..." to last_error, with
 # eligible_at = updated_at + the retry delay. A later step keeps last_error, but every
 # progressing outcome sets eligible_at = updated_at, so `eligible_at > updated_at`
-# drops rows that have run since on a node with the code (only a delayed Replay there
-# would still count). Reads the runnable rows only, as the backlog does.
+# drops rows that have run since on a node with the code (only a delayed Replay or
+# Next there would still count). Reads the runnable rows only, as the backlog does.
 HANDED_BACK = Statement(
     "admin.handed_back",
     "Runnable rows a node handed back for want of their machine (SPEC §13)",

@@ -101,6 +101,8 @@ class Completed:
 # terminal, so they cannot change under a chain of Next steps. A kept row's indexed
 # columns (status, eligible_at, the lease — the heartbeat extends it) are left as they
 # are, so the update can be HOT: no index entries are written for a run-ahead step.
+# A delayed Next (a durable sleep) is never kept: `o.delay` puts it back in the queue
+# at now() + delay, as for a Replay; a Next without one costs a float comparison.
 # `u` is the guarded compare-and-set; `consumed` deletes the inbox rows the step saw
 # under the name it was woken by (§6); `joined` … `decrement` is the join of §7
 # (`JOIN`, shared with the reaper).
@@ -140,7 +142,8 @@ WITH o AS (
                               WHEN 'stop' THEN g.attempt
                               ELSE 0 END,
         eligible_at = CASE WHEN o.keep THEN g.eligible_at
-                           WHEN o.kind = 'replay' THEN now() + make_interval(secs => o.delay)
+                           WHEN o.kind = 'replay' OR o.delay > 0
+                                THEN now() + make_interval(secs => o.delay)
                            WHEN o.kind IN ('done', 'stop') THEN g.eligible_at
                            ELSE now() END,
         awaits = CASE WHEN o.kind = 'await' THEN o.awaits END,
