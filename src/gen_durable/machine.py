@@ -165,6 +165,8 @@ class Machine:
         (it goes through ``handle``), ``ConfigurationError`` for an insert."""
         model = cls.__gd_state__
         if model is None:
+            if type(value) is dict:  # the usual plain state: skip the ABC checks below
+                return value
             if value is None:
                 return {}
             if isinstance(value, BaseModel):
@@ -177,7 +179,7 @@ class Machine:
                 f"{cls.__gd_name__}: {what} must be a JSON object (a dict), "
                 f"not {type(value).__name__} {_short(value)}; None means the default"
             )
-        if isinstance(value, model):
+        if type(value) is model or isinstance(value, model):
             return value
         if isinstance(value, BaseModel):
             raise error(

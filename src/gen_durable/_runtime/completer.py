@@ -42,7 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .._db import runner
 from .._db.queries import CompleteBatch, InsertRows, Queries, Stmt
-from .._db.statements.outcomes import OUTCOME, Completed, Scheduled
+from .._db.statements.outcomes import OUTCOME
 from ..errors import OutcomeRefused
 from .stats import Stats
 
@@ -276,6 +276,7 @@ class Completer:
         stmts: list[Stmt[Any]] = []
         if parking_ids:
             stmts.append(self._q.lock_claimed(parking_ids, parking_tokens))
+        answers = len(stmts)  # the statements from here on answer outcomes
         if simple:
             stmts.append(self._q.complete(CompleteBatch(simple)))
         for item in childs:
@@ -302,12 +303,9 @@ class Completer:
         # Every committed row names its claim, (id, token): that key finds the outcome
         # it answers, whichever statement wrote it.
         statuses: dict[tuple[int, str], Committed] = {}
-        for rows in results:
-            for row in rows:
-                if isinstance(row, Completed):
-                    statuses[(row.id, row.token)] = (row.status, row.inbox)
-                elif isinstance(row, Scheduled):
-                    statuses[(row.id, row.token)] = (row.status, None)
+        for rows in results[answers:]:
+            for row in rows:  # Completed or Scheduled; only a kept row has an inbox
+                statuses[(row.id, row.token)] = (row.status, row.inbox)
         for item in batch:
             if not item.future.done():
                 item.future.set_result(statuses.get((item.id, item.token), STALE))

@@ -108,7 +108,10 @@ class Executor:
                 and may_keep(claim.priority)
             ):
                 completion.keep = True
-            committed = await self._commit_or_handle(claim, machine, run)
+            try:
+                committed = await self._commit(claim, completion)
+            except OutcomeRefused as exc:
+                committed = await self._refused(claim, machine, run, exc)
             self._stats.steps += 1
             if committed is None or committed[0] != "executing":
                 return None if committed is None else committed[0]
@@ -189,16 +192,11 @@ class Executor:
                 raise
             return failure(claim, signals, exc, f"cannot create {machine.describe()}")
 
-    async def _commit_or_handle(
-        self, claim: Claim, machine: type[Machine], run: StepRun
+    async def _refused(
+        self, claim: Claim, machine: type[Machine], run: StepRun, refused: OutcomeRefused
     ) -> Committed | None:
-        """Commit a step's outcome; one the database refuses for good goes through
-        ``handle`` once, and if that is refused too the instance fails with the
-        database's message."""
-        try:
-            return await self._commit(claim, run.completion)
-        except OutcomeRefused as exc:
-            refused = exc
+        """An outcome the database refused for good goes through ``handle`` once; if
+        that outcome is refused too the instance fails with the database's message."""
         log.warning(
             "instance %s (%s): step %r: %s", claim.id, machine.describe(), claim.step, refused
         )

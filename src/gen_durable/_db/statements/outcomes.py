@@ -82,7 +82,7 @@ LOCK_CLAIMED = Statement(
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per row on the hot path, 4x cheaper
 class Completed:
     """An outcome ``complete`` applied: the row's new status, and for a row kept for
     run-ahead its inbox (JSON text of :data:`~.common.SIGNAL_ITEM` arrays)."""
@@ -174,7 +174,7 @@ FROM u WHERE (SELECT count(*) FROM nudge) >= 0
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per row on the hot path, 4x cheaper
 class Scheduled:
     """A parent ``schedule_childs`` parked (or sent on, with no child inserted)."""
 
@@ -183,6 +183,11 @@ class Scheduled:
     children: list[int] | None
     nudged: int
     token: str
+
+    @property
+    def inbox(self) -> None:
+        """A parked (or released) parent keeps no claim, so it has no run-ahead inbox."""
+        return None
 
 
 # ScheduleChilds (§7): children insert, inbox consume and the parent's park, as one
