@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 import gen_durable as gd
+from gen_durable._db.queries import Queries
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,14 @@ def schema(dsn: str) -> Iterator[str]:
     yield name
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def q(schema: str) -> Queries:
+    """The statements bound to the test's schema."""
+    from gen_durable._db.queries import Queries
+
+    return Queries(schema)
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ class SlowSync(gd.Job):
     """A plain ``def`` step that outlives any drain (cancellation cannot stop a thread)."""
 
     def perform(self, args: dict[str, Any]) -> str:
-        time.sleep(args["seconds"])
+        time.sleep(args["seconds"])  # the behaviour under test: a step outliving the drain
         return "finished"
 
 
 class SlowAsync(gd.Job):
     async def perform(self, args: dict[str, Any]) -> str:
-        await asyncio.sleep(args["seconds"])
+        await asyncio.sleep(args["seconds"])  # likewise: still running at the drain limit
         return "finished"
 
 

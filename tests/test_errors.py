@@ -9,11 +9,10 @@ import json
 import logging
 from typing import Any
 
-import pytest
 from psycopg.types.json import Jsonb
 
 import gen_durable as gd
-from gen_durable._db.queries import ERROR_HISTORY, Queries
+from gen_durable._db.queries import ERROR_HISTORY
 from gen_durable._runtime.history import MESSAGE_LIMIT, TRACEBACK_LIMIT
 
 from .sqlhelp import claim_one, complete, fetch, insert, rows, run, set_columns
@@ -182,11 +181,6 @@ async def test_unstorable_text_in_an_error_is_escaped_not_lost(make_engine) -> N
 
 def _entry(n: int) -> str:
     return json.dumps({"step": "start", "attempt": n, "type": "E", "message": str(n)})
-
-
-@pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
 
 
 async def test_an_outcome_with_an_entry_appends_it_stamped_by_the_database(conn, q, schema) -> None:

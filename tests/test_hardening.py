@@ -71,6 +71,8 @@ class Ticker(gd.FSM):
         RUNS[f"{ctx.state['key']}:{len(times)}:{ctx.attempt}"] += 1
         if len(times) >= ctx.state["n"]:
             return gd.Done(len(times))
+        # The workload, not a wait: each step takes 10 ms, so the chain is still
+        # running while the refused outcome is being isolated beside it.
         await asyncio.sleep(0.01)
         return gd.Next("start", ctx.state)
 
@@ -159,21 +161,25 @@ async def test_fan_out_past_statement_timeout_goes_through_handle(
     assert await cur.fetchone() == (0,)
 
 
-async def test_completer_isolates_a_refused_outcome_and_commits_the_rest(dsn, conn, schema) -> None:
-    """Below the client's validation (which now normalises offsets), a value PostgreSQL
-    rejects — a UTC offset beyond ±15:59 — inside one batch with other outcomes: the
-    batch is split, the other outcomes commit, the bad one fails with OutcomeRefused."""
+async def _claimed(conn: psycopg.AsyncConnection[Any], schema: str, n: int) -> list[int]:
     q = Queries(schema)
-    table = f'"{schema}".gen_durable'
-    stmt = q.insert(build_insert([Leaf] * 5))
+    stmt = q.insert(build_insert([Leaf] * n))
     row = await (await conn.execute(stmt.query, stmt.params)).fetchone()
     assert row is not None
     ids = list(row[0])
     await conn.execute(
-        f"UPDATE {table} SET status = 'executing', locked_by = 'n:' || id, "
+        f"UPDATE \"{schema}\".gen_durable SET status = 'executing', locked_by = 'n:' || id, "
         "lease_expires_at = now() + interval '1 minute' WHERE id = ANY(%s)",
         (ids,),
     )
+    return ids
+
+
+async def test_completer_isolates_a_refused_outcome_and_commits_the_rest(dsn, conn, schema) -> None:
+    """Below the client's validation (which now normalises offsets), a value PostgreSQL
+    rejects — a UTC offset beyond ±15:59 — inside one batch with other outcomes: the
+    batch is split, the other outcomes commit, the bad one fails with OutcomeRefused."""
+    ids = await _claimed(conn, schema, 5)
     bad_rows = InsertRows.empty()
     far = dt.datetime(2030, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=16)))
     for col, value in zip(
@@ -183,26 +189,24 @@ async def test_completer_isolates_a_refused_outcome_and_commits_the_rest(dsn, co
         strict=True,
     ):  # fmt: skip
         getattr(bad_rows, col).append(value)
-    items = [Completion(i, f"n:{i}", "done", result="1") for i in ids if i != ids[2]]
-    bad = Completion(ids[2], f"n:{ids[2]}", "schedule_childs", step="next", children=bad_rows)
+    batch = [Completion(i, f"n:{i}", "done", result="1") for i in ids]
+    batch[2] = Completion(ids[2], f"n:{ids[2]}", "schedule_childs", step="n", children=bad_rows)
+    loop = asyncio.get_running_loop()
+    for item in batch:
+        item.future = loop.create_future()
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         dsn, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
     )
     await pool.open()
     try:
-        completer = Completer(pool, q, Stats())
-        completer._active = 1  # hold the flush until every outcome is queued: one batch
-        waits = [asyncio.ensure_future(completer.commit(c)) for c in [*items[:2], bad, *items[2:]]]
-        await asyncio.sleep(0)
-        completer._active = 0
-        completer._kick()
-        results = await asyncio.gather(*waits, return_exceptions=True)
+        # One flush of the whole batch, as the completer makes when five outcomes wait.
+        await Completer(pool, Queries(schema), Stats())._flush_resilient(batch)
     finally:
         await pool.close()
-    refused = results[2]
-    assert isinstance(refused, gd.OutcomeRefused), results
+    refused = batch[2].future.exception()
+    assert isinstance(refused, gd.OutcomeRefused), refused
     assert isinstance(refused.__cause__, psycopg.DataError)
-    assert [r for i, r in enumerate(results) if i != 2] == [("done", None)] * 4
+    assert [c.future.result() for i, c in enumerate(batch) if i != 2] == [("done", None)] * 4
     assert await _status(conn, schema, ids[2]) == "executing"  # untouched, claim held
 
 
@@ -393,20 +397,6 @@ async def test_two_concurrent_stops_release_every_buffered_row_with_attempt_unch
 
 
 # -- transient errors: outcomes set aside and retried, each against its deadline -------------
-
-
-async def _claimed(conn: psycopg.AsyncConnection[Any], schema: str, n: int) -> list[int]:
-    q = Queries(schema)
-    stmt = q.insert(build_insert([Leaf] * n))
-    row = await (await conn.execute(stmt.query, stmt.params)).fetchone()
-    assert row is not None
-    ids = list(row[0])
-    await conn.execute(
-        f"UPDATE \"{schema}\".gen_durable SET status = 'executing', locked_by = 'n:' || id, "
-        "lease_expires_at = now() + interval '1 minute' WHERE id = ANY(%s)",
-        (ids,),
-    )
-    return ids
 
 
 @pytest.mark.parametrize("retry_for", [30.0, 0.0])

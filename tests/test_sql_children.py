@@ -36,11 +36,6 @@ from .sqlhelp import (
 N = 8
 
 
-@pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
-
-
 async def _fan_out(conn: Any, q: Queries, n: int, **child: Any) -> tuple[int, list[int]]:
     return await fan_out(conn, q, n, state='{"fanned": true}', **child)
 

@@ -24,11 +24,6 @@ class Plain(gd.FSM):
 
 
 @pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
-
-
-@pytest.fixture
 def client(dsn: str, schema: str) -> Iterator[gd.SyncClient]:
     with gd.SyncClient(dsn, schema=schema) as c:
         yield c

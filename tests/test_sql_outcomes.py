@@ -37,11 +37,6 @@ TOKEN = "node-a:1"
 LEASE = {"locked_by", "lease_expires_at", "updated_at"}
 
 
-@pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
-
-
 async def _claimed(conn: Any, q: Queries, schema: str) -> dict[str, Any]:
     """A row with history (attempt 2, woken by `go`, an old error, due an hour ago),
     claimed by TOKEN; returns its columns as the claim left them."""

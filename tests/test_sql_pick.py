@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 
-from gen_durable._db.queries import PICK_WALK, Queries
+from gen_durable._db.queries import PICK_WALK
 
 from .sqlhelp import (
     backend_pid,
@@ -23,11 +23,6 @@ from .sqlhelp import (
     signal,
     wait_blocked,
 )
-
-
-@pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
 
 
 def _ago(seconds: float) -> dt.datetime:

@@ -24,11 +24,6 @@ from .sqlhelp import (
 )
 
 
-@pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
-
-
 def limit_text(n: int, step: str = "start") -> str:
     return f"lease expired {n} times on step '{step}': the worker died or froze while running it"
 

@@ -39,11 +39,6 @@ from .sqlhelp import (
 TOKEN = "node-a:1"
 
 
-@pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
-
-
 def _seen(claim_row: tuple[Any, ...]) -> list[int]:
     """Signal ids in the inbox snapshot the pick returned with the claim."""
     return [s[0] for s in json.loads(claim_row[9] or "[]")]

@@ -34,11 +34,6 @@ LOCK = "{runnable,executing}"
 KEY = b"k"
 
 
-@pytest.fixture
-def q(schema: str) -> Queries:
-    return Queries(schema)
-
-
 async def guard(conn: Any, schema: str, iid: int) -> bytes | None:
     return (await fetch(conn, schema, iid))["unique_guard"]
 

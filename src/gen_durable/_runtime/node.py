@@ -202,9 +202,6 @@ class Node:
         await self.pool.close(timeout=1.0)
         self.threads.shutdown()
 
-    def held(self) -> list[Claim]:
-        return self.holdings.held()
-
     async def fetch(self, stmt: Stmt) -> list[Any]:
         """Run one statement on a pooled autocommit connection; its rows, decoded by
         name. Errors stay psycopg's own: the loops classify them."""
