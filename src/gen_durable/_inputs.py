@@ -92,6 +92,14 @@ def _scope(value: Any) -> str | None:
 _DEFAULT_SCOPE = "{" + ",".join(NON_TERMINAL) + "}"
 
 
+def _name(value: Any, what: str) -> str:
+    """A step or queue name: a non-empty text (an empty one is refused, never replaced
+    by the machine's default behind the caller's back)."""
+    if value == "":
+        raise ConfigurationError(f"{what} must be a non-empty str")
+    return codec.check_text(value, what)
+
+
 def add_insert(
     rows: InsertRows,
     machine: type[Machine],
@@ -119,8 +127,8 @@ def add_insert(
         if state is not None and args is not None:
             raise ConfigurationError("pass state= or args=, not both (they are the same thing)")
         value = args if args is not None else state
-        step = codec.check_text(options.get("step") or step, "step")
-        queue = codec.check_text(options.get("queue") or queue, "queue")
+        step = _name(options.get("step", step), "step")
+        queue = _name(options.get("queue", queue), "queue")
         priority = options.get("priority", 0)
         if (
             isinstance(priority, bool)

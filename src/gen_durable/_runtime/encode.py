@@ -32,9 +32,24 @@ _KIND = {
 
 def describe_error(error: BaseException) -> str:
     """A readable one-line error for ``last_error`` (NUL-free: it goes in a text column)."""
-    text = str(error)
+    try:
+        text = str(error)
+    except Exception:  # a user's __str__ that raises must not fail the outcome
+        text = "<str() of the error raised>"
     out = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return codec.storable(out)
+    return codec.storable(bounded(out))
+
+
+# `last_error` is read by people and shown in one line of the CLI; a step that raises
+# with a megabyte of text must not write a megabyte per failed attempt (the error
+# history keeps its own, separately bounded, tracebacks).
+MAX_ERROR_CHARS = 4000
+
+
+def bounded(text: str) -> str:
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return f"{text[:MAX_ERROR_CHARS]}… ({len(text) - MAX_ERROR_CHARS} more characters cut)"
 
 
 def reason_text(reason: Any) -> str:
@@ -43,7 +58,11 @@ def reason_text(reason: Any) -> str:
     ``str`` of a ``KeyError`` reads ``'customer_id'``, which says nothing."""
     if isinstance(reason, BaseException):
         return describe_error(reason)
-    return codec.storable(str(reason))
+    try:
+        text = str(reason)
+    except Exception:
+        text = f"<str() of the {type(reason).__name__} reason raised>"
+    return codec.storable(bounded(text))
 
 
 def seen_ids(signals: tuple[Signal, ...]) -> tuple[int, ...]:
