@@ -18,6 +18,7 @@ from ._db.queries import NON_TERMINAL, STATUSES, InsertRows
 from .errors import ConfigurationError
 from .machine import Machine
 from .outcomes import Spec, seconds
+from .steps import step_name
 
 INSERT_OPTIONS = frozenset(
     {
@@ -119,7 +120,7 @@ def add_insert(
         if state is not None and args is not None:
             raise ConfigurationError("pass state= or args=, not both (they are the same thing)")
         value = args if args is not None else state
-        step = codec.check_text(options.get("step") or step, "step")
+        step = _initial_step(machine, options.get("step") or step)
         queue = codec.check_text(options.get("queue") or queue, "queue")
         priority = options.get("priority", 0)
         if (
@@ -159,6 +160,18 @@ def add_insert(
     rows.unique_key.append(ukey)
     rows.unique_scope.append(scope)
     rows.parent_id.append(parent_id)
+
+
+def _initial_step(machine: type[Machine], value: Any) -> str:
+    """An insert's ``step=``: a name or a ``@gd.step`` method; a step-method machine
+    refuses a step it has no method for before anything is written (SPEC §26)."""
+    name = codec.check_text(step_name(value), "step")
+    steps = machine.__gd_steps__
+    if steps is not None and name not in steps:
+        raise ConfigurationError(
+            f"{machine.describe()} has no step {name!r} (its steps: {', '.join(sorted(steps))})"
+        )
+    return name
 
 
 def build_insert(items: Iterable[object], parent_id: int | None = None) -> InsertRows:

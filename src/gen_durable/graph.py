@@ -1,0 +1,129 @@
+"""What a machine's source says about its transitions: the class-creation check of
+step methods and ``gen-durable graph`` read it the same way (SPEC §26).
+
+The reading is static and partial by design — a machine is ordinary Python, and an
+outcome built from a variable cannot be followed without running it. It sees the
+outcomes written out in a step method's body: ``Next(Order.ship, …)`` and
+``ScheduleChilds(Order.joined, …)`` (a method of the machine, by reference, or a step
+name as a string literal), ``Await("paid", …)`` (the step runs again when woken),
+``Done``/``Stop`` (the end). Without source (a class built in a REPL or by ``exec``)
+nothing is read and nothing is refused; the run-time check of each outcome
+(``InvalidOutcome``) still holds.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidMachine
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+_KINDS = {"Next": "next", "ScheduleChilds": "children", "Await": "await", "Done": "done"}
+_KINDS["Stop"] = "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One outcome found in a step's source. ``target`` is None for the end
+    (``Done``/``Stop``) and the step itself for ``Await``; ``by_ref`` says the target
+    was written as ``<Class>.<method>``; ``label`` is the awaited signal, if literal."""
+
+    source: str
+    kind: str
+    target: str | None
+    by_ref: bool = False
+    label: str | None = None
+
+
+def _callee(node: ast.Call) -> str | None:
+    func = node.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+def _first(node: ast.Call, keyword: str) -> ast.expr | None:
+    if node.args:
+        return node.args[0]
+    return next((k.value for k in node.keywords if k.arg == keyword), None)
+
+
+def _read_call(node: ast.Call, owner: str, source: str) -> Transition | None:
+    kind = _KINDS.get(_callee(node) or "")
+    if kind is None:
+        return None
+    if kind in ("done", "stop"):
+        return Transition(source, kind, None)
+    if kind == "await":
+        arg = _first(node, "signal")
+        label = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
+        return Transition(source, kind, source, label=label)
+    arg = _first(node, "step")
+    if isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == owner:
+        return Transition(source, kind, arg.attr, by_ref=True)
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return Transition(source, kind, arg.value)
+    return None  # a computed target: not knowable without running the step
+
+
+def _source_tree(fn: Any) -> ast.AST | None:
+    try:
+        text = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return None
+    try:
+        return ast.parse(textwrap.dedent(text))
+    except SyntaxError:  # a lambda or decorated fragment inspect cut badly
+        return None
+
+
+def transitions(machine: type[Machine]) -> list[Transition]:
+    """The transitions written out in the machine's step methods, in source order."""
+    found: list[Transition] = []
+    for name in getattr(machine, "__gd_steps__", None) or ():
+        tree = _source_tree(getattr(machine, name))
+        if tree is None:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                t = _read_call(node, machine.__name__, name)
+                if t is not None and t not in found:
+                    found.append(t)
+    return found
+
+
+def check_references(machine: type[Machine], steps: dict[str, bool]) -> None:
+    """Refuse a step method whose source sends to ``<ThisClass>.<x>`` when ``x`` is not
+    a step method (class creation, SPEC §26)."""
+    for t in transitions(machine):
+        if t.by_ref and t.target not in steps:
+            raise InvalidMachine(
+                f"{machine.__qualname__}.{t.source} returns {t.kind} to "
+                f"{machine.__name__}.{t.target}, which is not a @gd.step method of "
+                f"{machine.__qualname__} (its steps: {', '.join(sorted(steps))})"
+            )
+
+
+def mermaid(machine: type[Machine]) -> str:
+    """The machine as a Mermaid state diagram: its steps, the entry at ``initial``
+    and the transitions :func:`transitions` can see."""
+    steps = list(getattr(machine, "__gd_steps__", None) or ())
+    lines = ["stateDiagram-v2", f"    [*] --> {machine.__gd_initial__}"]
+    lines += [f"    {s}" for s in steps if s != machine.__gd_initial__]
+    for t in transitions(machine):
+        target = "[*]" if t.target is None else t.target
+        label = {"next": "Next", "children": "ScheduleChilds", "done": "Done", "stop": "Stop"}
+        text = f"Await {t.label}" if t.kind == "await" and t.label else label.get(t.kind, "Await")
+        lines.append(f"    {t.source} --> {target}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["Transition", "check_references", "mermaid", "transitions"]
