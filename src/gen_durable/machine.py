@@ -309,6 +309,8 @@ def _adopt_state(cls: type, explicit: type[BaseModel] | None) -> type[BaseModel]
         if not (args and isinstance(origin, type) and issubclass(origin, Machine)):
             continue
         param = args[0]
+        if param is Any:  # a class since Python 3.11, but no model
+            break
         if isinstance(param, type) and issubclass(param, BaseModel):
             return param
         if isinstance(param, type) and issubclass(param, Mapping):
