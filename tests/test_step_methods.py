@@ -206,7 +206,7 @@ def test_state_source_order() -> None:
 
     with pytest.raises(gd.InvalidMachine, match="must be a pydantic model"):
 
-        class Wrong(gd.FSM[int]):  # type: ignore[type-var]
+        class Wrong(gd.FSM[int]):
             def step(self, step: str, ctx: gd.Context) -> gd.Outcome:
                 return gd.Done()
 

@@ -10,15 +10,40 @@ keys and scopes are normalised, times become UTC. The result is an
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Generic
+
+from typing_extensions import TypedDict, TypeVar
 
 from ._db import codec
 from ._db.queries import NON_TERMINAL, STATUSES, InsertRows
 from .errors import ConfigurationError
 from .machine import Machine
-from .outcomes import Spec, seconds
+from .outcomes import Seconds, Spec, StepRef, seconds
 from .steps import step_name
+
+S = TypeVar("S", default=Any)
+
+
+class InsertOptions(TypedDict, Generic[S], total=False):
+    """The keyword options of ``insert`` and ``gd.Spec``, typed (SPEC §11, §26).
+
+    ``Engine.insert(Order, state=...)`` checks ``state`` against the machine's state
+    type ``S`` (``gd.FSM[S]``) and refuses a misspelt option under a type checker;
+    :data:`INSERT_OPTIONS` is the same set at run time (a test keeps them equal)."""
+
+    state: S | Mapping[str, Any] | None
+    args: S | Mapping[str, Any] | None
+    step: StepRef[S] | None
+    queue: str | None
+    priority: int
+    partition_key: str | None
+    unique_key: str | bytes | None
+    unique_scope: str | Iterable[str] | None
+    eligible_at: dt.datetime | None
+    schedule_at: dt.datetime | None
+    schedule_in: Seconds | None
+
 
 INSERT_OPTIONS = frozenset(
     {

@@ -17,6 +17,9 @@ from typing_extensions import TypeVar
 from .errors import InvalidOutcome
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._inputs import InsertOptions
     from .machine import Context, Machine
 
 S = TypeVar("S", default=Any)
@@ -121,7 +124,7 @@ class Spec:
     machine: type[Machine[Any]]
     options: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, machine: type[Machine[Any]], **options: Any) -> None:
+    def __init__(self, machine: type[Machine[S]], **options: Unpack[InsertOptions[S]]) -> None:
         object.__setattr__(self, "machine", machine)
         object.__setattr__(self, "options", options)
 
