@@ -92,11 +92,14 @@ def transitions(machine: type[Machine]) -> list[Transition]:
         tree = _source_tree(getattr(machine, name))
         if tree is None:
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                t = _read_call(node, machine.__name__, name)
-                if t is not None and t not in found:
-                    found.append(t)
+        calls = sorted(
+            (n for n in ast.walk(tree) if isinstance(n, ast.Call)),
+            key=lambda n: (n.lineno, n.col_offset),
+        )
+        for node in calls:
+            t = _read_call(node, machine.__name__, name)
+            if t is not None and t not in found:
+                found.append(t)
     return found
 
 
