@@ -251,3 +251,19 @@ def test_a_class_without_source_is_not_refused() -> None:
     )
     assert namespace["Dyn"].__gd_steps__ == {"a": False}
     assert transitions(namespace["Dyn"]) == []
+
+
+async def test_a_row_left_at_a_step_the_class_no_longer_has_fails_through_handle(
+    make_engine: Callable[..., gd.Engine], conn: Any
+) -> None:
+    engine = make_engine(queues={})
+    async with engine:
+        order = await engine.insert(Ship, state=Parcel())
+        # As if a deploy renamed the step while this row was in flight.
+        await conn.execute(f"UPDATE \"{engine.config.schema}\".gen_durable SET step = 'gone'")
+        ran = await drain(engine)
+        row = await engine.get(order)
+    assert ran["stop"] == 1
+    assert row is not None and row.status == "failed"
+    assert row.last_error is not None and "has no step 'gone'" in row.last_error
+    assert row.errors[0]["type"] == "gen_durable.errors.InvalidOutcome"
