@@ -24,8 +24,16 @@ from .errors import InvalidMachine
 if TYPE_CHECKING:
     from .machine import Machine
 
-_KINDS = {"Next": "next", "ScheduleChilds": "children", "Await": "await", "Done": "done"}
-_KINDS["Stop"] = "stop"
+# The outcome constructors the reading recognises, by the name a call spells
+# (`gd.Next(...)` or a bare `Next(...)` imported from gen_durable).
+_KINDS = {
+    "Next": "next",
+    "ScheduleChilds": "children",
+    "Await": "await",
+    "Done": "done",
+    "Stop": "stop",
+}
+_LABELS = {"next": "Next", "children": "ScheduleChilds", "done": "Done", "stop": "Stop"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +131,7 @@ def mermaid(machine: type[Machine]) -> str:
     lines += [f"    {s}" for s in steps if s != machine.__gd_initial__]
     for t in transitions(machine):
         target = "[*]" if t.target is None else t.target
-        label = {"next": "Next", "children": "ScheduleChilds", "done": "Done", "stop": "Stop"}
-        text = f"Await {t.label}" if t.kind == "await" and t.label else label.get(t.kind, "Await")
+        text = f"Await {t.label}" if t.kind == "await" and t.label else _LABELS.get(t.kind, "Await")
         lines.append(f"    {t.source} --> {target}: {text}")
     return "\n".join(lines) + "\n"
 

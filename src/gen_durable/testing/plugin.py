@@ -54,8 +54,10 @@ def gd_dsn() -> Iterator[str]:
         return
     from .. import embedded
 
-    with tempfile.TemporaryDirectory(prefix="gen_durable-pytest-") as tmp:
-        yield embedded.start(os.path.join(tmp, "pgdata"), delete_on_exit=True)
+    # The server stops, and its directory goes, when the test process exits: removing
+    # the directory at session teardown would pull it from under a running server.
+    tmp = tempfile.mkdtemp(prefix="gen_durable-pytest-")
+    yield embedded.start(os.path.join(tmp, "pgdata"), delete_on_exit=True)
 
 
 @pytest.fixture
