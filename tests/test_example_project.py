@@ -13,10 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "examples" / "shop"
 
 
-def test_the_sample_project_suite_passes_on_the_plugin_fixture(dsn: str) -> None:
+def _run_project(**env_vars: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env["GEN_DURABLE_TEST_DSN"] = dsn
-    proc = subprocess.run(
+    for name in ("GEN_DURABLE_TEST_DSN", "GEN_DURABLE_DSN", "DATABASE_URL"):
+        env.pop(name, None)
+    env.update(env_vars)
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q"],
         cwd=PROJECT,
         env=env,
@@ -24,6 +26,18 @@ def test_the_sample_project_suite_passes_on_the_plugin_fixture(dsn: str) -> None
         text=True,
         timeout=300,
     )
+
+
+def test_the_sample_project_suite_passes_on_the_plugin_fixture(dsn: str) -> None:
+    proc = _run_project(GEN_DURABLE_TEST_DSN=dsn)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"\b3 passed\b", proc.stdout), proc.stdout
+
+
+def test_without_a_dsn_the_plugin_starts_an_embedded_server() -> None:
+    # No database configured at all: the plugin's session fixture starts one private
+    # server for the whole session and every test still gets a schema of its own.
+    proc = _run_project()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"\b3 passed\b", proc.stdout), proc.stdout
 
