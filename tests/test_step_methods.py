@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import pytest
 
 import gen_durable as gd
 from gen_durable.graph import mermaid, transitions
 from gen_durable.testing import drain
+
+S = TypeVar("S")
 
 
 class Parcel(gd.State):
@@ -203,6 +205,21 @@ def test_state_source_order() -> None:
     assert Child.__gd_state__ is FromGeneric
     assert JobState.__gd_state__ is FromGeneric
     assert isinstance(ByGeneric.load_state('{"b": 5}'), FromGeneric)
+
+    with pytest.raises(gd.InvalidMachine, match="by a string"):
+
+        class Quoted(gd.FSM["Explicit"]):
+            def step(self, step: str, ctx: gd.Context) -> gd.Outcome:
+                return gd.Done()
+
+    class Base(gd.FSM[S], abstract=True):
+        pass
+
+    class Concrete(Base[FromGeneric]):
+        def step(self, step: str, ctx: gd.Context[FromGeneric]) -> gd.Outcome:
+            return gd.Done()
+
+    assert Base.__gd_state__ is None and Concrete.__gd_state__ is FromGeneric
 
     with pytest.raises(gd.InvalidMachine, match="must be a pydantic model"):
 

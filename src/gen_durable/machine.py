@@ -23,7 +23,7 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from json import loads as _json_loads
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, ForwardRef, Generic, get_args
 
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypeVar
@@ -320,7 +320,13 @@ def _adopt_state(cls: type, explicit: type[BaseModel] | None) -> type[BaseModel]
                 f"{cls.__qualname__}: the state type of gd.FSM[...]/gd.Job[...] must be "
                 f"a pydantic model (gd.State) or a dict type, got {param!r}"
             )
-        break  # Any, a TypeVar, a forward reference: no model to adopt at run time
+        if isinstance(param, str | ForwardRef):
+            # Adopting nothing would give dict state where the type checker sees a model.
+            raise InvalidMachine(
+                f"{cls.__qualname__}: gd.FSM[{param!r}] names the state type by a string; "
+                "pass the model class itself (defined before the machine)"
+            )
+        break  # a TypeVar (a generic base class): no model to adopt at run time
     inherited: type[BaseModel] | None = getattr(cls, "__gd_state__", None)
     return inherited
 
