@@ -25,4 +25,18 @@ class Article(gd.FSM, name="tests.graph.article", initial="draft"):
 
 class Dispatcher(gd.FSM, name="tests.graph.dispatcher"):
     def step(self, step: str, ctx: gd.Context) -> gd.Outcome:
-        return gd.Done()
+        if step == "start":
+            return gd.Next("check", ctx.state)
+        match step:
+            case "check":
+                if ctx.signals:
+                    return gd.Next("finish", ctx.state)
+                return gd.Await("go", ctx.state)
+            case "finish" | "end":
+                return gd.Done()
+        return gd.Stop(f"unknown step {step!r}")
+
+
+class Mail(gd.Job, name="tests.graph.mail"):
+    def perform(self, args: dict[str, str]) -> None:
+        return None

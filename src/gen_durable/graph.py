@@ -1,7 +1,9 @@
 """What a machine's source says about its transitions: the class-creation check of
 step methods and ``gen-durable graph`` read it the same way (SPEC §26).
 
-The reading is static and partial by design — a machine is ordinary Python, and an
+For a ``step(self, step, ctx)`` dispatcher the same outcomes are read inside its
+``if step == "x":`` and ``match step: case "x":`` branches, which name the step they
+leave. The reading is static and partial by design — a machine is ordinary Python, and an
 outcome built from a variable cannot be followed without running it. It sees the
 outcomes written out in a step method's body: ``Next(Order.ship, …)`` and
 ``ScheduleChilds(Order.joined, …)`` (a method of the machine, by reference, or a step
@@ -93,22 +95,79 @@ def _source_tree(fn: Any) -> ast.AST | None:
         return None
 
 
+def _calls(node: ast.AST) -> list[ast.Call]:
+    found = [n for n in ast.walk(node) if isinstance(n, ast.Call)]
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))
+
+
 def transitions(machine: type[Machine]) -> list[Transition]:
-    """The transitions written out in the machine's step methods, in source order."""
+    """The transitions written out in the machine's step methods — or, for a
+    ``step(self, step, ctx)`` dispatcher, in its ``if step == "x"`` and
+    ``match step: case "x"`` branches — in source order."""
     found: list[Transition] = []
-    for name in getattr(machine, "__gd_steps__", None) or ():
+    steps = getattr(machine, "__gd_steps__", None)
+    if steps is None:
+        tree = _source_tree(getattr(machine, "step", None))
+        if tree is not None:
+            _dispatcher(tree, machine.__name__, found)
+        return found
+    for name in steps:
         tree = _source_tree(getattr(machine, name))
-        if tree is None:
-            continue
-        calls = sorted(
-            (n for n in ast.walk(tree) if isinstance(n, ast.Call)),
-            key=lambda n: (n.lineno, n.col_offset),
-        )
-        for node in calls:
+        for node in _calls(tree) if tree is not None else ():
             t = _read_call(node, machine.__name__, name)
             if t is not None and t not in found:
                 found.append(t)
     return found
+
+
+def _compared_step(test: ast.expr, param: str) -> str | None:
+    """``"x"`` for a test ``step == "x"`` (either way round), else None."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return None
+    if not isinstance(test.ops[0], ast.Eq):
+        return None
+    pair = (test.left, test.comparators[0])
+    for name, value in (pair, pair[::-1]):
+        if isinstance(name, ast.Name) and name.id == param and isinstance(value, ast.Constant):
+            return value.value if isinstance(value.value, str) else None
+    return None
+
+
+def _case_steps(pattern: ast.pattern) -> list[str]:
+    if isinstance(pattern, ast.MatchValue) and isinstance(pattern.value, ast.Constant):
+        return [pattern.value.value] if isinstance(pattern.value.value, str) else []
+    if isinstance(pattern, ast.MatchOr):
+        return [name for p in pattern.patterns for name in _case_steps(p)]
+    return []
+
+
+def _dispatcher(tree: ast.AST, owner: str, found: list[Transition]) -> None:
+    defs = (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+    func = next(defs, None)
+    if func is None:
+        return
+    params = func.args.posonlyargs + func.args.args
+    param = params[1].arg if len(params) > 1 else "step"
+
+    def visit(nodes: list[ast.stmt], source: str | None) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If):
+                visit(node.body, _compared_step(node.test, param) or source)
+                visit(node.orelse, source)
+            elif isinstance(node, ast.Match) and (
+                isinstance(node.subject, ast.Name) and node.subject.id == param
+            ):
+                for case in node.cases:
+                    names: list[str | None] = [*_case_steps(case.pattern)] or [source]
+                    for name in names:
+                        visit(case.body, name)
+            elif source is not None:
+                for call in _calls(node):
+                    t = _read_call(call, owner, source)
+                    if t is not None and t not in found:
+                        found.append(t)
+
+    visit(func.body, None)
 
 
 def check_references(machine: type[Machine], steps: dict[str, bool]) -> None:
@@ -126,10 +185,13 @@ def check_references(machine: type[Machine], steps: dict[str, bool]) -> None:
 def mermaid(machine: type[Machine]) -> str:
     """The machine as a Mermaid state diagram: its steps, the entry at ``initial``
     and the transitions :func:`transitions` can see."""
+    found = transitions(machine)
     steps = list(getattr(machine, "__gd_steps__", None) or ())
+    for t in found:  # a dispatcher's steps are the ones its branches and outcomes name
+        steps += [x for x in (t.source, t.target) if x is not None and x not in steps]
     lines = ["stateDiagram-v2", f"    [*] --> {machine.__gd_initial__}"]
     lines += [f"    {s}" for s in steps if s != machine.__gd_initial__]
-    for t in transitions(machine):
+    for t in found:
         target = "[*]" if t.target is None else t.target
         text = f"Await {t.label}" if t.kind == "await" and t.label else _LABELS.get(t.kind, "Await")
         lines.append(f"    {t.source} --> {target}: {text}")

@@ -7,16 +7,16 @@ from __future__ import annotations
 import argparse
 
 from ..graph import mermaid
+from ..machine import Job
 from .common import CommandError, import_apps, resolve_machine
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
     import_apps(args.path, args.app)
     machine = resolve_machine(args.machine)
-    if machine.__gd_steps__ is None:
+    if issubclass(machine, Job):
         raise CommandError(
-            f"{machine.__gd_name__} is a step(self, step, ctx) dispatcher or a gd.Job: "
-            "graph draws machines written with @gd.step methods"
+            f"{machine.__gd_name__} is a gd.Job: one perform, no transitions to draw"
         )
     print(mermaid(machine), end="")
     return 0

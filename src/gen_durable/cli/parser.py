@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common_options(db=False, json_out=False)],
         help="print a machine's steps and transitions as a Mermaid state diagram",
         description="MACHINE is module:Class, a dotted path or a registered name. The "
-        "transitions are read from the source of its @gd.step methods: Next and "
+        "transitions are read from the source of its @gd.step methods (or of the "
+        "if step == 'x' / match step branches of a step dispatcher): Next and "
         "ScheduleChilds to a method (Class.step) or a literal step name, Await, Done "
         "and Stop. Paste the output into any Mermaid renderer.",
     )
