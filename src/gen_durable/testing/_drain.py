@@ -66,7 +66,10 @@ async def fire_await_deadlines(engine: Engine) -> int:
 
     Await deadlines (``gd.Await(..., timeout=/deadline=)``) arrive with SPEC §19; until
     the schema stores them no parked row carries one, so nothing fires and this
-    returns 0. It is the one place a drain fires timers."""
+    returns 0. It is the one place a drain fires timers: with §19 it runs the timer
+    service's own statement with every deadline treated as passed (time collapsed,
+    as ``with_scheduled`` does for delays), so a woken step sees
+    ``ctx.timed_out`` exactly as under a worker."""
     del engine
     return 0
 
