@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -190,3 +191,33 @@ def test_run_step_runs_one_step_as_pure_code() -> None:
 async def test_run_step_inside_a_running_loop() -> None:
     woken = run_step(Greeter, "start", signals=[gd.Signal(3, "hello", "bob")])
     assert woken == gd.Next("reply", {"names": ["bob"], "attempt": 0})
+
+
+STARTED = asyncio.Event()
+
+
+class Stuck(gd.FSM):
+    @gd.step
+    async def start(self, ctx: gd.Context) -> gd.Outcome:
+        STARTED.set()
+        await asyncio.Event().wait()  # never returns: the test cancels the drain
+        return gd.Done()
+
+
+async def test_a_cancelled_drain_hands_its_claims_back(
+    make_engine: Callable[..., gd.Engine],
+) -> None:
+    STARTED.clear()
+    engine = make_engine(queues={})
+    async with engine:
+        ids = [await engine.insert(Stuck) for _ in range(3)]
+        task = asyncio.ensure_future(drain(engine))
+        await asyncio.wait_for(STARTED.wait(), 30)
+        rows = [await engine.get(i) for i in ids]
+        assert [r.status for r in rows if r is not None] == ["executing"] * 3
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rows = [await engine.get(i) for i in ids]
+    # The running claim and the two waiting behind it are all runnable again.
+    assert [r.status for r in rows if r is not None] == ["runnable"] * 3

@@ -15,6 +15,7 @@ delayed rows due (``Next(delay=…)``, retry backoff, ``schedule_in``), and
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -159,7 +160,13 @@ async def drain(
                     f"longer. Ran: {dict(result.kinds)}",
                     result,
                 )
-            await executor.run(claim, machine)
+            try:
+                await executor.run(claim, machine)
+            except BaseException:
+                # A lost connection, a cancelled test: this claim and those not run yet go
+                # back (a no-op for one whose outcome committed) rather than wait out leases.
+                await asyncio.shield(_release(engine, pool, claims[i:]))
+                raise
 
 
 _THREADS = DaemonThreadPool(1, thread_name_prefix="gen_durable-drain")
