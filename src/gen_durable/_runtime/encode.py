@@ -15,6 +15,7 @@ from .._db import codec
 from .._inputs import build_insert
 from ..errors import EncodingError, InvalidOutcome
 from ..machine import Machine, Signal
+from ..steps import step_name
 from .completer import Completion
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def encode(
     seen = seen_ids(signals)
     base = Completion(claim.id, claim.token, kind, consume=claim.awaits, seen=seen)
     if isinstance(outcome, oc.Next):
-        base.step = _step_name(outcome.step)
+        base.step = _step_name(outcome.step, machine)
         base.state = _state_text(outcome.state, machine, base)
         if outcome.delay:  # validated when the Next was built
             base.delay = oc.seconds(outcome.delay, "Next delay")
@@ -106,7 +107,7 @@ def encode(
         base.state = _state_text(outcome.state, machine, base)
         base.consume = None
     elif isinstance(outcome, oc.ScheduleChilds):
-        base.step = _step_name(outcome.step)
+        base.step = _step_name(outcome.step, machine)
         base.state = _state_text(outcome.state, machine, base)
         if isinstance(outcome.children, str | bytes) or not hasattr(outcome.children, "__iter__"):
             raise InvalidOutcome("ScheduleChilds children must be a list of machines or gd.Spec")
@@ -129,5 +130,15 @@ def _nonempty(value: Any, what: str) -> str:
     return value
 
 
-def _step_name(value: Any) -> str:
-    return codec.check_text(_nonempty(value, "step name"), "step name")
+def _step_name(value: Any, machine: type[Machine]) -> str:
+    """The target step's name: a ``@gd.step`` method names itself (SPEC §26), and a
+    step-method machine refuses a name it has no method for, inside the step that
+    returned it, so the mistake goes through ``handle`` instead of parking the row at
+    a step nothing can run."""
+    name = codec.check_text(_nonempty(step_name(value), "step name"), "step name")
+    steps = machine.__gd_steps__
+    if steps is not None and name not in steps:
+        raise InvalidOutcome(
+            f"{machine.describe()} has no step {name!r} (its steps: {', '.join(sorted(steps))})"
+        )
+    return name

@@ -9,6 +9,7 @@
 ``reads``          ``get``, ``inbox``, ``children``
 ``admin``          operator reads and commands (``admin.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
+``testing``        what ``gen_durable.testing.drain`` adds (``testing.*``)
 =================  ==========================================================
 
 Importing this package registers them all in
@@ -18,6 +19,16 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals
+from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals, testing
 
-__all__ = ["admin", "inserts", "leases", "migrations", "outcomes", "pick", "reads", "signals"]
+__all__ = [
+    "admin",
+    "inserts",
+    "leases",
+    "migrations",
+    "outcomes",
+    "pick",
+    "reads",
+    "signals",
+    "testing",
+]
