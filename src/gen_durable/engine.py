@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from ._control import Control
 from ._db import runner
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
@@ -61,7 +62,7 @@ START_TIMEOUT = 30.0
 _NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
 
 
-class Engine:
+class Engine(Control):
     """Runs machines from one PostgreSQL schema and inserts/signals/reads instances.
 
     ``queues`` maps queue name to concurrency (``{}``: a pure client that runs
@@ -329,7 +330,8 @@ class Engine:
     async def wait(
         self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
     ) -> Instance:
-        """Poll until the instance is terminal (``done``/``failed``) and return it.
+        """Poll until the instance is terminal (``done``/``failed``/``cancelled``) and
+        return it.
 
         Raises ``gd.NoSuchInstance`` for an unknown id and ``TimeoutError`` when
         ``timeout`` seconds pass first. Polling, not a subscription: meant for
