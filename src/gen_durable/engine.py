@@ -32,7 +32,7 @@ from ._db import runner
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
-from ._runtime.config import Config, build_config
+from ._runtime.config import RETENTION, Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
@@ -100,6 +100,9 @@ class Engine(Control):
         node_id: str | None = None,
         run_ahead: int = 16,
         crash_limit: int = 10,
+        retention: float | Mapping[str, float] | None = RETENTION,
+        gc_interval: float = 60.0,
+        gc: bool = True,
     ) -> None:
         # Every keyword but dsn/queues/fsms is a Config option, validated there.
         options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}

@@ -46,6 +46,7 @@ from .handback import UnknownMachines
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .reaper import Reaper
+from .retention import Retention
 from .scheduler import QueueScheduler, QueueWiring
 from .service import Supervisor
 from .stats import Stats
@@ -94,8 +95,8 @@ class Node:
         node_id: str,
     ) -> None:
         self.config = config
-        # One connection per queue's feeder, plus heartbeat, reaper and a release.
-        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 3)
+        # One connection per queue's feeder, plus heartbeat, reaper, retention, a release.
+        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 4)
         self.queries = queries
         self.registry = registry
         self.stats = stats
@@ -163,6 +164,9 @@ class Node:
             self.supervisor.start(sched)
         self.supervisor.start(self.heartbeat)
         self.supervisor.start(self.reaper)
+        if self.config.gc and self.config.retention is not None:
+            sweep = Retention(self.config, self.fetch, self.stats, self.node_id, _DB_ERRORS)
+            self.supervisor.start(sweep)
         if self.config.listen:
             self.supervisor.start(Listener(self.config, self.queries, self.wake))
 
