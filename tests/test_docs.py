@@ -38,6 +38,7 @@ GUIDES = (
     "partitioning",
     "scheduling",
     "production",
+    "operations",
     "telemetry",
 )
 PAGES = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in GUIDES)]

@@ -43,6 +43,14 @@ commit (which locks the child first); PostgreSQL aborts one of the two and the c
 runs again, this many times at most."""
 
 
+BULK_STATUSES: dict[str, tuple[str, ...]] = {
+    "cancel": NON_TERMINAL,
+    "retry": ("failed", "cancelled"),
+    "purge": TERMINAL,
+}
+"""The statuses each bulk action can change; the filters narrow within them."""
+
+
 class Control:
     config: Any
     registry: Registry
@@ -166,7 +174,7 @@ class Control:
         """Cancel every live instance matching ``filters`` (at least one), in batches;
         returns how many were cancelled (descendants included)."""
         n = 0
-        async for ids in self._batches("cancel_where", NON_TERMINAL, filters):
+        async for ids in self._batches("cancel_where", BULK_STATUSES["cancel"], filters):
             roots = await self._cancel(ids, _reason(reason), cascade)
             n += sum(r.cancelled for r in roots)
         return n
@@ -175,7 +183,7 @@ class Control:
         """Retry every failed or cancelled instance matching ``filters`` (at least one),
         in batches; returns how many were made runnable."""
         n = 0
-        async for ids in self._batches("retry_where", ("failed", "cancelled"), filters):
+        async for ids in self._batches("retry_where", BULK_STATUSES["retry"], filters):
             for iid in ids:
                 try:
                     n += await self.retry(iid)
@@ -189,12 +197,23 @@ class Control:
         many rows were deleted."""
         n = 0
         schema = self.config.schema
-        async for ids in self._batches("purge_where", TERMINAL, filters):
+        async for ids in self._batches("purge_where", BULK_STATUSES["purge"], filters):
             rows = await runner.fetch(
                 self._require_pool(), listing.PURGE.bind(schema, {"ids": ids})
             )
             n += len(rows)
         return n
+
+    async def count_where(self, action: str, **filters: Any) -> int:
+        """How many rows ``cancel_where``/``retry_where``/``purge_where`` (``action``)
+        would change now: a dry run, the same filters."""
+        flt = build_filter(**filters)
+        require_some(flt, f"{action}_where")
+        params = _page(flt, None, 1)
+        del params["limit"]
+        params["only"] = listing.status_array(BULK_STATUSES[action])
+        rows = await self._filtered(listing.COUNT_MATCHING, params)
+        return int(rows[0].count)
 
     async def _batches(
         self, call: str, only: Iterable[str], filters: dict[str, Any]

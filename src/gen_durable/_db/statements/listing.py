@@ -104,6 +104,26 @@ LIMIT %(limit)s
     Matched,
 )
 
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    count: int
+
+
+# What a bulk action would touch, for the CLI's dry run. A count reads every matching
+# row: fine for an operator's command, not for a loop.
+COUNT_MATCHING = Statement(
+    "listing.count_matching",
+    "How many rows a bulk action would change (the CLI's dry run)",
+    f"""
+SELECT count(*) AS count FROM {{s}}.gen_durable g
+WHERE {_FILTER}
+  AND g.status = ANY (%(only)s::{{s}}.durable_status[])
+""",
+    {**FILTER_PARAMS, "only": "text"},
+    Counted,
+)
+
 _LIVE_PARENT = f"""EXISTS (
         SELECT 1 FROM {{s}}.gen_durable p
         WHERE p.id = g.parent_id AND p.status NOT IN {TERMINAL!r})"""
