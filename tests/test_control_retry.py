@@ -165,3 +165,46 @@ async def test_retry_racing_a_siblings_end_counts_the_child_once(make_engine) ->
             await complete(observer, q, id=a, token="node-c:2", kind="done")
             row = await fetch(observer, schema, parent)
             assert row["status"] == "runnable" and row["children_pending"] == 0
+
+
+class HKid(gd.FSM):
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        await asyncio.sleep(0.005 * (ctx.id % 3))
+        return gd.Stop("always")
+
+
+class HParent(gd.FSM):
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        if step == "start":
+            return gd.ScheduleChilds("join", [HKid] * 12, ctx.state)
+        RUNS["hjoin"] = RUNS.get("hjoin", 0) + 1
+        return gd.Done(sorted(c.status for c in ctx.childs))
+
+
+async def test_retries_hammering_a_live_barrier_wake_the_parent_exactly_once(make_engine):
+    """Children fail and are retried (twice each, as fast as the client can) while
+    their siblings end on the node: the barrier counts every retried child once more
+    only while the parent still waits, and the parent joins exactly once."""
+    RUNS.clear()
+    retried: dict[int, int] = {}
+    async with make_engine(queues={"default": 6}) as engine:
+        parent = await engine.insert(HParent)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while (inst := await engine.get(parent)) is not None and not inst.terminal:
+            assert loop.time() < deadline, "the parent never finished"
+            for kid in await engine.list(parent=parent, status="failed"):
+                if retried.get(kid.id, 0) < 2 and await engine.retry(kid.id):
+                    retried[kid.id] = retried.get(kid.id, 0) + 1
+            await asyncio.sleep(0.01)
+        assert inst is not None and inst.status == "done" and RUNS["hjoin"] == 1
+        assert inst.children_pending == 0
+        kids = await engine.list(parent=parent)
+        assert len(kids) == 12 and sum(retried.values()) > 0
+
+        async def all_ended() -> bool:
+            return all(k.terminal for k in await engine.list(parent=parent))
+
+        await wait_for(all_ended, 30)  # detached retries finish on their own
+        assert (await engine.get(parent)).children_pending == 0  # type: ignore[union-attr]
+        assert RUNS["hjoin"] == 1
