@@ -242,3 +242,29 @@ async def test_a_parent_cancelled_first_schedules_no_children(make_engine) -> No
             assert await schedule(conn, q, parent, "node-p:1", kids) == []
             assert await client.list(parent=parent) == []
             assert (await fetch(conn, schema, parent))["status"] == "cancelled"
+
+
+async def test_a_cancel_that_deadlocks_with_a_childs_commit_runs_again(make_engine) -> None:
+    """Cancel locks parent then child; a child's terminal commit locks child then
+    parent. Forced here: PostgreSQL aborts the cancel's transaction, which runs again
+    once the child's commit is through, and still cancels the whole tree."""
+    async with make_engine(queues={}) as client:
+        schema, q = client.config.schema, client.queries
+        observer = await connect(client.config.dsn)
+        holder = await connect(client.config.dsn, autocommit=False)
+        async with observer, holder:
+            parent, kids = await fan_out(observer, q, 2)
+            table = f'"{schema}".gen_durable'
+            # The cancel's backend must be the one that finds the cycle (the victim).
+            await holder.execute("SET deadlock_timeout = '30s'")
+            await holder.execute(f"UPDATE {table} SET updated_at = now() WHERE id = %s", (kids[0],))
+            task = asyncio.create_task(client.cancel(parent, "deadlock"))
+            await wait_lock_waiters(observer, schema)  # the cancel holds the parent
+            closing = asyncio.create_task(
+                holder.execute(f"UPDATE {table} SET updated_at = now() WHERE id = %s", (parent,))
+            )
+            await asyncio.wait_for(closing, 15)  # the cancel was the deadlock's victim
+            await holder.commit()
+            assert await asyncio.wait_for(task, 15) is True
+            for iid in (parent, *kids):
+                assert (await fetch(observer, schema, iid))["status"] == "cancelled"
