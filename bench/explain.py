@@ -1155,6 +1155,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in measures
             for mode in MODES
         ]
+        import explain_ops  # here: it imports this module's helpers
+
+        ops, ops_why = explain_ops.measure_ops(db, schema)
+        verdicts += explain_ops.verdicts(ops)
         scales: list[Scale] = []
         if args.scaling:
             for size in sorted({int(x) for x in args.scaling_sizes.split(",") if x}):
@@ -1175,6 +1179,8 @@ def main(argv: list[str] | None = None) -> int:
             verdicts,
             {c.key: c.why for c in cases(args.batch)},
         )
+        with args.output.open("a", encoding="utf-8") as out:
+            out.write(explain_ops.report(ops, ops_why))
     failed = [v for v in verdicts if not v.ok]
     for v in verdicts:
         if v.name.startswith("pick flat"):

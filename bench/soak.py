@@ -14,6 +14,13 @@ SIGCONT, ``pg_terminate_backend`` of every node connection, and a fast restart o
 PostgreSQL. By default the soak starts a private embedded PostgreSQL server so that
 it may restart it; with ``--dsn`` it uses that server and never restarts it.
 
+With ``--ops`` (on by default) an operator acts alongside the faults, every
+``--ops-period`` seconds, through the public API (SPEC §21): it cancels a few parents
+while their children run (cascade), retries half of them at once, and retries failed
+children whose parent still waits (or has just moved on). The checker then also
+verifies that no child of a cancelled parent moved after the cancel and that every
+barrier count is back to 0.
+
 When every instance is terminal the nodes are stopped and the invariant checker
 (``tests/cluster/checker.py``) reads the database and the effect log. The report
 gives throughput, the runnable→started gap of Next/Replay transitions (p50/p99), the
@@ -24,6 +31,7 @@ is 1 when the checker found any violation.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import statistics
@@ -37,8 +45,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import gen_durable as gd  # noqa: E402
 from tests.cluster import workload  # noqa: E402
-from tests.cluster.checker import check, dump  # noqa: E402
+from tests.cluster.checker import Control, check, dump  # noqa: E402
 from tests.cluster.harness import (  # noqa: E402
     Cluster,
     OwnedServer,
@@ -113,6 +122,49 @@ class Faults:
         return sum(cost.get(kind, whole) for _, kind in self.log)
 
 
+class Operator:
+    """Cancels and retries instances through the API while the soak runs (SPEC §21)."""
+
+    def __init__(self, dsn: str, schema: str, period: float, seed: int) -> None:
+        self.dsn, self.schema, self.period = dsn, schema, period
+        self.rng = random.Random(seed + 1)
+        self.control = Control()
+        self.errors = 0
+        self._next = time.monotonic() + period
+
+    def tick(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.period
+        try:
+            asyncio.run(self._act())
+        except gd.GenDurableError as exc:  # a fault took the database away: next time
+            self.errors += 1
+            print(f"  operator: {exc}", flush=True)
+
+    async def _act(self) -> None:
+        async with gd.Engine(self.dsn, schema=self.schema, queues={}, pool_size=2) as client:
+            ops = self.control
+            parents = await client.list(
+                machine=workload.Parent, status="awaiting_children", limit=50
+            )
+            for p in self.rng.sample(parents, min(2, len(parents))):
+                if p.id in ops.cancelled or p.id in ops.retried:
+                    continue
+                if not await client.cancel(p.id, "soak operator"):
+                    continue
+                if self.rng.random() < 0.5:
+                    ops.cancelled.add(p.id)
+                elif await client.retry(p.id):
+                    ops.retried.add(p.id)
+                else:
+                    ops.cancelled.add(p.id)
+            kids = await client.list(machine=workload.BadKid, status="failed", limit=50)
+            for k in self.rng.sample(kids, min(3, len(kids))):
+                if k.id not in ops.retried_kids and await client.retry(k.id):
+                    ops.retried_kids.add(k.id)
+
+
 def effects(dsn: str, schema: str) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = query(
         dsn,
@@ -167,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease-ttl", type=float, default=3.0)
     p.add_argument("--fault-period", type=float, default=4.0)
     p.add_argument("--no-faults", action="store_true")
+    p.add_argument(
+        "--ops",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cancel and retry instances during the run (default: on)",
+    )
+    p.add_argument("--ops-period", type=float, default=2.0)
     p.add_argument("--dsn", help="use this server (never restarted) instead of an embedded one")
     p.add_argument("--timeout", type=float, default=6 * 3600)
     p.add_argument("--seed", type=int, default=0)
@@ -191,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         pause=0.0,
     )
     faults = Faults(cluster, server, args.fault_period, args.seed)
+    operator = Operator(dsn, schema, args.ops_period, args.seed)
     sizes = sizes_for(args.instances)
     print(f"soak: {args.instances} instances {sizes} on {args.nodes} nodes, schema {schema}")
     print(f"  node logs in {work / 'nodes'}", flush=True)
@@ -219,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"soak: {left} instances unfinished at the timeout")
             if not args.no_faults:
                 faults.tick()
+            if args.ops:
+                operator.tick()
             if time.monotonic() - last_report > 15:
                 last_report = time.monotonic()
                 print(f"  {left} unfinished after {last_report - began:.0f}s", flush=True)
@@ -228,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             sender.halt()
         senders = []
         cluster.terminate()
-        report = check(dsn, schema, ids, max_reexecutions=faults.bound())
+        report = check(dsn, schema, ids, max_reexecutions=faults.bound(), control=operator.control)
         rows = effects(dsn, schema)
         lat = gaps(rows)
         executing = query(
@@ -252,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             "executing_after_stop": executing,
             "node_stderr_lines": cluster.log_lines(),
             "stale_outcomes_dropped": cluster.log_lines("outcome dropped"),
+            "cancelled": len(operator.control.cancelled),
+            "cancelled_then_retried": len(operator.control.retried),
+            "children_retried": len(operator.control.retried_kids),
+            "operator_errors": operator.errors,
             "violations": len(report.violations),
             "verdict": "ok" if report.ok else "VIOLATIONS",
         }

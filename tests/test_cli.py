@@ -487,6 +487,7 @@ def test_status_counts_backlog_and_expired_leases(
         "awaiting_children": 0,
         "done": 0,
         "failed": 0,
+        "cancelled": 0,
     }
     assert out["queues"]["mail"]["failed"] == 1
     [backlog] = out["backlog"]

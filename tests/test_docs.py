@@ -38,6 +38,7 @@ GUIDES = (
     "partitioning",
     "scheduling",
     "production",
+    "operations",
     "telemetry",
     "testing",
 )

@@ -23,7 +23,7 @@ import psycopg
 from typing_extensions import Unpack
 
 from ._db import codec, runner
-from ._db.queries import InsertRows, Queries, Stmt
+from ._db.queries import TERMINAL, InsertRows, Queries, Stmt
 from ._db.statements.inserts import Inserted
 from ._db.statements.signals import Delivered
 from ._dsn import resolve_dsn
@@ -100,7 +100,7 @@ def delivery(row: Delivered | None, target_id: int) -> Delivery:
     """What the signal statement's row says happened."""
     if row is None:
         raise NoSuchInstance(target_id)
-    if row.status in ("done", "failed"):
+    if row.status in TERMINAL:
         return "finished"
     # A live target stores the signal unless ON CONFLICT found its dedup_key.
     return "stored" if row.signal_id is not None else "duplicate"

@@ -28,12 +28,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from typing_extensions import Unpack
 
+from ._control import Control
 from ._db import runner
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
 from ._inputs import InsertOptions
-from ._runtime.config import Config, build_config
+from ._runtime.config import RETENTION, Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
@@ -64,7 +65,7 @@ START_TIMEOUT = 30.0
 _NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
 
 
-class Engine:
+class Engine(Control):
     """Runs machines from one PostgreSQL schema and inserts/signals/reads instances.
 
     ``queues`` maps queue name to concurrency (``{}``: a pure client that runs
@@ -102,6 +103,9 @@ class Engine:
         node_id: str | None = None,
         run_ahead: int = 16,
         crash_limit: int = 10,
+        retention: float | Mapping[str, float] | None = RETENTION,
+        gc_interval: float = 60.0,
+        gc: bool = True,
     ) -> None:
         # Every keyword but dsn/queues/fsms is a Config option, validated there.
         options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
@@ -332,7 +336,8 @@ class Engine:
     async def wait(
         self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
     ) -> Instance:
-        """Poll until the instance is terminal (``done``/``failed``) and return it.
+        """Poll until the instance is terminal (``done``/``failed``/``cancelled``) and
+        return it.
 
         Raises ``gd.NoSuchInstance`` for an unknown id and ``TimeoutError`` when
         ``timeout`` seconds pass first. Polling, not a subscription: meant for

@@ -95,6 +95,12 @@ class SchemaError(GenDurableError):
     """The database schema is missing, foreign, or at an unknown version."""
 
 
+class InvalidFilter(GenDurableError, ValueError):
+    """An operator filter (``list``, ``cancel_where``, ``retry_where``,
+    ``purge_where``) is malformed, or a bulk form was called with no filter at all
+    (SPEC §21). Nothing was read or changed."""
+
+
 class Cancel(GenDurableError):
     """Raised by a job's ``perform`` to fail it at once, without retry (SPEC §12)."""
 
@@ -111,6 +117,7 @@ __all__ = [
     "Duplicate",
     "EncodingError",
     "GenDurableError",
+    "InvalidFilter",
     "InvalidMachine",
     "InvalidOutcome",
     "NoSuchInstance",

@@ -39,7 +39,10 @@ class Instance:
     # step, attempt, at (ISO time), type, message and traceback.
     crash_count: int
     errors: tuple[dict[str, Any], ...]
+    # Control (SPEC §21): a retried child whose parent had already moved on; its end
+    # no longer touches the parent's barrier.
+    detached: bool
 
     @property
     def terminal(self) -> bool:
-        return self.status in ("done", "failed")
+        return self.status in ("done", "failed", "cancelled")

@@ -39,6 +39,8 @@ EVENTS = frozenset(
         "outcome.stale",
         "service.restarted",
         "service.failed",
+        "instance.cancelled",
+        "gc.swept",
     }
 )
 

@@ -23,6 +23,11 @@ test can ``assert report.ok, report``. The invariants (issue 6, SPEC §0, §4–
    whose lease expired), which is the lease model's documented limit (SPEC §9).
 6. Children: every parent has exactly its scheduled children, all terminal,
    ``children_pending = 0``, and what it saw at the join matches the rows.
+7. Control (SPEC §21, when the run cancelled and retried instances): every row's
+   barrier count is 0 at the end (each child counted exactly once, retried ones
+   included); only the instances cancelled and their descendants are ``cancelled``;
+   no child of a cancelled parent changed after the cancel committed (none escaped
+   it); a retried parent ran its join once and ended ``done``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from psycopg import sql
 
 from .workload import payload_for
 
-TERMINAL = ("done", "failed")
+TERMINAL = ("done", "failed", "cancelled")
 
 
 @dataclass
@@ -85,6 +90,17 @@ class Row:
     parent_id: int | None
     children_pending: int
     partition_key: str | None
+    updated_at: Any = None
+
+
+@dataclass
+class Control:
+    """What the run's operator did (SPEC §21): the instances it cancelled and left so,
+    the cancelled ones it then retried, and the failed children it retried."""
+
+    cancelled: set[int] = field(default_factory=set)
+    retried: set[int] = field(default_factory=set)
+    retried_kids: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -106,7 +122,8 @@ def _load(dsn: str, schema: str) -> tuple[list[Row], list[tuple[int, str, str]],
             for r in conn.execute(
                 sql.SQL(
                     "SELECT id, fsm, step, status::text, state, result, last_error, parent_id,"
-                    " children_pending, partition_key FROM {}.gen_durable ORDER BY id"
+                    " children_pending, partition_key, updated_at FROM {}.gen_durable"
+                    " ORDER BY id"
                 ).format(s)
             )
         ]
@@ -138,6 +155,7 @@ def check(
     expected_ids: list[int] | None = None,
     *,
     max_reexecutions: int = 0,
+    control: Control | None = None,
 ) -> Report:
     """Check every invariant; ``expected_ids`` are the ids the test inserted."""
     rows, signals, effects = _load(dsn, schema)
@@ -157,6 +175,8 @@ def check(
         if i not in by_id:
             bad(f"instance {i}: lost (no row)")
 
+    ops = control or Control()
+    touched = _descendants(ops.cancelled | ops.retried, kids_of)
     committed: dict[int, int] = {}
     for r in rows:
         kind = _short(r.fsm)
@@ -166,12 +186,51 @@ def check(
         else:
             bad(f"instance {r.id} ({kind}): not terminal, {r.status} at {r.step}")
             continue
+        if r.children_pending != 0:
+            bad(f"instance {r.id} ({kind}): children_pending {r.children_pending} at the end")
+        if r.id in touched or r.id in ops.retried_kids or r.status == "cancelled":
+            _check_controlled(r, kind, kids_of.get(r.id, []), ops, touched, rep)
+            continue  # its path and executions were cut short on purpose
         n = _check_row(r, kind, kids_of.get(r.id, []), inbox.get(r.id, Counter()), rep)
         if n is not None:
             committed[r.id] = n
 
     _check_effects(effects, committed, rep, max_reexecutions)
     return rep
+
+
+def _descendants(roots: set[int], kids_of: dict[int, list[Row]]) -> set[int]:
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        i = todo.pop()
+        if i not in seen:
+            seen.add(i)
+            todo.extend(k.id for k in kids_of.get(i, []))
+    return seen
+
+
+def _check_controlled(
+    r: Row, kind: str, kids: list[Row], ops: Control, touched: set[int], rep: Report
+) -> None:
+    """A row the operator cancelled or retried, or one inside such a tree."""
+    bad = rep.violations.append
+    if r.status == "cancelled" and r.id not in touched:
+        bad(f"instance {r.id} ({kind}): cancelled, but nobody cancelled it or an ancestor")
+    if r.id in ops.cancelled:
+        if r.status != "cancelled":
+            bad(f"instance {r.id} ({kind}): {r.status} after its cancel, expected cancelled")
+        for k in kids:  # §27.2: nothing under it moved after the cancel committed
+            if k.status not in TERMINAL or (k.updated_at and k.updated_at > r.updated_at):
+                bad(f"instance {k.id}: child of cancelled {r.id} changed after the cancel")
+    if r.id in ops.retried and kind == "Parent":
+        path = (r.result or {}).get("path") if isinstance(r.result, dict) else None
+        if r.status != "done" or path != ["start:schedule", "joined:done"]:
+            bad(f"instance {r.id} (Parent): retried, ended {r.status} with path {path}")
+        elif r.result.get("kids") != len(kids):
+            bad(f"instance {r.id} (Parent): retried, saw {r.result.get('kids')} of {len(kids)}")
+    if r.id in ops.retried_kids and r.status not in ("failed", "cancelled"):
+        bad(f"instance {r.id} ({kind}): retried bad kid ended {r.status}")
 
 
 def _check_row(r: Row, kind: str, kids: list[Row], inbox: Counter[str], rep: Report) -> int | None:

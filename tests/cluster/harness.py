@@ -84,7 +84,7 @@ def counts(dsn: str, schema: str) -> dict[str, int]:
 
 def unfinished(dsn: str, schema: str) -> int:
     c = counts(dsn, schema)
-    return sum(n for status, n in c.items() if status not in ("done", "failed"))
+    return sum(n for status, n in c.items() if status not in ("done", "failed", "cancelled"))
 
 
 def wait_until(

@@ -151,12 +151,43 @@ CREATE UNIQUE INDEX gen_durable_unique ON {s}.gen_durable (unique_guard)
     WHERE unique_guard IS NOT NULL;
 """
 
+# Control and retention (SPEC §21, §22).
+# - `cancelled`, a third terminal status. ADD VALUE may run inside the migration's
+#   transaction, but the new value cannot be *used* before that transaction commits,
+#   so nothing below names it: the partial index says "terminal" as "none of the live
+#   statuses", which covers `cancelled` once it exists.
+# - `detached`: set by `retry` on a child whose parent's barrier has already been
+#   released (§21, §27.3); such a child's end no longer touches its parent. A constant
+#   default: catalog only, no rewrite.
+# - `gen_durable_terminal` (status, updated_at) on terminal rows only: the retention
+#   sweep walks one status's oldest rows, O(batch) however large the table (§22).
+#   Plain CREATE INDEX (not CONCURRENTLY: that cannot run in a transaction) takes a
+#   SHARE lock for the build; writers wait for it, nothing is rewritten.
+CONTROL_UP = """
+ALTER TYPE {s}.durable_status ADD VALUE IF NOT EXISTS 'cancelled';
+ALTER TABLE {s}.gen_durable ADD COLUMN detached boolean NOT NULL DEFAULT false;
+CREATE INDEX gen_durable_terminal ON {s}.gen_durable (status, updated_at)
+    WHERE status NOT IN ('runnable', 'executing', 'awaiting_signal', 'awaiting_children');
+"""
+
+# PostgreSQL cannot drop an enum value. The previous version never writes it, so it
+# stays in the type, unused: every cancelled row becomes `failed` (its reason kept in
+# last_error), and migrating up again finds the value already there.
+CONTROL_DOWN = """
+UPDATE {s}.gen_durable SET status = 'failed', updated_at = now() WHERE status = 'cancelled';
+DROP INDEX IF EXISTS {s}.gen_durable_terminal;
+ALTER TABLE {s}.gen_durable DROP COLUMN IF EXISTS detached;
+"""
+
 VERSIONS: list[tuple[str, str]] = [
     (V1_UP, V1_DOWN),
     (V2_UP, V2_DOWN),
     (V3_UP, V3_DOWN),
     (V4_UP, V4_DOWN),
+    (CONTROL_UP, CONTROL_DOWN),
 ]
+CONTROL_VERSION = VERSIONS.index((CONTROL_UP, CONTROL_DOWN)) + 1
+"""The version that brings `cancelled` (its number depends on the increments before it)."""
 LATEST = len(VERSIONS)
 
 

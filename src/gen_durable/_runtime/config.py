@@ -13,9 +13,10 @@ Adding an option: declare the field here (with ``opt(...)``), add the keyword to
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +34,77 @@ def opt(
     low: float | None = None,
     strict: bool = True,
     cli: bool = False,
+    check: Callable[[str, Any], Any] | None = None,
 ) -> Any:
     """Declare one option: ``low`` is its lower bound (``strict``: the bound itself is
     refused), ``unit`` says how values read (seconds or a count), ``cli`` makes it a
-    ``gen-durable worker`` flag."""
-    return field(
-        default=default,
-        metadata={"help": help, "unit": unit, "low": low, "strict": strict, "cli": cli},
-    )
+    ``gen-durable worker`` flag; ``check`` validates a value of a shape the plain
+    kinds do not cover (and returns it normalised)."""
+    meta: dict[str, Any] = {"help": help, "unit": unit, "low": low, "strict": strict, "cli": cli}
+    if check is not None:
+        meta["check"] = check
+    return field(default=default, metadata=meta)
+
+
+class Durations(Mapping[str, float]):
+    """An immutable, hashable mapping of terminal status to seconds: the normalised
+    ``retention`` (a status it does not name is kept forever)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, **seconds: float) -> None:
+        self._items = dict(seconds)
+
+    def __getitem__(self, key: str) -> float:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._items.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._items) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"Durations({self._items!r})"
+
+
+RETENTION = Durations(done=86400.0, failed=604800.0, cancelled=604800.0)
+"""SPEC §22's default: finished rows 1 day, failed and cancelled ones 7 days."""
+
+_TERMINAL = ("done", "failed", "cancelled")
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{name} must be a positive duration (seconds), got {value!r}")
+    if math.isinf(value):
+        raise ConfigurationError(f"{name} must be finite (None keeps rows forever)")
+    return float(value)
+
+
+def _retention(name: str, value: Any) -> Durations | None:
+    """A duration for every terminal status, a mapping per status, or None (keep all)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(_TERMINAL)
+        if unknown:
+            raise ConfigurationError(
+                f"{name} names no terminal status {sorted(unknown, key=str)}; "
+                f"statuses are {', '.join(_TERMINAL)}"
+            )
+        kept = {k: _seconds(f"{name}[{k!r}]", v) for k, v in value.items() if v is not None}
+        return Durations(**kept)
+    age = _seconds(name, value)
+    return Durations(**dict.fromkeys(_TERMINAL, age))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +159,14 @@ class Config:
         10, "lease expiries on one step before the reaper fails the row", unit=COUNT, low=1,
         strict=False, cli=True,
     )  # fmt: skip
+    retention: float | Mapping[str, float] | None = opt(
+        RETENTION, "how long terminal rows are kept: seconds, a mapping per status, or None",
+        check=_retention,
+    )  # fmt: skip
+    gc_interval: float = opt(
+        60.0, "seconds between retention sweeps", unit=SECONDS, low=0, cli=True
+    )
+    gc: bool = opt(True, "run the retention sweep on this node")
 
 
 def options() -> list[dataclasses.Field[Any]]:
@@ -121,6 +193,8 @@ def kind_of(f: dataclasses.Field[Any]) -> type:
 def _check(f: dataclasses.Field[Any], value: Any) -> Any:
     kind = kind_of(f)
     meta = f.metadata
+    if "check" in meta:
+        return meta["check"](f.name, value)
     if value is None and f.default is None:
         return None
     low, strict = meta.get("low"), meta.get("strict", True)

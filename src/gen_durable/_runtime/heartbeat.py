@@ -1,5 +1,8 @@
 """The lease heartbeat (SPEC §8): one statement per interval extends every held claim.
 
+A held row the heartbeat cannot extend and that nobody holds locked has lost its
+claim (cancelled, SPEC §21, or reaped): its step is stopped (``lost``).
+
 The statement skips rows another transaction holds locked, so it never waits. A row
 this node runs that a client holds locked (a signal delivered inside a long open
 transaction) would otherwise not be extended, and once its lease lapsed a reaper on
@@ -43,6 +46,7 @@ class Heartbeat(Service):
         fetch: Callable[[Stmt], Awaitable[list[Any]]],
         stats: Stats,
         db_errors: tuple[type[BaseException], ...],
+        lost: Callable[[int], None] = lambda instance_id: None,
     ) -> None:
         self._config = config
         self._queries = queries
@@ -50,6 +54,7 @@ class Heartbeat(Service):
         self._fetch = fetch
         self._stats = stats
         self._db_errors = db_errors
+        self._lost = lost
         self._holds: dict[int, asyncio.Task[None]] = {}
 
     async def run(self) -> None:
@@ -97,8 +102,13 @@ class Heartbeat(Service):
         try:
             conn = await psycopg.AsyncConnection.connect(self._config.dsn, autocommit=True)
             async with conn:
-                await runner.fetch(conn, stmt, raw=True)
+                extended = await runner.fetch(conn, stmt, raw=True)
             self._stats.add(statements=1, commits=1, heartbeats=1)
+            if not extended and any(c.token == claim.token for c in self._holdings.held()):
+                # Not locked, not extended, still held: the claim is gone — the row
+                # was cancelled (SPEC §21; without LISTEN this is how the node learns)
+                # or reaped. Whatever the step returns is stale: stop it.
+                self._lost(claim.id)
         except self._db_errors as exc:
             log.warning("lease extension of instance %s failed: %s", claim.id, exc)
         finally:

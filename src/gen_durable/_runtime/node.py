@@ -36,6 +36,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .._db.queries import Queries, Stmt
+from .._db.statements.control import CANCEL_PREFIX
 from ..registry import Registry
 from .claims import Holdings
 from .completer import Completer
@@ -45,6 +46,7 @@ from .handback import UnknownMachines
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .reaper import Reaper
+from .retention import Retention
 from .scheduler import QueueScheduler, QueueWiring
 from .service import Supervisor
 from .stats import Stats
@@ -93,8 +95,8 @@ class Node:
         node_id: str,
     ) -> None:
         self.config = config
-        # One connection per queue's feeder, plus heartbeat, reaper and a release.
-        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 3)
+        # One connection per queue's feeder, plus heartbeat, reaper, retention, a release.
+        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 4)
         self.queries = queries
         self.registry = registry
         self.stats = stats
@@ -135,7 +137,9 @@ class Node:
             node_id=node_id,
         )
         self.schedulers = {q: QueueScheduler(wiring, q, n) for q, n in config.queues.items()}
-        self.heartbeat = Heartbeat(config, queries, self.holdings, self.fetch, stats, _DB_ERRORS)
+        self.heartbeat = Heartbeat(
+            config, queries, self.holdings, self.fetch, stats, _DB_ERRORS, self.abandon
+        )
         self.reaper = Reaper(
             config, queries, self.fetch, stats, lambda: self.wake(None), _DB_ERRORS
         )
@@ -160,16 +164,31 @@ class Node:
             self.supervisor.start(sched)
         self.supervisor.start(self.heartbeat)
         self.supervisor.start(self.reaper)
+        if self.config.gc and self.config.retention is not None:
+            sweep = Retention(self.config, self.fetch, self.stats, self.node_id, _DB_ERRORS)
+            self.supervisor.start(sweep)
         if self.config.listen:
             self.supervisor.start(Listener(self.config, self.queries, self.wake))
 
     def wake(self, queue: str | None) -> None:
-        """Nudge one queue's scheduler (None: every queue) to pick now."""
+        """Nudge one queue's scheduler (None: every queue) to pick now; a cancel
+        notification (SPEC §21) stops the step it names instead."""
+        if queue is not None and queue.startswith(CANCEL_PREFIX):
+            rest = queue[len(CANCEL_PREFIX) :]
+            if rest.isdigit():
+                self.abandon(int(rest))
+            return
         if queue is None:
             for sched in self.schedulers.values():
                 sched.wake.set()
         elif (one := self.schedulers.get(queue)) is not None:
             one.wake.set()
+
+    def abandon(self, instance_id: int) -> None:
+        """A row this node may hold was cancelled or lost its claim: stop its step."""
+        for sched in self.schedulers.values():
+            if sched.abandon(instance_id):
+                return
 
     def _fatal(self, service: str, error: BaseException) -> None:
         """A service failed beyond restarting: stop the whole node cleanly."""

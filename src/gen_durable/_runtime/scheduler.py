@@ -77,6 +77,7 @@ class QueueScheduler(Service):
         self._seq = 0
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_of: dict[int, asyncio.Task[None]] = {}
         self._loop_done = asyncio.Event()
         self._loop_done.set()  # until the supervisor runs it
         wiring.holdings.register(self.name, self.held)
@@ -261,6 +262,7 @@ class QueueScheduler(Service):
                 self._run(claim, machine), name=f"gen_durable.step.{claim.id}"
             )
             self._tasks.add(task)
+            self._task_of[claim.id] = task
             task.add_done_callback(self._tasks.discard)
 
     def _may_keep(self, priority: int) -> bool:
@@ -281,7 +283,26 @@ class QueueScheduler(Service):
         finally:
             if self.running.get(claim.id) is claim:
                 del self.running[claim.id]
+            if self._task_of.get(claim.id) is asyncio.current_task():
+                del self._task_of[claim.id]
             self.wake.set()
+
+    def abandon(self, instance_id: int) -> bool:
+        """The row was cancelled (SPEC §21): drop its buffered claim, or cancel the
+        task running its step. An ``async`` step stops at its next await; a ``def``
+        step's thread runs to its end. Either way the outcome is stale — the claim
+        token is gone — and the completer's guard drops it. True when something was
+        held."""
+        before = len(self._buffer)
+        self._buffer = [e for e in self._buffer if e[2].id != instance_id]
+        if len(self._buffer) != before:
+            heapq.heapify(self._buffer)
+            return True
+        task = self._task_of.get(instance_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
 
 def _contended_key(exc: BaseException) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 import pydantic
 
 from .._db import runner
+from .._db.queries import STATUSES
 from .._db.statements import admin
 from ..client import Delivery
 from ..instance import Instance
@@ -194,7 +195,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             return version, counts, backlog, expired, handed_back
 
     version, counts, backlog, expired, handed_back = asyncio.run(run())
-    statuses = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
+    statuses = STATUSES
     per_queue: dict[str, dict[str, int]] = {}
     for c in counts:
         per_queue.setdefault(c.queue, dict.fromkeys(statuses, 0))[c.status] = c.count

@@ -8,6 +8,8 @@
 ``signals``        ``signal`` delivery and ``listen``
 ``reads``          ``get``, ``inbox``, ``children``
 ``admin``          operator reads and commands (``admin.*``)
+``control``        ``cancel`` with cascade and ``retry`` (``control.*``)
+``listing``        filtered pages, bulk batches, purge and retention (``listing.*``, ``gc.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
 ``testing``        what ``gen_durable.testing.drain`` adds (``testing.*``)
 =================  ==========================================================
@@ -19,12 +21,26 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals, testing
+from . import (
+    admin,
+    control,
+    inserts,
+    leases,
+    listing,
+    migrations,
+    outcomes,
+    pick,
+    reads,
+    signals,
+    testing,
+)
 
 __all__ = [
     "admin",
+    "control",
     "inserts",
     "leases",
+    "listing",
     "migrations",
     "outcomes",
     "pick",

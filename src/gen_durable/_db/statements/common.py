@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from ...machine import Child, Signal
 
-TERMINAL = ("done", "failed")
+TERMINAL = ("done", "failed", "cancelled")
 NON_TERMINAL = ("runnable", "executing", "awaiting_signal", "awaiting_children")
 STATUSES = (*NON_TERMINAL, *TERMINAL)
 
@@ -75,6 +75,10 @@ CHILD_JSON = _json_item("c", CHILD_ITEM)
 """One child row ``c`` as the JSON array :data:`CHILD_ITEM`."""
 
 
+ATTACHED_PARENT = "CASE WHEN g.detached THEN NULL ELSE g.parent_id END AS parent_id"
+"""The parent whose barrier a row ``g`` counts in, for ``u``'s RETURNING: none for a
+child that ``retry`` detached after its parent moved on (SPEC §21, §27.3)."""
+
 # The join of §7 for the rows `u` just wrote (id, parent_id, status): every one that
 # became terminal decrements its parent's `children_pending`, taking the parent locks
 # in id order so sibling batches on two nodes cannot deadlock; concurrent decrements
@@ -84,7 +88,7 @@ _FLIP = "p.status = 'awaiting_children' AND p.children_pending - j.n <= 0"
 
 JOIN = f"""joined AS (
     SELECT parent_id, count(*)::int AS n FROM u
-    WHERE status IN ('done', 'failed') AND parent_id IS NOT NULL
+    WHERE status IN ('done', 'failed', 'cancelled') AND parent_id IS NOT NULL
     GROUP BY parent_id
 ), parents AS (
     SELECT p.id, j.n FROM {{s}}.gen_durable p JOIN joined j ON p.id = j.parent_id

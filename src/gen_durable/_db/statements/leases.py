@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..batch import INT8, TEXT, Layout
 from ..statement import Statement
-from .common import JOIN, clear_guard, with_error
+from .common import ATTACHED_PARENT, JOIN, clear_guard, with_error
 
 CLAIM = Layout("claim", [("id", INT8), ("token", TEXT)])
 """One claimed row: its id and the claim token that holds it."""
@@ -127,7 +127,7 @@ WITH x AS (
         eligible_at = CASE WHEN x.poisoned THEN g.eligible_at ELSE now() END,
         locked_by = NULL, lease_expires_at = NULL, updated_at = now()
     FROM x WHERE g.id = x.id
-    RETURNING g.id, g.parent_id, g.status
+    RETURNING g.id, {ATTACHED_PARENT}, g.status
 ), {JOIN}
 SELECT u.id, u.status::text AS status FROM u WHERE (SELECT count(*) FROM nudge) >= 0
 """,

@@ -19,7 +19,7 @@ from ..batch import (
     array,
 )
 from ..statement import Statement
-from .common import JOIN, SIGNAL_JSON, clear_guard, with_error
+from .common import ATTACHED_PARENT, JOIN, SIGNAL_JSON, clear_guard, with_error
 from .inserts import BODY, KEY_ORDER, ON_CONFLICT, RETURNING, SOURCE
 from .leases import Touched, still_held
 
@@ -153,7 +153,7 @@ WITH o AS (
         updated_at = now()
     FROM o
     WHERE g.id = o.id AND g.locked_by = o.token AND g.status = 'executing'
-    RETURNING g.id, g.parent_id, g.status, o.token
+    RETURNING g.id, {ATTACHED_PARENT}, g.status, o.token
 ), consumed AS (
     DELETE FROM {{s}}.signals s
     USING u JOIN o ON o.id = u.id AND o.token = u.token

@@ -6,22 +6,27 @@ from ...instance import Instance
 from ...machine import Child, Signal
 from ..statement import Statement
 
+COLUMNS = """g.id, g.fsm, g.fsm_version, g.step, g.status::text AS status, g.state, g.result,
+       g.awaits, g.queue, g.priority, g.partition_key, g.eligible_at, g.attempt,
+       g.last_error, g.locked_by, g.lease_expires_at, g.parent_id, g.children_pending,
+       g.unique_key, g.unique_scope::text[] AS unique_scope, g.unique_guard, g.inserted_at,
+       g.updated_at, g.crash_count, g.errors, g.detached"""
+"""Every column of a row ``g`` as :class:`~gen_durable.instance.Instance` decodes it."""
+
+# bytea arrives as memoryview or bytes depending on the loader a caller's own
+# connection registered; arrays as lists.
+LOADS = {"unique_key": bytes, "unique_guard": bytes, "unique_scope": tuple, "errors": tuple}
+
 GET = Statement(
     "get",
     "One instance's row, every column, by primary key",
-    """
-SELECT id, fsm, fsm_version, step, status::text AS status, state, result, awaits, queue,
-       priority, partition_key, eligible_at, attempt, last_error, locked_by,
-       lease_expires_at, parent_id, children_pending, unique_key,
-       unique_scope::text[] AS unique_scope, unique_guard, inserted_at, updated_at,
-       crash_count, errors
-FROM {s}.gen_durable WHERE id = %(id)s
+    f"""
+SELECT {COLUMNS}
+FROM {{s}}.gen_durable g WHERE id = %(id)s
 """,
     {"id": "int8"},
     Instance,
-    # bytea arrives as memoryview or bytes depending on the loader a caller's own
-    # connection registered; arrays as lists.
-    load={"unique_key": bytes, "unique_guard": bytes, "unique_scope": tuple, "errors": tuple},
+    load=LOADS,
 )
 
 INBOX = Statement(

@@ -58,7 +58,7 @@ WITH wake AS (
 ), ins AS (
     INSERT INTO {{s}}.signals (target_id, name, payload, dedup_key)
     SELECT w.id, %(name)s, %(payload)s::jsonb, %(dedup_key)s FROM wake w
-    WHERE w.status NOT IN ('done', 'failed')
+    WHERE w.status NOT IN ('done', 'failed', 'cancelled')
     ON CONFLICT (target_id, dedup_key) DO NOTHING
     RETURNING id
 ), nudge AS (
