@@ -108,6 +108,11 @@ class Heartbeat(Service):
                 # Not locked, not extended, still held: the claim is gone — the row
                 # was cancelled (SPEC §21; without LISTEN this is how the node learns)
                 # or reaped. Whatever the step returns is stale: stop it.
+                log.warning(
+                    "instance %s: its claim was lost (cancelled or lease expired): "
+                    "its step is stopped and whatever it returns is dropped",
+                    claim.id,
+                )
                 self._lost(claim.id)
         except self._db_errors as exc:
             log.warning("lease extension of instance %s failed: %s", claim.id, exc)
