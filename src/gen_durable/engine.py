@@ -31,6 +31,7 @@ from ._db import runner
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
+from ._keys import Target, check_target
 from ._runtime.config import Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
@@ -38,9 +39,11 @@ from .client import (
     Delivery,
     build_insert,
     build_one,
+    by_key,
     check_id,
     check_single,
     delivery,
+    get_stmt,
     inserted_ids,
     signal_params,
     wait_verdict,
@@ -49,6 +52,7 @@ from .errors import GenDurableError, SchemaError
 from .instance import Instance
 from .machine import Child, Machine, Signal
 from .migrate import LATEST_VERSION, installed_version
+from .outcomes import Spec
 from .registry import Registry
 
 log = logging.getLogger("gen_durable")
@@ -291,55 +295,92 @@ class Engine:
 
     async def signal(
         self,
-        target_id: int,
+        target: Target,
         name: str,
         payload: Any = None,
         *,
         dedup_key: str | None = None,
+        start: Spec | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> bool:
-        """Deliver a signal (SPEC §6): True when stored for a live instance (or already
-        stored under its ``dedup_key``), False when the instance is already terminal;
-        ``gd.NoSuchInstance`` for an unknown id."""
-        found = await self.deliver(target_id, name, payload, dedup_key=dedup_key, conn=conn)
+        """Deliver a signal (SPEC §6, §20) to an id or to the occupant of a unique key
+        (``str``/``bytes``): True when stored for a live instance (or already stored
+        under its ``dedup_key``), False when the instance is already terminal — or, for
+        a key, when nothing occupies it now but some row once did;
+        ``gd.NoSuchInstance`` for an unknown id or a key no row ever carried.
+
+        ``start=gd.Spec(Machine, unique_key=key, ...)`` is signal-with-start: when
+        nothing occupies the key, that instance is inserted with the signal already in
+        its inbox, atomically; concurrent calls for one key end in one instance holding
+        every signal::
+
+            await engine.signal("order-42", "paid", {"amount": 10},
+                                start=gd.Spec(Order, unique_key="order-42"))
+        """
+        found = await self.deliver(
+            target, name, payload, dedup_key=dedup_key, start=start, conn=conn
+        )
         return found != "finished"
 
     async def deliver(
         self,
-        target_id: int,
+        target: Target,
         name: str,
         payload: Any = None,
         *,
         dedup_key: str | None = None,
+        start: Spec | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> Delivery:
         """``signal`` saying what happened: ``"stored"``; ``"duplicate"`` (a signal with
         this ``dedup_key`` was already stored for the live instance, nothing new was
-        stored); ``"finished"`` (refused: the instance is terminal)."""
-        params = signal_params(target_id, name, payload, dedup_key)
-        delivered = await self._one(self.queries.signal(*params), conn)
-        return delivery(delivered, target_id)
+        stored); ``"finished"`` (refused: the instance is terminal, or no instance
+        occupies the key any more)."""
+        params = signal_params(target, name, payload, dedup_key)
+        plan = by_key(self.queries, params, start)
+        if plan is None:
+            target_id, name, payload_text, dedup = params
+            assert isinstance(target_id, int)
+            delivered = await self._one(
+                self.queries.signal(target_id, name, payload_text, dedup), conn
+            )
+            return delivery(delivered, target_id)
+        stmt = plan.first()
+        while True:
+            found = await self._one(stmt, conn)
+            started = plan.after_signal(found)
+            if started is None:
+                break
+            inserted = await self._one(started, conn)
+            again = plan.after_start(inserted)
+            if again is None:
+                break
+            stmt = again
+        return plan.result()
 
     async def get(
-        self, instance_id: int, *, conn: psycopg.AsyncConnection[Any] | None = None
+        self, target: Target, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> Instance | None:
-        """A frozen snapshot of one instance, or None for an unknown id."""
-        return await self._one(self.queries.get(check_id(instance_id)), conn)
+        """A frozen snapshot of one instance, or None. A key (``str``/``bytes``) names
+        its occupant, else the most recently inserted row that carried it (SPEC §20)."""
+        return await self._one(get_stmt(self.queries, target), conn)
 
     async def wait(
-        self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
+        self, target: Target, *, timeout: float | None = None, interval: float = 0.05
     ) -> Instance:
-        """Poll until the instance is terminal (``done``/``failed``) and return it.
+        """Poll until the instance (an id, or the row ``get(key)`` returns) is
+        terminal (``done``/``failed``) and return it.
 
-        Raises ``gd.NoSuchInstance`` for an unknown id and ``TimeoutError`` when
+        Raises ``gd.NoSuchInstance`` for an unknown id or key and ``TimeoutError`` when
         ``timeout`` seconds pass first. Polling, not a subscription: meant for
         scripts, tests and request handlers that wait briefly.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        name = check_target(target)
         while True:
             expired = deadline is not None and loop.time() >= deadline
-            done = wait_verdict(await self.get(instance_id), instance_id, expired, timeout)
+            done = wait_verdict(await self.get(target), name, expired, timeout)
             if done is not None:
                 return done
             await asyncio.sleep(interval)

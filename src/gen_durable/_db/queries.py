@@ -16,6 +16,7 @@ from ..machine import Child, Signal
 from .statement import Stmt, channel_of
 from .statements.common import ERROR_HISTORY, NON_TERMINAL, STATUSES, TERMINAL
 from .statements.inserts import INSERT, INSERT_UNKEYED, Inserted, InsertRows
+from .statements.keys import GET_KEY, SIGNAL_KEY, START_SIGNAL, KeyDelivered, Started
 from .statements.leases import HEARTBEAT, HOLD_LEASE, REAP, RELEASE, Reaped, Touched, claims_json
 from .statements.outcomes import (
     COMPLETE,
@@ -139,6 +140,32 @@ class Queries:
             "channel": self.channel,
         }
         return SIGNAL.bind(self.schema, params)
+
+    def signal_key(
+        self, key: bytes, name: str, payload: str, dedup_key: str | None
+    ) -> Stmt[KeyDelivered]:
+        """Store a signal for the occupant of ``key`` (SPEC §20); says whether some
+        row ever carried the key when none occupies it."""
+        params = {
+            "key": key,
+            "name": name,
+            "payload": payload,
+            "dedup_key": dedup_key,
+            "channel": self.channel,
+        }
+        return SIGNAL_KEY.bind(self.schema, params)
+
+    def start_signal(
+        self, rows: InsertRows, name: str, payload: str, dedup_key: str | None
+    ) -> Stmt[Started]:
+        """Insert one keyed instance with its first signal (signal-with-start)."""
+        params = rows.params()
+        params.update(name=name, payload=payload, dedup_key=dedup_key, channel=self.channel)
+        return START_SIGNAL.bind(self.schema, params)
+
+    def get_key(self, key: bytes) -> Stmt[Instance]:
+        """The occupant of ``key``, else the latest row that carried it."""
+        return GET_KEY.bind(self.schema, {"key": key})
 
     def listen(self) -> Stmt[None]:
         """LISTEN on the schema's channel (the listener's connection)."""

@@ -7,6 +7,7 @@
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
 ``reads``          ``get``, ``inbox``, ``children``
+``keys``           by business key: ``signal_key``, ``start_signal``, ``get_key``
 ``admin``          operator reads and commands (``admin.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
 =================  ==========================================================
@@ -18,6 +19,16 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals
+from . import admin, inserts, keys, leases, migrations, outcomes, pick, reads, signals
 
-__all__ = ["admin", "inserts", "leases", "migrations", "outcomes", "pick", "reads", "signals"]
+__all__ = [
+    "admin",
+    "inserts",
+    "keys",
+    "leases",
+    "migrations",
+    "outcomes",
+    "pick",
+    "reads",
+    "signals",
+]
