@@ -28,7 +28,7 @@ from .errors import (
 from .instance import Instance
 from .machine import FSM, Child, Context, Job, Signal, State
 from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
-from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Spec, Stop
+from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Send, Spec, Stop
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "Replay",
     "ScheduleChilds",
     "SchemaError",
+    "Send",
     "Signal",
     "Spec",
     "State",

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ._db import codec
-from ._db.queries import Queries, Stmt
+from ._db.queries import TERMINAL, Queries, Stmt
 from ._db.statements.keys import KeyDelivered, Started
 from ._inputs import build_one
 from .errors import ConfigurationError, GenDurableError, NoSuchInstance
@@ -115,7 +115,7 @@ class SignalByKey:
     def after_signal(self, row: KeyDelivered | None) -> Stmt[Started] | None:
         assert row is not None  # the statement always answers one row
         if row.id is not None:
-            if row.status in ("done", "failed"):
+            if row.status in TERMINAL:
                 self.verdict = "finished"
             else:
                 self.verdict = "stored" if row.signal_id is not None else "duplicate"

@@ -15,6 +15,7 @@ from ..instance import Instance
 from ..machine import Child, Signal
 from .statement import Stmt, channel_of
 from .statements.common import ERROR_HISTORY, NON_TERMINAL, STATUSES, TERMINAL
+from .statements.effects import SEND, SPAWN, Sent, Spawned
 from .statements.inserts import INSERT, INSERT_UNKEYED, Inserted, InsertRows
 from .statements.keys import GET_KEY, SIGNAL_KEY, START_SIGNAL, KeyDelivered, Started
 from .statements.leases import HEARTBEAT, HOLD_LEASE, REAP, RELEASE, Reaped, Touched, claims_json
@@ -166,6 +167,35 @@ class Queries:
     def get_key(self, key: bytes) -> Stmt[Instance]:
         """The occupant of ``key``, else the latest row that carried it."""
         return GET_KEY.bind(self.schema, {"key": key})
+
+    def spawn(self, owner: int, token: str, rows: InsertRows) -> Stmt[Spawned]:
+        """Insert an outcome's ``spawn=`` instances behind its claim guard."""
+        params = rows.params()
+        params.update(owner=owner, token=token, channel=self.channel)
+        return SPAWN.bind(self.schema, params)
+
+    def send(
+        self,
+        owner: int,
+        token: str,
+        target_id: int | None,
+        key: bytes | None,
+        name: str,
+        payload: str,
+        dedup_key: str | None,
+    ) -> Stmt[Sent]:
+        """Deliver one of an outcome's ``send=`` signals behind its claim guard."""
+        params = {
+            "owner": owner,
+            "token": token,
+            "id": target_id,
+            "key": key,
+            "name": name,
+            "payload": payload,
+            "dedup_key": dedup_key,
+            "channel": self.channel,
+        }
+        return SEND.bind(self.schema, params)
 
     def listen(self) -> Stmt[None]:
         """LISTEN on the schema's channel (the listener's connection)."""

@@ -7,6 +7,7 @@
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
 ``reads``          ``get``, ``inbox``, ``children``
+``effects``        an outcome's ``spawn`` and ``send``
 ``keys``           by business key: ``signal_key``, ``start_signal``, ``get_key``
 ``admin``          operator reads and commands (``admin.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
@@ -19,10 +20,11 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, keys, leases, migrations, outcomes, pick, reads, signals
+from . import admin, effects, inserts, keys, leases, migrations, outcomes, pick, reads, signals
 
 __all__ = [
     "admin",
+    "effects",
     "inserts",
     "keys",
     "leases",
