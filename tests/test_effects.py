@@ -237,3 +237,48 @@ async def test_outcomes_without_effects_run_no_effect_statement(make_engine) -> 
         await engine.wait(iid, timeout=30)
         s = engine.stats.snapshot()
     assert s["outcomes"] == 1 and s["statements"] - s["picks"] == 1
+
+
+class EveryOutcome(gd.FSM, name="tests.effects.EveryOutcome"):
+    """Carries one send on each kind of outcome it returns: Await, ScheduleChilds,
+    Replay, Next, Done — each commits through a different part of the flush."""
+
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        to = ctx.state["to"]
+
+        def note(what: str) -> list[gd.Send]:
+            return [gd.Send(to, "hello", {"from": what}, dedup_key=what)]
+
+        if step == "start":
+            if not any(s.name == "go" for s in ctx.signals):
+                return gd.Await("go", ctx.state, send=note("await"))
+            return gd.ScheduleChilds("joined", [Spawned], ctx.state, send=note("childs"))
+        if step == "joined":
+            if ctx.attempt == 0:
+                return gd.Replay(ctx.state, send=note("replay"))
+            return gd.Next("last", ctx.state, send=note("next"), spawn=[Spawned])
+        return gd.Done(send=note("done"))
+
+
+class Collector(gd.FSM, name="tests.effects.Collector"):
+    """Waits until five different ``hello`` signals are in its inbox."""
+
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        got = sorted({s.payload["from"] for s in ctx.signals if s.name == "hello"})
+        if len(got) < 5:
+            return gd.Await("hello", ctx.state)
+        return gd.Done(got)
+
+
+async def test_effects_ride_every_kind_of_outcome(make_engine, conn, schema) -> None:
+    async with make_engine(queues={"default": 2}) as engine:
+        sink = await engine.insert(Collector, unique_key="sink")
+        iid = await engine.insert(EveryOutcome, state={"to": "sink"})
+        await wait_for(lambda: _status(engine, iid, "awaiting_signal"))
+        assert await engine.signal(iid, "go")
+        assert (await engine.wait(iid, timeout=30)).status == "done"
+        done = await engine.wait(sink, timeout=30)
+    assert done.result == ["await", "childs", "done", "next", "replay"]
+    assert await _spawned(conn, schema) == 2  # the child and the spawned one
+    no_parent = f"fsm = '{Spawned.__gd_name__}' AND parent_id IS NULL"
+    assert await count(conn, schema, "gen_durable", no_parent) == 1
