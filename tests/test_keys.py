@@ -101,29 +101,43 @@ async def test_an_occupant_in_a_scope_holding_done_is_finished_not_signalled(
     assert await count(conn, schema, "signals") == 0
 
 
-async def test_an_occupant_finishing_during_the_delivery_gets_nothing(
-    make_engine, dsn, schema, q
+@pytest.mark.parametrize(
+    ("scope", "kind", "after"),
+    [
+        (None, "done", "done"),
+        # Leaving the scope without finishing (a queueing lock that parks): the row
+        # is alive, but it no longer occupies the key, so it must not get the signal.
+        (["runnable", "executing"], "await", "awaiting_signal"),
+    ],
+)
+async def test_an_occupant_leaving_its_key_during_the_delivery_gets_nothing(
+    make_engine, dsn, schema, q, scope: Any, kind: str, after: str
 ) -> None:
-    """The occupant's finish holds the row lock; the delivery by key resolved it and
-    waits; the finish commits; the delivery re-checks the key on the new row version
-    and stores nothing (SPEC §20: resolution and delivery are one atomic unit)."""
+    """The occupant's outcome holds the row lock; the delivery by key resolved it and
+    waits; the outcome commits and frees the key; the delivery re-checks the key on the
+    new row version and stores nothing (SPEC §20: resolution and delivery are one
+    atomic unit)."""
     async with make_engine(queues={}) as engine:
-        iid = await engine.insert(Order, unique_key="race")
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as finisher:
+        iid = await engine.insert(Order, unique_key="race", unique_scope=scope)
+        async with (
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as finisher,
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as observer,
+        ):
             claim = await claim_one(finisher, q, "node-f:1")
             assert claim[0] == iid
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as observer:
-                await finisher.execute("BEGIN")
-                assert await complete(finisher, q, id=iid, token="node-f:1", kind="done") == [
-                    (iid, "done")
-                ]
-                task = asyncio.ensure_future(engine.signal("race", "paid"))
-                await wait_lock_waiters(observer, "signals")
-                assert not task.done()
-                await finisher.execute("COMMIT")
-                assert await asyncio.wait_for(task, 30) is False
-                assert await inbox(observer, schema, iid) == []
-                assert (await fetch(observer, schema, iid))["status"] == "done"
+            await finisher.execute("BEGIN")
+            outcome = {"awaits": "paid"} if kind == "await" else {}
+            assert await complete(finisher, q, id=iid, token="node-f:1", kind=kind, **outcome) == [
+                (iid, after)
+            ]
+            task = asyncio.ensure_future(engine.signal("race", "paid"))
+            await wait_lock_waiters(observer, "signals")
+            assert not task.done()
+            await finisher.execute("COMMIT")
+            assert await asyncio.wait_for(task, 30) is False
+            assert await inbox(observer, schema, iid) == []
+            row = await fetch(observer, schema, iid)
+            assert row["status"] == after and row["unique_guard"] is None
 
 
 @pytest.mark.parametrize("bad", [1.5, None, ["k"], {"k": 1}, False, object()])
