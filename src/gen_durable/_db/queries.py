@@ -11,6 +11,8 @@ name ends up in the schema-qualified text, so nothing depends on the server's
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..instance import Instance
 from ..machine import Child, Signal
 from .statement import Stmt, channel_of
@@ -142,26 +144,29 @@ class Queries:
         }
         return SIGNAL.bind(self.schema, params)
 
-    def signal_key(
-        self, key: bytes, name: str, payload: str, dedup_key: str | None
-    ) -> Stmt[KeyDelivered]:
-        """Store a signal for the occupant of ``key`` (SPEC §20); says whether some
-        row ever carried the key when none occupies it."""
-        params = {
-            "key": key,
+    def _letter(self, name: str, payload: str, dedup_key: str | None, **to: Any) -> dict[str, Any]:
+        """A delivery's parameters: the signal itself, and ``to`` — where it goes."""
+        return {
+            **to,
             "name": name,
             "payload": payload,
             "dedup_key": dedup_key,
             "channel": self.channel,
         }
-        return SIGNAL_KEY.bind(self.schema, params)
+
+    def signal_key(
+        self, key: bytes, name: str, payload: str, dedup_key: str | None
+    ) -> Stmt[KeyDelivered]:
+        """Store a signal for the occupant of ``key`` (SPEC §20); says whether some
+        row ever carried the key when none occupies it."""
+        return SIGNAL_KEY.bind(self.schema, self._letter(name, payload, dedup_key, key=key))
 
     def start_signal(
         self, rows: InsertRows, name: str, payload: str, dedup_key: str | None
     ) -> Stmt[Started]:
         """Insert one keyed instance with its first signal (signal-with-start)."""
         params = rows.params()
-        params.update(name=name, payload=payload, dedup_key=dedup_key, channel=self.channel)
+        params.update(self._letter(name, payload, dedup_key))
         return START_SIGNAL.bind(self.schema, params)
 
     def get_key(self, key: bytes) -> Stmt[Instance]:
@@ -185,17 +190,8 @@ class Queries:
         dedup_key: str | None,
     ) -> Stmt[Sent]:
         """Deliver one of an outcome's ``send=`` signals behind its claim guard."""
-        params = {
-            "owner": owner,
-            "token": token,
-            "id": target_id,
-            "key": key,
-            "name": name,
-            "payload": payload,
-            "dedup_key": dedup_key,
-            "channel": self.channel,
-        }
-        return SEND.bind(self.schema, params)
+        to = {"owner": owner, "token": token, "id": target_id, "key": key}
+        return SEND.bind(self.schema, self._letter(name, payload, dedup_key, **to))
 
     def listen(self) -> Stmt[None]:
         """LISTEN on the schema's channel (the listener's connection)."""
