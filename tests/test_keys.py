@@ -53,6 +53,12 @@ async def test_a_key_addresses_its_occupant(make_engine, conn, schema) -> None:
         assert await engine.signal(b"order-1", "paid", {"n": 2}, dedup_key="d") is True
         assert await engine.deliver("order-1", "paid", {"n": 2}, dedup_key="d") == "duplicate"
         assert [s.payload for s in await engine.inbox(iid)] == [{"n": 1}, {"n": 2}]
+        assert await engine.inbox("order-1") == await engine.inbox(iid)
+        child = await engine.insert(Order, unique_key="order-1-child")
+        await conn.execute(
+            f'UPDATE "{schema}".gen_durable SET parent_id = %s WHERE id = %s', (iid, child)
+        )
+        assert [c.id for c in await engine.children("order-1")] == [child]
         assert (await engine.get("order-1")).id == iid  # type: ignore[union-attr]
         assert (await engine.get(b"order-1")).id == iid  # type: ignore[union-attr]
 

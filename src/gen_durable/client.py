@@ -71,23 +71,6 @@ def wait_verdict(
     return None
 
 
-def check_id(value: object) -> int:
-    """An instance id is an ``int`` (not a bool), in every call that takes one.
-
-    Checked before any statement runs: PostgreSQL would cast ``"1"`` to a bigint and
-    answer as if ``1`` had been passed, so one call would accept what another refuses.
-    Calls that also take a ``unique_key`` check with ``_keys.check_target`` instead.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    hint = ""
-    if isinstance(value, str | bytes):
-        hint = " (this call takes an id: get(key).id names the row of a unique_key)"
-    raise ConfigurationError(
-        f"an instance id is an int, not {type(value).__name__} {value!r}{hint}"
-    )
-
-
 def signal_params(
     target: object, name: str, payload: Any, dedup_key: str | None
 ) -> tuple[int | bytes, str, str, str | None]:
@@ -122,9 +105,21 @@ def by_key(
 def get_stmt(queries: Queries, target: object) -> Stmt[Instance]:
     """``get``'s statement for an id or a key (SPEC §20)."""
     checked = check_target(target)
+    return queries.get_key(checked) if isinstance(checked, bytes) else queries.get(checked)
+
+
+def inbox_stmt(queries: Queries, target: object) -> Stmt[Signal]:
+    """``inbox``'s statement for an id or a key (the row ``get`` returns)."""
+    checked = check_target(target)
+    return queries.inbox_key(checked) if isinstance(checked, bytes) else queries.inbox(checked)
+
+
+def children_stmt(queries: Queries, target: object) -> Stmt[Child]:
+    """``children``'s statement for an id or a key (the row ``get`` returns)."""
+    checked = check_target(target)
     if isinstance(checked, bytes):
-        return queries.get_key(checked)
-    return queries.get(checked)
+        return queries.children_key(checked)
+    return queries.children(checked)
 
 
 def delivery(row: Delivered | None, target_id: int | bytes) -> Delivery:
@@ -218,13 +213,13 @@ class SyncClient:
         carried it (see ``Engine.get``)."""
         return self._one(conn, get_stmt(self._queries, target))
 
-    def inbox(self, instance_id: int) -> list[Signal]:
+    def inbox(self, target: Target) -> list[Signal]:
         """The instance's stored signals, oldest first (see ``Engine.inbox``)."""
-        return self._all(self._queries.inbox(check_id(instance_id)))
+        return self._all(inbox_stmt(self._queries, target))
 
-    def children(self, instance_id: int) -> list[Child]:
+    def children(self, target: Target) -> list[Child]:
         """The instance's children, by id (see ``Engine.children``)."""
-        return self._all(self._queries.children(check_id(instance_id)))
+        return self._all(children_stmt(self._queries, target))
 
     def wait(
         self, target: Target, *, timeout: float | None = None, interval: float = 0.05

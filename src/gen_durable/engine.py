@@ -40,10 +40,11 @@ from .client import (
     build_insert,
     build_one,
     by_key,
-    check_id,
     check_single,
+    children_stmt,
     delivery,
     get_stmt,
+    inbox_stmt,
     inserted_ids,
     signal_params,
     wait_verdict,
@@ -385,12 +386,13 @@ class Engine:
                 return done
             await asyncio.sleep(interval)
 
-    async def inbox(self, instance_id: int) -> list[Signal]:
+    async def inbox(self, target: Target) -> list[Signal]:
         """The instance's stored signals, oldest first: ``ctx.signals`` items, with
-        ``dedup_key`` and ``inserted_at`` filled in."""
-        return await self._all(self.queries.inbox(check_id(instance_id)))
+        ``dedup_key`` and ``inserted_at`` filled in. An id or a key (the row ``get``
+        returns)."""
+        return await self._all(inbox_stmt(self.queries, target))
 
-    async def children(self, instance_id: int) -> list[Child]:
-        """The instance's children, by id: ``ctx.childs`` items
-        (``id, fsm, status, state, result, last_error``)."""
-        return await self._all(self.queries.children(check_id(instance_id)))
+    async def children(self, target: Target) -> list[Child]:
+        """The instance's children, by id (``ctx.childs`` items: ``id, fsm, status,
+        state, result, last_error``). An id or a key (the row ``get`` returns)."""
+        return await self._all(children_stmt(self.queries, target))

@@ -19,7 +19,15 @@ from .statement import Stmt, channel_of
 from .statements.common import ERROR_HISTORY, NON_TERMINAL, STATUSES, TERMINAL
 from .statements.effects import SEND, SPAWN, Sent, Spawned
 from .statements.inserts import INSERT, INSERT_UNKEYED, Inserted, InsertRows
-from .statements.keys import GET_KEY, SIGNAL_KEY, START_SIGNAL, KeyDelivered, Started
+from .statements.keys import (
+    CHILDREN_KEY,
+    GET_KEY,
+    INBOX_KEY,
+    SIGNAL_KEY,
+    START_SIGNAL,
+    KeyDelivered,
+    Started,
+)
 from .statements.leases import HEARTBEAT, HOLD_LEASE, REAP, RELEASE, Reaped, Touched, claims_json
 from .statements.outcomes import (
     COMPLETE,
@@ -172,6 +180,14 @@ class Queries:
     def get_key(self, key: bytes) -> Stmt[Instance]:
         """The occupant of ``key``, else the latest row that carried it."""
         return GET_KEY.bind(self.schema, {"key": key})
+
+    def inbox_key(self, key: bytes) -> Stmt[Signal]:
+        """The inbox of the row ``get_key`` finds."""
+        return INBOX_KEY.bind(self.schema, {"key": key})
+
+    def children_key(self, key: bytes) -> Stmt[Child]:
+        """The children of the row ``get_key`` finds."""
+        return CHILDREN_KEY.bind(self.schema, {"key": key})
 
     def spawn(self, owner: int, token: str, rows: InsertRows) -> Stmt[Spawned]:
         """Insert an outcome's ``spawn=`` instances behind its claim guard."""

@@ -16,10 +16,11 @@ nothing is stored on a finished row — the call answers as for "no occupant".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..statement import Statement
 from .inserts import BODY, KEY_ORDER, ON_CONFLICT, RETURNING, SOURCE
-from .reads import GET
+from .reads import CHILDREN, GET, INBOX
 from .signals import DELIVERED, delivery
 
 
@@ -122,15 +123,29 @@ WHERE (SELECT count(*) FROM nudge) >= 0
     Started,
 )
 
-_BY_ID = "FROM {s}.gen_durable WHERE id = %(id)s"
-if _BY_ID not in GET.sql:
-    raise TypeError("GET must read one row by id for GET_KEY to derive from it")
 
-GET_KEY = Statement(
+def _by_key_read(name: str, why: str, read: Statement[Any], by_id: str) -> Statement[Any]:
+    """``read`` (a statement of ``reads``) with its id condition ``by_id`` addressed to
+    the row of a key instead: derived from its text, so the two cannot drift apart."""
+    if by_id not in read.sql:
+        raise TypeError(f"{read.name} must read by `{by_id}` for {name} to derive from it")
+    column = by_id.rsplit(" = ", 1)[0]
+    sql = read.sql.replace(by_id, f"{column} = {resolve('%(key)s')}")
+    return Statement(name, why, sql, {"key": "bytea"}, read.result, load=read.load)
+
+
+GET_KEY = _by_key_read(
     "get_key",
     "The row of a key: its occupant, else the latest row that carried it (two indexes)",
-    GET.sql.replace(_BY_ID, f"FROM {{s}}.gen_durable WHERE id = {resolve('%(key)s')}"),
-    {"key": "bytea"},
-    GET.result,
-    load=GET.load,
+    GET,
+    "WHERE id = %(id)s",
+)
+INBOX_KEY = _by_key_read(
+    "inbox_key", "The inbox of a key's row (as get_key finds it)", INBOX, "target_id = %(id)s"
+)
+CHILDREN_KEY = _by_key_read(
+    "children_key",
+    "The children of a key's row (as get_key finds it)",
+    CHILDREN,
+    "parent_id = %(id)s",
 )
