@@ -26,11 +26,13 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from typing_extensions import Unpack
 
 from ._db import runner
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
+from ._inputs import InsertOptions
 from ._keys import Target, check_target
 from ._runtime.config import Config, build_config
 from ._runtime.node import Node
@@ -59,6 +61,7 @@ from .registry import Registry
 log = logging.getLogger("gen_durable")
 
 R = TypeVar("R")
+S = TypeVar("S")
 
 START_TIMEOUT = 30.0
 """How long ``start`` waits for the database before it gives up."""
@@ -260,10 +263,10 @@ class Engine:
 
     async def insert(
         self,
-        machine: type[Machine],
+        machine: type[Machine[S]],
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
-        **options: Any,
+        **options: Unpack[InsertOptions[S]],
     ) -> int:
         """Insert one instance; returns its id (SPEC §11).
 
@@ -273,7 +276,7 @@ class Engine:
         is occupied, ``pydantic.ValidationError`` for bad state (nothing inserted).
         Pass ``conn=`` to insert inside your own transaction.
         """
-        rows = build_one(machine, options)
+        rows = build_one(machine, dict(options))
         inserted = await self._one(self.queries.insert(rows), conn)
         return check_single(inserted_ids(inserted), rows)
 
@@ -313,10 +316,7 @@ class Engine:
         ``start=gd.Spec(Machine, unique_key=key, ...)`` is signal-with-start: when
         nothing occupies the key, that instance is inserted with the signal already in
         its inbox, atomically; concurrent calls for one key end in one instance holding
-        every signal::
-
-            await engine.signal("order-42", "paid", {"amount": 10},
-                                start=gd.Spec(Order, unique_key="order-42"))
+        every signal (``docs/signals.md``).
         """
         found = await self.deliver(
             target, name, payload, dedup_key=dedup_key, start=start, conn=conn

@@ -11,6 +11,7 @@
 ``keys``           by business key: ``signal_key``, ``start_signal``, ``get_key``
 ``admin``          operator reads and commands (``admin.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
+``testing``        what ``gen_durable.testing.drain`` adds (``testing.*``)
 =================  ==========================================================
 
 Importing this package registers them all in
@@ -20,7 +21,19 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, effects, inserts, keys, leases, migrations, outcomes, pick, reads, signals
+from . import (
+    admin,
+    effects,
+    inserts,
+    keys,
+    leases,
+    migrations,
+    outcomes,
+    pick,
+    reads,
+    signals,
+    testing,
+)
 
 __all__ = [
     "admin",
@@ -33,4 +46,5 @@ __all__ = [
     "pick",
     "reads",
     "signals",
+    "testing",
 ]
