@@ -69,6 +69,12 @@ PKEY = {
     "signals": {"signals_pkey", "signals_target"},
 }
 
+KEYED = {
+    "gen_durable": {"gen_durable_pkey", "gen_durable_unique", "gen_durable_key"},
+    "signals": {"signals_pkey", "signals_target", "signals_dedup"},
+}
+"""What a statement addressed by unique key may read (SPEC §20)."""
+
 Plan = dict[str, Any]
 
 
@@ -268,6 +274,27 @@ def _signal_case(status: str, wake: bool) -> Setup:
         target, awaits = row
         name = awaits if wake else "reminder"
         return s.q.signal(target, name, json.dumps({"approved": True}), f"explain-{target}"), 1
+
+    return setup
+
+
+def _key_case(status: str, build: Callable[[Queries, bytes, str], Stmt]) -> Setup:
+    """A statement addressed by unique key (SPEC §20) to a keyed row of ``status``; an
+    ``awaiting_signal`` row is made the key's occupant (its guard set) first."""
+
+    def setup(s: Session) -> tuple[Stmt, int]:
+        table = f"{quote_ident(s.q.schema)}.gen_durable"
+        row = s.conn.execute(
+            f"SELECT id, unique_key, awaits FROM {table}"
+            " WHERE status = %s AND unique_key IS NOT NULL"
+            f" ORDER BY id >= (SELECT max(id) / 2 FROM {table}) DESC, id LIMIT 1",
+            [status],
+        ).fetchone()
+        assert row is not None, f"the seed holds no keyed {status} row"
+        target, key, awaits = row
+        if status == "awaiting_signal":
+            s.conn.execute(f"UPDATE {table} SET unique_guard = unique_key WHERE id = %s", [target])
+        return build(s.q, bytes(key), awaits or "reminder"), 1
 
     return setup
 
@@ -486,6 +513,32 @@ def cases(batch: int) -> list[Case]:
             "signal delivery to a runnable target (stored, no wake-up)",
             _signal_case("runnable", wake=False),
             "Same shape as the waking delivery; the wake-up UPDATE matches nothing.",
+        ),
+        Case(
+            "key.signal",
+            "signal delivery by unique key to its occupant (`signal_key`)",
+            _key_case(
+                "awaiting_signal",
+                lambda q, key, name: q.signal_key(key, name, "{}", "explain-key"),
+            ),
+            "The occupant is one probe of the partial unique index `gen_durable_unique`;"
+            " the delivery is then the one of `signal` (by primary key, under the row lock,"
+            " the key re-checked on the locked version).",
+        ),
+        Case(
+            "key.signal.gone",
+            "signal by unique key when no row occupies it any more (`signal_key`)",
+            _key_case("done", lambda q, key, name: q.signal_key(key, name, "{}", None)),
+            "No occupant: one probe of `gen_durable_unique` finds nothing, and whether a row"
+            " ever carried the key is one probe of `gen_durable_key`; nothing is written.",
+        ),
+        Case(
+            "key.get",
+            "read by unique key, the occupant else the latest carrier (`get_key`)",
+            _key_case("done", lambda q, key, name: q.get_key(key)),
+            "One probe of `gen_durable_unique`, then the newest entry of the key in"
+            " `gen_durable_key` (a backward index scan stopped at one row), then the row"
+            " by primary key.",
         ),
         Case(
             "heartbeat",
@@ -716,6 +769,8 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
             _bounded(plan, expected),
             _touched(explain, reaped),
         ]
+    if case.startswith("key."):
+        return [_index_only(plan, KEYED), _bounded(plan, expected), _touched(explain, expected)]
     checks = [_index_only(plan, PKEY), _bounded(plan, expected)]
     if case != "insert":
         checks.append(_pkey_lookups(plan))

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import cProfile
 import os
+import random
 import subprocess
 import sys
 import time
@@ -313,6 +314,56 @@ async def send_signals(dsn: str) -> None:
     emit({"t0": t0, "returned": returned, "signals_per_s": round(len(ids) / spent, 1)})
 
 
+async def scenario_keys(dsn: str, n: int) -> dict[str, Any]:
+    """``signal`` by id against ``signal`` by unique key, round trip per call."""
+    async with client(dsn) as eng:
+        for start in range(0, n, INSERT_BATCH):
+            specs = [
+                gd.Spec(Parked, unique_key=f"key-{i}")
+                for i in range(start, min(n, start + INSERT_BATCH))
+            ]
+            await eng.insert_all(specs)
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT id, unique_key FROM gen_durable").fetchall()
+        targets = [(int(i), bytes(k).decode()) for i, k in rows]
+        random.Random(n).shuffle(targets)
+        for iid, key in targets[:20]:  # warm-up, untimed: connections, plans
+            await eng.signal(iid, "warm")
+            await eng.signal(key, "warm")
+        meter = PgMeter(dsn)
+        meter.start()
+        by_id: list[float] = []
+        by_key: list[float] = []
+        window = Window()
+        for iid, key in targets:
+            t0 = time.perf_counter()
+            await eng.signal(iid, "go")
+            t1 = time.perf_counter()
+            await eng.signal(key, "go")
+            by_key.append(1000 * (time.perf_counter() - t1))
+            by_id.append(1000 * (t1 - t0))
+        window.close()
+        meter.stop_cpu()
+    pg = meter.finish()
+    check(dsn, "status = 'runnable'", n)
+    with psycopg.connect(dsn) as conn:
+        stored = conn.execute("SELECT count(*) FROM signals WHERE name = 'go'").fetchone()
+    if stored is None or stored[0] != 2 * n:
+        raise SystemExit(f"{stored} signals stored, expected {2 * n}")
+    p50_id, p50_key = percentile(by_id, 50), percentile(by_key, 50)
+    return rates(
+        window,
+        pg,
+        2 * n,
+        "signal",
+        by_id_p50_ms=round(p50_id, 3),
+        by_id_p99_ms=round(percentile(by_id, 99), 3),
+        by_key_p50_ms=round(p50_key, 3),
+        by_key_p99_ms=round(percentile(by_key, 99), 3),
+        key_over_id_p50=round(p50_key / p50_id, 3) if p50_id else None,
+    )
+
+
 async def scenario_fanout(dsn: str, n: int) -> dict[str, Any]:
     await insert_batches(dsn, Parent, n)
     children = n * FANOUT_WIDTH
@@ -401,7 +452,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "scenario",
-        choices=["chain", "jobs", "signals", "fanout", "latency", "memory", "send-signals", "seed"],
+        choices=[
+            "chain",
+            "jobs",
+            "signals",
+            "keys",
+            "fanout",
+            "latency",
+            "memory",
+            "send-signals",
+            "seed",
+        ],
     )
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--n", type=int, default=1000)
@@ -431,6 +492,7 @@ async def main(args: argparse.Namespace) -> None:
         "chain": lambda: scenario_chain(args.dsn, args.n),
         "jobs": lambda: scenario_jobs(args.dsn, args.n, args.single),
         "signals": lambda: scenario_signals(args.dsn, args.n),
+        "keys": lambda: scenario_keys(args.dsn, args.n),
         "fanout": lambda: scenario_fanout(args.dsn, args.n),
         "latency": lambda: scenario_latency(args.dsn, args.n, args.spacing),
         "memory": lambda: scenario_memory(args.dsn, args.n),

@@ -64,7 +64,7 @@ PEERS: dict[str, list[str]] = {
     "dbos": ["dbos==3.4.0", "psycopg[binary]>=3.2"],
 }
 PEER_SCENARIOS = ("chain", "jobs")
-SCENARIOS = ("chain", "jobs", "signals", "fanout", "latency", "memory")
+SCENARIOS = ("chain", "jobs", "signals", "keys", "fanout", "latency", "memory")
 
 # Workload sizes. "full" is the definition in docs/performance.md; "quick" keeps
 # `make bench-quick` near two minutes with the peers; "tiny" only proves the script runs.
@@ -73,6 +73,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "chain": {"n": 2000},
         "jobs": {"n": 10_000, "single": 2000},
         "signals": {"n": 2000},
+        "keys": {"n": 2000},
         "fanout": {"n": 200},
         "latency": {"n": 200, "spacing": 0.05},
         "memory": {"n": 100_000},
@@ -81,6 +82,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "chain": {"n": 500},
         "jobs": {"n": 2000, "single": 300},
         "signals": {"n": 500},
+        "keys": {"n": 500},
         "fanout": {"n": 50},
         "latency": {"n": 50, "spacing": 0.03},
         "memory": {"n": 100_000},
@@ -89,6 +91,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "chain": {"n": 50},
         "jobs": {"n": 200, "single": 50},
         "signals": {"n": 50},
+        "keys": {"n": 50},
         "fanout": {"n": 10},
         "latency": {"n": 10, "spacing": 0.02},
         "memory": {"n": 2000},
@@ -585,6 +588,10 @@ GD_ROWS = [
     ("signals", "sender_signals_per_s", "signals/s sent (second process)"),
     ("signals", "p50_ms", "`signal` returned → woken step started, p50 ms"),
     ("signals", "p99_ms", "`signal` returned → woken step started, p99 ms"),
+    ("keys", "by_id_p50_ms", "`signal(id)` round trip, p50 ms"),
+    ("keys", "by_key_p50_ms", "`signal(key)` round trip, p50 ms"),
+    ("keys", "by_key_p99_ms", "`signal(key)` round trip, p99 ms"),
+    ("keys", "key_over_id_p50", "`signal(key)` / `signal(id)`, p50"),
     ("fanout", "children_per_s", "children/s (with the join)"),
     ("fanout", "steps_per_s", "steps/s (parents' 2 steps + children)"),
     ("latency", "p50_ms", "`insert` returned → first step started, p50 ms"),
@@ -606,6 +613,7 @@ COST_UNIT = {
     "chain": "step",
     "jobs": "job",
     "signals": "wakeup",
+    "keys": "signal",
     "fanout": "step",
     "latency": "probe",
     "memory": "job",
@@ -800,6 +808,11 @@ def render(report: dict[str, Any]) -> str:
         "process sends one signal to each (8 concurrent senders). The woken step records "
         "`time.time()` in its result; the sender records when each `signal` call returned. "
         "Both processes run on this machine, so their clocks agree."
+    )
+    w(
+        "- **keys** — `n` instances holding a unique key each, nobody serving their queue; "
+        "one client calls `signal` `2n` times, one at a time, alternating by id and by key "
+        "(SPEC §20) over the instances in a shuffled order, and times each call's round trip."
     )
     w(
         "- **fanout** — `n` parents; each schedules 10 no-op children with `ScheduleChilds` "

@@ -763,3 +763,27 @@ class Relay:
     def close(self) -> None:
         for s in self.sockets:
             s.close()
+
+
+def test_signal_and_show_by_key(on: list[str], db: Any, cli: Callable[..., Result]) -> None:
+    res = cli(
+        "insert", GREETER, "--app", APP, "--state", '{"name": "k"}', "--unique-key", "order-7", *on
+    )
+    assert res.code == 0, res
+    iid = int(res.out)
+    res = gdcli("signal", "go", "--key", "order-7", "--payload", '{"n": 1}', *on)
+    assert res.code == 0, res
+    assert res.out == "signal 'go' stored for key 'order-7' (now runnable)\n"
+    res = cli("signal", "go", "--key", "order-7", "--json", *on)
+    assert json.loads(res.out)["id"] == iid and json.loads(res.out)["stored"] is True
+    shown = json.loads(gdcli("show", "--key", "order-7", "--json", *on).out)
+    assert shown["id"] == iid and [s["name"] for s in shown["inbox"]] == ["go", "go"]
+    assert f"instance {iid}: {GREETER} v1" in cli("show", "--key", "order-7", *on).out
+    before = snapshot(db)
+    one_line_error(gdcli("signal", "go", "--key", "nope", *on), 1, "ever carried")
+    one_line_error(gdcli("show", "--key", "nope", *on), 1, "no key 'nope'")
+    one_line_error(cli("signal", str(iid), "go", "--key", "order-7", *on), 2, "exactly one")
+    one_line_error(cli("show", *on), 2, "exactly one")
+    assert snapshot(db) == before
+    db("UPDATE S.gen_durable SET status = 'done', unique_guard = NULL WHERE id = %s", iid)
+    one_line_error(cli("signal", "late", "--key", "order-7", *on), 1, "key 'order-7' is done")

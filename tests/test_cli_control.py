@@ -77,3 +77,16 @@ def test_status_counts_cancelled(on: list[str], db: Any, cli: Callable[..., Resu
     assert cli("cancel", str(iid), *on).code == 0
     out = json.loads(cli("status", "--json", *on).out)
     assert out["queues"]["default"]["cancelled"] == 1
+
+
+def test_cancel_and_retry_by_key(on: list[str], db: Any, cli: Callable[..., Result]) -> None:
+    iid = insert_greeter(cli, on, "ada", "--unique-key", "order-7")
+    res = cli("cancel", "--key", "order-7", "--reason", "dup", *on)
+    assert res.code == 0 and "key 'order-7': cancelled" in res.out, res
+    assert db("SELECT id, status::text FROM S.gen_durable")[0] == (iid, "cancelled")
+    # The key is free now, but get(key) still returns the row that carried it last.
+    res = cli("retry", "--key", "order-7", *on)
+    assert res.code == 0, res
+    assert db("SELECT status::text FROM S.gen_durable")[0] == ("runnable",)
+    one_line_error(cli("cancel", "--key", "nobody", *on), 1, "ever carried")
+    one_line_error(cli("cancel", str(iid), "--key", "order-7", *on), 2, "not both")

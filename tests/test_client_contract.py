@@ -26,11 +26,11 @@ class Parked(gd.FSM):
 
 # -- ids --------------------------------------------------------------------------------
 
-NOT_IDS: list[Any] = ["1", b"1", 1.0, True, None]
+NOT_TARGETS: list[Any] = [1.0, True, None, [1], {"id": 1}]
 
 
-@pytest.mark.parametrize("bad", NOT_IDS)
-async def test_every_call_taking_an_id_refuses_a_non_int_before_anything_runs(
+@pytest.mark.parametrize("bad", NOT_TARGETS)
+async def test_every_call_taking_a_target_refuses_a_non_id_non_key_before_anything_runs(
     bad: Any,
 ) -> None:
     engine = gd.Engine(NOWHERE, queues={})  # never started: reaching a statement would say so
@@ -43,7 +43,7 @@ async def test_every_call_taking_an_id_refuses_a_non_int_before_anything_runs(
         lambda: client.children(bad),
     ]
     for call in calls:
-        with pytest.raises(gd.ConfigurationError, match="an instance id is an int"):
+        with pytest.raises(gd.ConfigurationError, match=r"named by its id .* or its unique_key"):
             call()
     for coro in (
         engine.get(bad),
@@ -52,25 +52,28 @@ async def test_every_call_taking_an_id_refuses_a_non_int_before_anything_runs(
         engine.inbox(bad),
         engine.children(bad),
     ):
-        with pytest.raises(gd.ConfigurationError, match="an instance id is an int"):
+        with pytest.raises(gd.ConfigurationError, match=r"named by its id .* or its unique_key"):
             await coro
     assert client._conn is None  # no connection was ever opened
 
 
-async def test_a_str_id_says_keys_are_not_supported_yet(make_engine, dsn, schema) -> None:
+async def test_a_str_target_is_a_key_not_an_id(make_engine, dsn, schema) -> None:
+    # PostgreSQL would cast "1" to the id 1; a str names a unique_key instead (SPEC §20).
     async with make_engine(queues={}) as engine:
         iid = await engine.insert(Parked)
-        with pytest.raises(gd.ConfigurationError, match="unique_key is not supported yet"):
-            await engine.get(str(iid))
+        assert await engine.get(str(iid)) is None
+        with pytest.raises(gd.NoSuchInstance, match="ever carried"):
+            await engine.signal(str(iid), "go")
+        assert await engine.inbox(str(iid)) == []  # no row carries the key "1"
         assert (await engine.get(iid)) is not None
 
     def sync() -> None:
         with gd.SyncClient(dsn, schema=schema) as client:
-            with pytest.raises(gd.ConfigurationError, match="unique_key is not supported yet"):
-                client.signal(str(iid), "go")
-            with pytest.raises(gd.ConfigurationError, match="unique_key is not supported yet"):
-                client.get(str(iid))
+            with pytest.raises(gd.NoSuchInstance):
+                client.signal(str(iid).encode(), "go")
+            assert client.get(str(iid)) is None
             assert client.signal(iid, "go") is True
+            assert client.inbox(iid)[0].name == "go"  # only the id-addressed signal
 
     await asyncio.to_thread(sync)
 

@@ -208,3 +208,18 @@ async def test_retries_hammering_a_live_barrier_wake_the_parent_exactly_once(mak
         await wait_for(all_ended, 30)  # detached retries finish on their own
         assert (await engine.get(parent)).children_pending == 0  # type: ignore[union-attr]
         assert RUNS["hjoin"] == 1
+
+
+async def test_cancel_and_retry_take_keys(make_engine) -> None:
+    RUNS.clear()
+    async with make_engine(queues={}) as engine:
+        iid = await engine.insert(Sleeper, unique_key="order-9")
+        assert await engine.cancel("order-9", "by key") is True
+        assert (await engine.get(iid)).status == "cancelled"  # type: ignore[union-attr]
+        # No occupant any more: the row get(key) returns is the one acted on.
+        assert await engine.retry(b"order-9") is True
+        assert (await engine.get(iid)).status == "runnable"  # type: ignore[union-attr]
+        with pytest.raises(gd.NoSuchInstance):
+            await engine.cancel("never-used")
+        with pytest.raises(gd.ConfigurationError):
+            await engine.retry(1.5)  # type: ignore[arg-type]

@@ -52,8 +52,10 @@ def test_demo_reaches_its_end_state_and_runs_again(dsn: str, demo_schema: str) -
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = proc.stdout
         assert "Instances by status" in out and "FAILED" not in out
-        assert out.count("[ok]") == 8
+        assert out.count("[ok]") == 9
         assert "12/12 orders done, no instance left unfinished" in out
+        # Order 5 (n % 10 == 5): its webhook started it (signal-with-start).
+        assert "1 webhook(s) arrived before their order: signal-with-start" in out
         assert re.search(r"steps run: \d+ in [\d.]+s \(\d+ steps/s,", out)
         assert f"gen-durable status --dsn {shlex.quote(dsn)} --schema {demo_schema}" in out
         assert re.search(

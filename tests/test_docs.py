@@ -33,6 +33,7 @@ GUIDES = (
     "machines",
     "jobs",
     "signals",
+    "effects",
     "children",
     "uniqueness",
     "partitioning",

@@ -31,7 +31,7 @@ from .errors import (
 from .instance import Instance
 from .machine import FSM, Child, Context, Job, Signal, State
 from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
-from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Spec, Stop
+from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Send, Spec, Stop
 from .steps import step
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ __all__ = [
     "Replay",
     "ScheduleChilds",
     "SchemaError",
+    "Send",
     "Signal",
     "Spec",
     "State",

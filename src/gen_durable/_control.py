@@ -25,7 +25,7 @@ from ._db.statement import channel_of
 from ._db.statements import control as sql
 from ._db.statements import listing
 from ._db.statements.common import NON_TERMINAL, TERMINAL
-from .client import check_id
+from ._keys import Target, check_target
 from .errors import ConfigurationError, GenDurableError, InvalidFilter, NoSuchInstance
 from .filters import Filter, build_filter, require_some
 from .instance import Instance
@@ -58,18 +58,30 @@ class Control:
     def _require_pool(self) -> AsyncConnectionPool[Any]:  # pragma: no cover - Engine's
         raise NotImplementedError
 
-    def _target(self, target: int) -> int:
-        """The instance id a control call addresses (one place to resolve targets)."""
-        return check_id(target)
+    async def get(self, target: Target) -> Instance | None:  # pragma: no cover - Engine's
+        raise NotImplementedError
+
+    async def _target(self, target: Target) -> int:
+        """The instance id a control call addresses (one place to resolve targets): an
+        id as it is, a key (SPEC §20) as the row ``get(key)`` returns."""
+        checked = check_target(target)
+        if isinstance(checked, int):
+            return checked
+        found = await self.get(checked)
+        if found is None:
+            raise NoSuchInstance(checked)
+        return found.id
 
     # -- cancel ----------------------------------------------------------------------
 
-    async def cancel(self, target: int, reason: str | None = None, *, cascade: bool = True) -> bool:
+    async def cancel(
+        self, target: Target, reason: str | None = None, *, cascade: bool = True
+    ) -> bool:
         """Cancel a live instance and, with ``cascade``, every live descendant, in one
         transaction (SPEC §21). ``False`` when it was already terminal;
         ``gd.NoSuchInstance`` for an unknown id. A running step is asked to stop and
         its outcome is dropped."""
-        iid = self._target(target)
+        iid = await self._target(target)
         roots = await self._cancel([iid], _reason(reason), cascade)
         if not roots:
             raise NoSuchInstance(iid)
@@ -106,12 +118,12 @@ class Control:
 
     # -- retry -----------------------------------------------------------------------
 
-    async def retry(self, target: int, *, step: str | None = None, state: Any = None) -> bool:
+    async def retry(self, target: Target, *, step: str | None = None, state: Any = None) -> bool:
         """Make a ``failed`` or ``cancelled`` instance runnable again at its step (or
         ``step``), attempt 0, optionally with a new ``state`` validated by the machine's
         model (SPEC §21). ``False`` for a live or ``done`` instance;
         ``gd.NoSuchInstance`` for an unknown id."""
-        iid = self._target(target)
+        iid = await self._target(target)
         pool = self._require_pool()
         schema = self.config.schema
         with runner.Boundary("retry", pool):
@@ -266,8 +278,8 @@ async def _cancel_tree(
 def _page(flt: Filter, before: int | None, limit: int) -> dict[str, Any]:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise _invalid(f"limit must be an int >= 1, not {limit!r}")
-    if before is not None:
-        check_id(before)
+    if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+        raise _invalid(f"before must be an instance id (int), not {before!r}")
     params = flt.params()
     params["statuses"] = listing.status_array(flt.statuses)
     params["before"] = before

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from typing_extensions import Unpack
@@ -28,14 +28,25 @@ from ._db.statements.inserts import Inserted
 from ._db.statements.signals import Delivered
 from ._dsn import resolve_dsn
 from ._inputs import INSERT_OPTIONS, InsertOptions, build_insert, build_one
+from ._keys import Delivery, SignalByKey, Target, check_target
 from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
 from .instance import Instance as Instance  # re-exported: gen_durable.client.Instance
 from .machine import Child, Machine, Signal
+from .outcomes import Spec
 
 R = TypeVar("R")
 S = TypeVar("S")
 
-__all__ = ["INSERT_OPTIONS", "Instance", "SyncClient", "build_insert", "build_one"]
+__all__ = [
+    "INSERT_OPTIONS",
+    "Delivery",
+    "Instance",
+    "SyncClient",
+    "Target",
+    "build_insert",
+    "build_one",
+    "check_target",
+]
 
 
 def inserted_ids(row: Inserted | None) -> list[int]:
@@ -49,7 +60,7 @@ def check_single(ids: list[int], rows: InsertRows) -> int:
 
 
 def wait_verdict(
-    inst: Instance | None, instance_id: int, expired: bool, timeout: float | None
+    inst: Instance | None, instance_id: int | bytes, expired: bool, timeout: float | None
 ) -> Instance | None:
     """One poll of ``wait``: the instance once terminal, None to poll again;
     ``gd.NoSuchInstance`` for an unknown id, ``TimeoutError`` once ``expired``."""
@@ -58,31 +69,18 @@ def wait_verdict(
     if inst.terminal:
         return inst
     if expired:
-        raise TimeoutError(f"instance {instance_id} still {inst.status} after {timeout}s")
+        raise TimeoutError(f"instance {instance_id!r} still {inst.status} after {timeout}s")
     return None
 
 
-def check_id(value: object) -> int:
-    """An instance id is an ``int`` (not a bool), in every call that takes one.
-
-    Checked before any statement runs: PostgreSQL would cast ``"1"`` to a bigint and
-    answer as if ``1`` had been passed, so one call would accept what another refuses.
-    A ``str``/``bytes`` is reserved for addressing by ``unique_key`` (SPEC §20).
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    hint = ""
-    if isinstance(value, str | bytes):
-        hint = " (addressing an instance by its unique_key is not supported yet)"
-    raise ConfigurationError(
-        f"an instance id is an int, not {type(value).__name__} {value!r}{hint}"
-    )
-
-
 def signal_params(
-    target_id: int, name: str, payload: Any, dedup_key: str | None
-) -> tuple[int, str, str, str | None]:
-    check_id(target_id)
+    target: object, name: str, payload: Any, dedup_key: str | None
+) -> tuple[int | bytes, str, str, str | None]:
+    """A signal's target (an id, or a key as bytes), name, payload and dedup key,
+    validated and encoded (nothing has run yet)."""
+    target_id = check_target(target)
+    if not isinstance(name, str):
+        raise EncodingError(f"signal name must be a non-empty str, not {type(name).__name__}")
     codec.check_text(name, "signal name")
     if not name:
         raise EncodingError("signal name must be a non-empty str")
@@ -91,12 +89,42 @@ def signal_params(
     return target_id, name, codec.dumps({} if payload is None else payload, "payload"), dedup_key
 
 
-Delivery = Literal["stored", "duplicate", "finished"]
-"""What a signal did: stored; not stored again because its ``dedup_key`` already was
-(the target is live); or refused because the target is finished (SPEC §6)."""
+def by_key(
+    queries: Queries, params: tuple[int | bytes, str, str, str | None], start: object
+) -> SignalByKey | None:
+    """The signal-with-start plan for a key target; None for an id (no ``start``)."""
+    target = params[0]
+    if isinstance(target, bytes):
+        return SignalByKey(queries, target, params, start)
+    if start is not None:
+        raise ConfigurationError(
+            f"start= needs the signal addressed to a unique_key (str or bytes), not the "
+            f"id {target}: the new instance takes that key"
+        )
+    return None
 
 
-def delivery(row: Delivered | None, target_id: int) -> Delivery:
+def get_stmt(queries: Queries, target: object) -> Stmt[Instance]:
+    """``get``'s statement for an id or a key (SPEC §20)."""
+    checked = check_target(target)
+    return queries.get_key(checked) if isinstance(checked, bytes) else queries.get(checked)
+
+
+def inbox_stmt(queries: Queries, target: object) -> Stmt[Signal]:
+    """``inbox``'s statement for an id or a key (the row ``get`` returns)."""
+    checked = check_target(target)
+    return queries.inbox_key(checked) if isinstance(checked, bytes) else queries.inbox(checked)
+
+
+def children_stmt(queries: Queries, target: object) -> Stmt[Child]:
+    """``children``'s statement for an id or a key (the row ``get`` returns)."""
+    checked = check_target(target)
+    if isinstance(checked, bytes):
+        return queries.children_key(checked)
+    return queries.children(checked)
+
+
+def delivery(row: Delivered | None, target_id: int | bytes) -> Delivery:
     """What the signal statement's row says happened."""
     if row is None:
         raise NoSuchInstance(target_id)
@@ -154,37 +182,60 @@ class SyncClient:
 
     def signal(
         self,
-        target_id: int,
+        target: Target,
         name: str,
         payload: Any = None,
         *,
         dedup_key: str | None = None,
+        start: Spec | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> bool:
-        params = signal_params(target_id, name, payload, dedup_key)
-        return delivery(self._one(conn, self._queries.signal(*params)), target_id) != "finished"
+        """Deliver a signal to an id or a key's occupant (see ``Engine.signal``);
+        ``start=`` inserts that Spec with the signal when nothing occupies the key."""
+        params = signal_params(target, name, payload, dedup_key)
+        plan = by_key(self._queries, params, start)
+        if plan is None:
+            target_id, name, payload_text, dedup = params
+            assert isinstance(target_id, int)
+            row = self._one(conn, self._queries.signal(target_id, name, payload_text, dedup))
+            return delivery(row, target_id) != "finished"
+        stmt = plan.first()
+        while True:
+            found = self._one(conn, stmt)
+            started = plan.after_signal(found)
+            if started is None:
+                break
+            inserted = self._one(conn, started)
+            again = plan.after_start(inserted)
+            if again is None:
+                break
+            stmt = again
+        return plan.result() != "finished"
 
     def get(
-        self, instance_id: int, *, conn: psycopg.Connection[Any] | None = None
+        self, target: Target, *, conn: psycopg.Connection[Any] | None = None
     ) -> Instance | None:
-        return self._one(conn, self._queries.get(check_id(instance_id)))
+        """The instance of an id, or of a key: its occupant, else the latest row that
+        carried it (see ``Engine.get``)."""
+        return self._one(conn, get_stmt(self._queries, target))
 
-    def inbox(self, instance_id: int) -> list[Signal]:
+    def inbox(self, target: Target) -> list[Signal]:
         """The instance's stored signals, oldest first (see ``Engine.inbox``)."""
-        return self._all(self._queries.inbox(check_id(instance_id)))
+        return self._all(inbox_stmt(self._queries, target))
 
-    def children(self, instance_id: int) -> list[Child]:
+    def children(self, target: Target) -> list[Child]:
         """The instance's children, by id (see ``Engine.children``)."""
-        return self._all(self._queries.children(check_id(instance_id)))
+        return self._all(children_stmt(self._queries, target))
 
     def wait(
-        self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
+        self, target: Target, *, timeout: float | None = None, interval: float = 0.05
     ) -> Instance:
         """Block until the instance is terminal and return it (see ``Engine.wait``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        name = check_target(target)
         while True:
             expired = deadline is not None and time.monotonic() >= deadline
-            done = wait_verdict(self.get(instance_id), instance_id, expired, timeout)
+            done = wait_verdict(self.get(target), name, expired, timeout)
             if done is not None:
                 return done
             time.sleep(interval)

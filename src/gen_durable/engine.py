@@ -34,6 +34,7 @@ from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
 from ._inputs import InsertOptions
+from ._keys import Target, check_target
 from ._runtime.config import RETENTION, Config, build_config
 from ._runtime.node import Node
 from ._runtime.stats import Stats
@@ -41,17 +42,21 @@ from .client import (
     Delivery,
     build_insert,
     build_one,
-    check_id,
+    by_key,
     check_single,
+    children_stmt,
     delivery,
+    get_stmt,
+    inbox_stmt,
     inserted_ids,
     signal_params,
     wait_verdict,
 )
-from .errors import GenDurableError, SchemaError
+from .errors import GenDurableError
 from .instance import Instance
 from .machine import Child, Machine, Signal
-from .migrate import LATEST_VERSION, installed_version
+from .migrate import require_current
+from .outcomes import Spec
 from .registry import Registry
 
 log = logging.getLogger("gen_durable")
@@ -162,7 +167,7 @@ class Engine(Control):
         # background until its timeout.
         dsn = self.config.dsn
         async with await runner.connect(dsn, timeout=START_TIMEOUT) as conn:
-            await self._check_schema(conn)
+            await require_current(conn, self.config.schema)
         size = self.config.pool_size or (len(self.config.queues) + 6)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             dsn,
@@ -191,22 +196,6 @@ class Engine(Control):
                     raise unreachable(exc, server_of(dsn)) from exc
                 raise
             self._node = node
-
-    async def _check_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Refuse to run on a schema that is missing or older than this release."""
-        schema = self.config.schema
-        version = await installed_version(conn, schema)
-        if version == 0:
-            raise SchemaError(
-                f"no gen_durable tables in schema {schema!r}: run "
-                f"`await gd.migrate(dsn, schema={schema!r})` or `gen-durable migrate`"
-            )
-        if version < LATEST_VERSION:
-            raise SchemaError(
-                f"schema {schema!r} is at gen_durable schema version {version}, this "
-                f"release needs {LATEST_VERSION}: run `await gd.migrate(dsn, "
-                f"schema={schema!r})` or `gen-durable migrate` before starting engines"
-            )
 
     async def stop(self) -> None:
         """Drain the workers (SPEC §8) and close the pool.
@@ -298,66 +287,100 @@ class Engine(Control):
 
     async def signal(
         self,
-        target_id: int,
+        target: Target,
         name: str,
         payload: Any = None,
         *,
         dedup_key: str | None = None,
+        start: Spec | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> bool:
-        """Deliver a signal (SPEC §6): True when stored for a live instance (or already
-        stored under its ``dedup_key``), False when the instance is already terminal;
-        ``gd.NoSuchInstance`` for an unknown id."""
-        found = await self.deliver(target_id, name, payload, dedup_key=dedup_key, conn=conn)
+        """Deliver a signal (SPEC §6, §20) to an id or to the occupant of a unique key
+        (``str``/``bytes``): True when stored for a live instance (or already stored
+        under its ``dedup_key``), False when the instance is already terminal — or, for
+        a key, when nothing occupies it now but some row once did;
+        ``gd.NoSuchInstance`` for an unknown id or a key no row ever carried.
+
+        ``start=gd.Spec(Machine, unique_key=key, ...)`` is signal-with-start: when
+        nothing occupies the key, that instance is inserted with the signal already in
+        its inbox, atomically; concurrent calls for one key end in one instance holding
+        every signal (``docs/signals.md``).
+        """
+        found = await self.deliver(
+            target, name, payload, dedup_key=dedup_key, start=start, conn=conn
+        )
         return found != "finished"
 
     async def deliver(
         self,
-        target_id: int,
+        target: Target,
         name: str,
         payload: Any = None,
         *,
         dedup_key: str | None = None,
+        start: Spec | None = None,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> Delivery:
         """``signal`` saying what happened: ``"stored"``; ``"duplicate"`` (a signal with
         this ``dedup_key`` was already stored for the live instance, nothing new was
-        stored); ``"finished"`` (refused: the instance is terminal)."""
-        params = signal_params(target_id, name, payload, dedup_key)
-        delivered = await self._one(self.queries.signal(*params), conn)
-        return delivery(delivered, target_id)
+        stored); ``"finished"`` (refused: the instance is terminal, or no instance
+        occupies the key any more)."""
+        params = signal_params(target, name, payload, dedup_key)
+        plan = by_key(self.queries, params, start)
+        if plan is None:
+            target_id, name, payload_text, dedup = params
+            assert isinstance(target_id, int)
+            delivered = await self._one(
+                self.queries.signal(target_id, name, payload_text, dedup), conn
+            )
+            return delivery(delivered, target_id)
+        stmt = plan.first()
+        while True:
+            found = await self._one(stmt, conn)
+            started = plan.after_signal(found)
+            if started is None:
+                break
+            inserted = await self._one(started, conn)
+            again = plan.after_start(inserted)
+            if again is None:
+                break
+            stmt = again
+        return plan.result()
 
     async def get(
-        self, instance_id: int, *, conn: psycopg.AsyncConnection[Any] | None = None
+        self, target: Target, *, conn: psycopg.AsyncConnection[Any] | None = None
     ) -> Instance | None:
-        """A frozen snapshot of one instance, or None for an unknown id."""
-        return await self._one(self.queries.get(check_id(instance_id)), conn)
+        """A frozen snapshot of one instance, or None. A key (``str``/``bytes``) names
+        its occupant, else the most recently inserted row that carried it (SPEC §20)."""
+        return await self._one(get_stmt(self.queries, target), conn)
 
     async def wait(
-        self, instance_id: int, *, timeout: float | None = None, interval: float = 0.05
+        self, target: Target, *, timeout: float | None = None, interval: float = 0.05
     ) -> Instance:
-        """Poll until the instance is terminal (``done``/``failed``/``cancelled``) and
-        return it.
+        """Poll until the instance (an id, or the row ``get(key)`` returns) is
+        terminal (``done``/``failed``/``cancelled``) and return it.
 
-        Raises ``gd.NoSuchInstance`` for an unknown id and ``TimeoutError`` when
+        Raises ``gd.NoSuchInstance`` for an unknown id or key and ``TimeoutError`` when
         ``timeout`` seconds pass first. Polling, not a subscription: meant for
         scripts, tests and request handlers that wait briefly.
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        name = check_target(target)
         while True:
             expired = deadline is not None and loop.time() >= deadline
-            done = wait_verdict(await self.get(instance_id), instance_id, expired, timeout)
+            done = wait_verdict(await self.get(target), name, expired, timeout)
             if done is not None:
                 return done
             await asyncio.sleep(interval)
 
-    async def inbox(self, instance_id: int) -> list[Signal]:
+    async def inbox(self, target: Target) -> list[Signal]:
         """The instance's stored signals, oldest first: ``ctx.signals`` items, with
-        ``dedup_key`` and ``inserted_at`` filled in."""
-        return await self._all(self.queries.inbox(check_id(instance_id)))
+        ``dedup_key`` and ``inserted_at`` filled in. An id or a key (the row ``get``
+        returns)."""
+        return await self._all(inbox_stmt(self.queries, target))
 
-    async def children(self, instance_id: int) -> list[Child]:
-        """The instance's children, by id: ``ctx.childs`` items
-        (``id, fsm, status, state, result, last_error``)."""
-        return await self._all(self.queries.children(check_id(instance_id)))
+    async def children(self, target: Target) -> list[Child]:
+        """The instance's children, by id (``ctx.childs`` items: ``id, fsm, status,
+        state, result, last_error``). An id or a key (the row ``get`` returns)."""
+        return await self._all(children_stmt(self.queries, target))

@@ -44,11 +44,15 @@ class NotFound(GenDurableError, LookupError):
 
 
 class NoSuchInstance(GenDurableError, LookupError):
-    """A signal (or another call) named an instance id that does not exist."""
+    """A signal (or another call) named an instance id that does not exist, or a
+    ``unique_key`` that no instance has ever carried (SPEC §20)."""
 
-    def __init__(self, instance_id: int) -> None:
+    def __init__(self, instance_id: int | bytes) -> None:
         self.instance_id = instance_id
-        super().__init__(f"no instance with id {instance_id}")
+        if isinstance(instance_id, bytes):
+            super().__init__(f"no instance has ever carried the unique_key {instance_id!r}")
+        else:
+            super().__init__(f"no instance with id {instance_id}")
 
 
 class InvalidOutcome(GenDurableError, TypeError):

@@ -225,3 +225,19 @@ def migrate_sync(
         with runner.connect_sync(resolve_dsn(dsn_or_connection)) as conn:
             return _run_sync(conn, schema, version, down)
     return _run_sync(dsn_or_connection, schema, version, down)
+
+
+async def require_current(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Refuse to run an engine on a schema that is missing or older than this release."""
+    version = await installed_version(conn, schema)
+    if version == 0:
+        raise SchemaError(
+            f"no gen_durable tables in schema {schema!r}: run "
+            f"`await gd.migrate(dsn, schema={schema!r})` or `gen-durable migrate`"
+        )
+    if version < LATEST_VERSION:
+        raise SchemaError(
+            f"schema {schema!r} is at gen_durable schema version {version}, this "
+            f"release needs {LATEST_VERSION}: run `await gd.migrate(dsn, "
+            f"schema={schema!r})` or `gen-durable migrate` before starting engines"
+        )

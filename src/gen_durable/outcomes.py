@@ -52,7 +52,76 @@ def seconds(value: Seconds, what: str) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class Next(Generic[S]):
+class Send:
+    """A signal to another instance — by id (``int``) or by unique key (``str`` or
+    ``bytes``: its occupant) — committed with the outcome that carries it (SPEC §20).
+
+    ``gd.Send("order-42", "shipped", {"carrier": "ups"}, dedup_key="ship-42")``. A
+    target that is finished, or a key nobody occupies, drops the send (telemetry
+    ``send.dropped``); it never fails the outcome.
+    """
+
+    target: int | str | bytes
+    name: str
+    payload: Any = None
+    dedup_key: str | None = None
+
+    def __post_init__(self) -> None:
+        target = self.target
+        if isinstance(target, bool) or not isinstance(target, int | str | bytes):
+            raise InvalidOutcome(
+                "gd.Send target is an instance id (int) or a unique_key (str or bytes), "
+                f"not {type(target).__name__} {target!r}"
+            )
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidOutcome(f"gd.Send name must be a non-empty str, got {self.name!r}")
+        if self.dedup_key is not None and not isinstance(self.dedup_key, str):
+            raise InvalidOutcome(f"gd.Send dedup_key must be a str or None, got {self.dedup_key!r}")
+
+
+def _effects(spawn: Any, send: Any) -> tuple[tuple[Any, ...], tuple[Send, ...]]:
+    """``spawn`` and ``send`` checked for shape and frozen as tuples. The options and
+    state of each Spec are validated when the step's outcome is encoded, by the same
+    code as ``insert_all`` (still inside the step: an error goes through ``handle``)."""
+    for what, value in (("spawn", spawn), ("send", send)):
+        if isinstance(value, str | bytes | dict) or not hasattr(value, "__iter__"):
+            raise InvalidOutcome(f"{what}= must be a list, not {type(value).__name__}")
+    spawned = tuple(spawn)
+    for item in spawned:
+        machine = item.machine if isinstance(item, Spec) else item
+        if not (isinstance(machine, type) and hasattr(machine, "__gd_name__")):
+            raise InvalidOutcome(
+                f"spawn= items are gd.Spec(Machine, ...) or machine classes, not {item!r}"
+            )
+    sent = tuple(send)
+    for item in sent:
+        if not isinstance(item, Send):
+            raise InvalidOutcome(f"send= items are gd.Send(target, name, ...), not {item!r}")
+    return spawned, sent
+
+
+@dataclass(frozen=True, slots=True)
+class Effects:
+    """What every outcome but ``Stop`` may carry: instances to start and signals to
+    send, committed in the outcome's own atomic unit, or not at all when the outcome
+    is stale (SPEC §20). Spawned instances are independent (no parent, no barrier); a
+    spawn whose unique key is occupied is dropped, as in ``insert_all``."""
+
+    spawn: Sequence[type[Machine[Any]] | Spec] = field(default=(), kw_only=True)
+    send: Sequence[Send] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.spawn or self.send:  # an outcome without effects pays two tests
+            self._freeze_effects()
+
+    def _freeze_effects(self) -> None:
+        spawned, sent = _effects(self.spawn, self.send)
+        object.__setattr__(self, "spawn", spawned)
+        object.__setattr__(self, "send", sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Next(Effects, Generic[S]):
     """Go to ``step`` with ``state`` written (attempt resets to 0) — now, or after
     ``delay`` (seconds or ``timedelta``): a durable sleep that holds nothing meanwhile."""
 
@@ -68,10 +137,12 @@ class Next(Generic[S]):
                 seconds(self.delay, "Next delay")
             except (TypeError, ValueError) as exc:
                 raise InvalidOutcome(str(exc)) from exc
+        if self.spawn or self.send:
+            self._freeze_effects()
 
 
 @dataclass(frozen=True, slots=True)
-class Replay(Generic[S]):
+class Replay(Effects, Generic[S]):
     """Run the same step again after ``delay`` seconds, ``attempt + 1``."""
 
     state: S | None = None
@@ -79,7 +150,7 @@ class Replay(Generic[S]):
 
 
 @dataclass(frozen=True, slots=True)
-class Await(Generic[S]):
+class Await(Effects, Generic[S]):
     """Park until a signal named ``signal`` arrives (SPEC §6)."""
 
     signal: str
@@ -87,7 +158,7 @@ class Await(Generic[S]):
 
 
 @dataclass(frozen=True, slots=True)
-class ScheduleChilds(Generic[S]):
+class ScheduleChilds(Effects, Generic[S]):
     """Insert ``children`` and park at ``step`` until every child is terminal (SPEC §7)."""
 
     step: StepRef[S]
@@ -96,7 +167,7 @@ class ScheduleChilds(Generic[S]):
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
+class Done(Effects):
     """Finish successfully, recording ``result`` (state is not rewritten)."""
 
     result: Any = None
@@ -133,10 +204,12 @@ __all__ = [
     "OUTCOME_TYPES",
     "Await",
     "Done",
+    "Effects",
     "Next",
     "Outcome",
     "Replay",
     "ScheduleChilds",
+    "Send",
     "Spec",
     "Stop",
 ]

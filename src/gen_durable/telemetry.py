@@ -14,7 +14,7 @@ building the measurement dicts.
 
 Events: ``step.stop``, ``step.exception``, ``pick.stop``, ``scheduler.saturation``,
 ``scheduler.drain``, ``partition.contended``, ``reaper.reaped``, ``reaper.poisoned``,
-``registry.not_found``, ``outcome.stale``.
+``registry.not_found``, ``outcome.stale``, ``send.dropped``.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ EVENTS = frozenset(
         "reaper.poisoned",
         "registry.not_found",
         "outcome.stale",
+        "send.dropped",
         "service.restarted",
         "service.failed",
         "instance.cancelled",

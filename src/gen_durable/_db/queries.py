@@ -11,11 +11,23 @@ name ends up in the schema-qualified text, so nothing depends on the server's
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..instance import Instance
 from ..machine import Child, Signal
 from .statement import Stmt, channel_of
 from .statements.common import ERROR_HISTORY, NON_TERMINAL, STATUSES, TERMINAL
+from .statements.effects import SEND, SPAWN, Sent, Spawned
 from .statements.inserts import INSERT, INSERT_UNKEYED, Inserted, InsertRows
+from .statements.keys import (
+    CHILDREN_KEY,
+    GET_KEY,
+    INBOX_KEY,
+    SIGNAL_KEY,
+    START_SIGNAL,
+    KeyDelivered,
+    Started,
+)
 from .statements.leases import HEARTBEAT, HOLD_LEASE, REAP, RELEASE, Reaped, Touched, claims_json
 from .statements.outcomes import (
     COMPLETE,
@@ -139,6 +151,63 @@ class Queries:
             "channel": self.channel,
         }
         return SIGNAL.bind(self.schema, params)
+
+    def _letter(self, name: str, payload: str, dedup_key: str | None, **to: Any) -> dict[str, Any]:
+        """A delivery's parameters: the signal itself, and ``to`` — where it goes."""
+        return {
+            **to,
+            "name": name,
+            "payload": payload,
+            "dedup_key": dedup_key,
+            "channel": self.channel,
+        }
+
+    def signal_key(
+        self, key: bytes, name: str, payload: str, dedup_key: str | None
+    ) -> Stmt[KeyDelivered]:
+        """Store a signal for the occupant of ``key`` (SPEC §20); says whether some
+        row ever carried the key when none occupies it."""
+        return SIGNAL_KEY.bind(self.schema, self._letter(name, payload, dedup_key, key=key))
+
+    def start_signal(
+        self, rows: InsertRows, name: str, payload: str, dedup_key: str | None
+    ) -> Stmt[Started]:
+        """Insert one keyed instance with its first signal (signal-with-start)."""
+        params = rows.params()
+        params.update(self._letter(name, payload, dedup_key))
+        return START_SIGNAL.bind(self.schema, params)
+
+    def get_key(self, key: bytes) -> Stmt[Instance]:
+        """The occupant of ``key``, else the latest row that carried it."""
+        return GET_KEY.bind(self.schema, {"key": key})
+
+    def inbox_key(self, key: bytes) -> Stmt[Signal]:
+        """The inbox of the row ``get_key`` finds."""
+        return INBOX_KEY.bind(self.schema, {"key": key})
+
+    def children_key(self, key: bytes) -> Stmt[Child]:
+        """The children of the row ``get_key`` finds."""
+        return CHILDREN_KEY.bind(self.schema, {"key": key})
+
+    def spawn(self, owner: int, token: str, rows: InsertRows) -> Stmt[Spawned]:
+        """Insert an outcome's ``spawn=`` instances behind its claim guard."""
+        params = rows.params()
+        params.update(owner=owner, token=token, channel=self.channel)
+        return SPAWN.bind(self.schema, params)
+
+    def send(
+        self,
+        owner: int,
+        token: str,
+        target_id: int | None,
+        key: bytes | None,
+        name: str,
+        payload: str,
+        dedup_key: str | None,
+    ) -> Stmt[Sent]:
+        """Deliver one of an outcome's ``send=`` signals behind its claim guard."""
+        to = {"owner": owner, "token": token, "id": target_id, "key": key}
+        return SEND.bind(self.schema, self._letter(name, payload, dedup_key, **to))
 
     def listen(self) -> Stmt[None]:
         """LISTEN on the schema's channel (the listener's connection)."""

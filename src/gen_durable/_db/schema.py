@@ -179,12 +179,29 @@ DROP INDEX IF EXISTS {s}.gen_durable_terminal;
 ALTER TABLE {s}.gen_durable DROP COLUMN IF EXISTS detached;
 """
 
+# Keys as addresses (SPEC §20): every row that ever carried a key, newest last, so
+# "no occupant — did one ever exist?" and `get(key)`'s most recent row are index
+# lookups, not scans. Partial: rows without a key (most of them) are not in it, and
+# the hot statements never write it (a row's key is set at insert and never changed).
+# The build holds a SHARE lock (reads and running steps' reads go on, writes wait)
+# for one pass over the table; on a large table an operator may build it beforehand
+# with CREATE INDEX CONCURRENTLY under the same name, which IF NOT EXISTS keeps.
+KEYS_UP = """
+CREATE INDEX IF NOT EXISTS gen_durable_key ON {s}.gen_durable (unique_key, id)
+    WHERE unique_key IS NOT NULL;
+"""
+
+KEYS_DOWN = """
+DROP INDEX IF EXISTS {s}.gen_durable_key;
+"""
+
 VERSIONS: list[tuple[str, str]] = [
     (V1_UP, V1_DOWN),
     (V2_UP, V2_DOWN),
     (V3_UP, V3_DOWN),
     (V4_UP, V4_DOWN),
     (CONTROL_UP, CONTROL_DOWN),
+    (KEYS_UP, KEYS_DOWN),
 ]
 CONTROL_VERSION = VERSIONS.index((CONTROL_UP, CONTROL_DOWN)) + 1
 """The version that brings `cancelled` (its number depends on the increments before it)."""

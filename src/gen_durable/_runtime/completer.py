@@ -44,6 +44,8 @@ from .._db import runner
 from .._db.queries import CompleteBatch, InsertRows, Queries, Stmt
 from .._db.statements.outcomes import OUTCOME
 from ..errors import OutcomeRefused
+from . import effects as fx
+from .effects import Encoded
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
@@ -82,6 +84,9 @@ class Completion:
     # The step's error as an error-history entry (JSON object text, history.py); None
     # for the usual outcome without an error, which then costs the statement nothing.
     error_entry: str | None = None
+    # spawn=/send= of the outcome (SPEC §20); None for the usual outcome without any,
+    # which then costs the flush one attribute test.
+    effects: Encoded | None = None
     # Set when submitted; resolved after the commit (None: stale).
     future: asyncio.Future[Committed | None] = field(init=False, repr=False)
 
@@ -265,7 +270,10 @@ class Completer:
         parking_ids: list[int] = []
         parking_tokens: list[str] = []
         childs: list[Completion] = []
+        effected: list[Completion] = []
         for item in batch:
+            if item.effects is not None:
+                effected.append(item)
             if item.kind == "schedule_childs":
                 childs.append(item)
                 continue
@@ -276,6 +284,11 @@ class Completer:
         stmts: list[Stmt[Any]] = []
         if parking_ids:
             stmts.append(self._q.lock_claimed(parking_ids, parking_tokens))
+        # Effects come before the outcomes they ride with: each locks its owner under
+        # the claim guard, so the outcome's own guard is still true when it runs.
+        effect_stmts, plan = fx.statements(self._q, effected) if effected else ([], [])
+        first_effect = len(stmts)
+        stmts.extend(effect_stmts)
         answers = len(stmts)  # the statements from here on answer outcomes
         if simple:
             stmts.append(self._q.complete(CompleteBatch(simple)))
@@ -306,6 +319,8 @@ class Completer:
         for rows in results[answers:]:
             for row in rows:  # Completed or Scheduled; only a kept row has an inbox
                 statuses[(row.id, row.token)] = (row.status, row.inbox)
+        if plan:
+            fx.report(plan, results[first_effect:answers])
         for item in batch:
             if not item.future.done():
                 item.future.set_result(statuses.get((item.id, item.token), STALE))

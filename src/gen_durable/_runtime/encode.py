@@ -16,6 +16,7 @@ from .._inputs import build_insert
 from ..errors import EncodingError, InvalidOutcome
 from ..machine import Machine, Signal
 from ..steps import step_name
+from . import effects
 from .completer import Completion
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ def encode(
         base.result = codec.dumps(outcome.result, f"result of {machine.__gd_name__}")
     else:
         base.error = reason_text(outcome.reason)
+        return base
+    if outcome.spawn or outcome.send:  # validated for shape when the outcome was built
+        base.effects = effects.encode(outcome, machine.__gd_name__)
     return base
 
 

@@ -162,27 +162,35 @@ def _bulk(args: argparse.Namespace, action: str, filters: dict[str, Any]) -> int
     return 0
 
 
+def _single(args: argparse.Namespace, filters: dict[str, Any]) -> int | str | None:
+    """The one instance a command names (its ID or ``--key``), or None for --where."""
+    if args.id is not None and args.key is not None:
+        raise UsageError("name the instance by its ID or by --key KEY, not both")
+    target: int | str | None = args.id if args.key is None else args.key
+    if target is not None and filters:
+        raise UsageError("give an ID (or --key) or --where filters, not both")
+    return target
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     filters = filters_of(args)
-    if args.id is None:
+    target = _single(args, filters)
+    if target is None:
         return _bulk(args, "cancel", filters)
-    if filters:
-        raise UsageError("give an ID or --where filters, not both")
     cascade = not args.no_cascade
-    changed = _run(args, lambda e: e.cancel(args.id, args.reason, cascade=cascade))
+    changed = _run(args, lambda e: e.cancel(target, args.reason, cascade=cascade))
     return _one(args, "cancel", changed, "it is already finished")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     filters = filters_of(args)
-    if args.id is None:
+    target = _single(args, filters)
+    if target is None:
         if args.step is not None or args.state is not None:
             raise UsageError("--step and --state apply to one instance, not to --where")
         return _bulk(args, "retry", filters)
-    if filters:
-        raise UsageError("give an ID or --where filters, not both")
     try:
-        changed = _run(args, lambda e: e.retry(args.id, step=args.step, state=args.state))
+        changed = _run(args, lambda e: e.retry(target, step=args.step, state=args.state))
     except pydantic.ValidationError as exc:
         raise CommandError(f"invalid state: {problems(exc)}; nothing was written") from exc
     return _one(args, "retry", changed, "only failed or cancelled instances are retried")
@@ -190,15 +198,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _one(args: argparse.Namespace, action: str, changed: bool, why_not: str) -> int:
     if option(args, "json"):
-        print_json({"id": args.id, "action": action, "changed": changed})
+        print_json({"id": args.id, "key": args.key, "action": action, "changed": changed})
         return 0 if changed else 1
+    what = f"instance {args.id}" if args.key is None else f"key {args.key!r}"
     if not changed:
         raise CommandError(
-            f"instance {args.id} was not {action}led: {why_not}"
+            f"{what} was not {action}led: {why_not}"
             if action == "cancel"
-            else f"instance {args.id} was not retried: {why_not}"
+            else f"{what} was not retried: {why_not}"
         )
-    print(f"instance {args.id}: {'cancelled' if action == 'cancel' else 'runnable again'}")
+    print(f"{what}: {'cancelled' if action == 'cancel' else 'runnable again'}")
     return 0
 
 
@@ -227,6 +236,7 @@ def add_control_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="cancel an instance (and its live descendants), or every one matching --where",
     )
     p.add_argument("id", nargs="?", type=instance_id_arg, metavar="ID")
+    p.add_argument("--key", metavar="KEY", help="the instance get(KEY) returns (SPEC §20)")
     p.add_argument("--no-cascade", action="store_true", help="leave live children running")
     p.add_argument("--reason", help="recorded in last_error")
     p.set_defaults(func=cmd_cancel)
@@ -237,6 +247,7 @@ def add_control_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="make a failed or cancelled instance runnable again, or every one matching --where",
     )
     p.add_argument("id", nargs="?", type=instance_id_arg, metavar="ID")
+    p.add_argument("--key", metavar="KEY", help="the instance get(KEY) returns (SPEC §20)")
     p.add_argument("--step", help="restart at this step instead of the current one")
     p.add_argument("--state", type=json_arg, metavar="JSON", help=f"new state ({JSON_HELP})")
     p.set_defaults(func=cmd_retry)

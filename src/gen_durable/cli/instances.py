@@ -72,27 +72,38 @@ def cmd_insert(args: argparse.Namespace) -> int:
     return 0
 
 
+def target_of(args: argparse.Namespace) -> tuple[int | str, str]:
+    """The instance a command names — its ID or ``--key`` (exactly one) — and how to
+    say it in a message."""
+    if (args.id is None) == (args.key is None):
+        raise UsageError("name the instance by its ID or by --key KEY (exactly one of them)")
+    if args.key is not None:
+        return args.key, f"key {args.key!r}"
+    return args.id, f"instance {args.id}"
+
+
 def cmd_signal(args: argparse.Namespace) -> int:
-    async def run() -> tuple[Delivery, str | None]:
+    target, what = target_of(args)
+
+    async def run() -> tuple[Delivery, Instance | None]:
         engine = await open_client(args)
         try:
-            found = await engine.deliver(args.id, args.name, args.payload, dedup_key=args.dedup_key)
-            inst = await engine.get(args.id)
-            return found, inst.status if inst else None
+            found = await engine.deliver(target, args.name, args.payload, dedup_key=args.dedup_key)
+            return found, await engine.get(target)
         finally:
             await engine.stop()
 
-    found, status = asyncio.run(run())
+    found, inst = asyncio.run(run())
+    status = inst.status if inst else None
     if found == "finished":
         raise CommandError(
-            f"instance {args.id} is {status}: a finished instance takes no signals; "
-            "nothing was stored"
+            f"{what} is {status}: a finished instance takes no signals; nothing was stored"
         )
     duplicate = found == "duplicate"
     if option(args, "json"):
         print_json(
             {
-                "id": args.id,
+                "id": inst.id if inst else args.id,
                 "name": args.name,
                 "stored": not duplicate,
                 "duplicate": duplicate,
@@ -101,22 +112,25 @@ def cmd_signal(args: argparse.Namespace) -> int:
         )
     elif duplicate:
         print(
-            f"signal {args.name!r} for instance {args.id}: duplicate, dedup_key "
+            f"signal {args.name!r} for {what}: duplicate, dedup_key "
             f"{args.dedup_key!r} was already stored; nothing new stored (now {status})"
         )
     else:
-        print(f"signal {args.name!r} stored for instance {args.id} (now {status})")
+        print(f"signal {args.name!r} stored for {what} (now {status})")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    target, what = target_of(args)
+
     async def run() -> tuple[Instance, list[Signal], list[Child]]:
         engine = await open_client(args)
         try:
-            inst = await engine.get(args.id)
+            inst = await engine.get(target)
             if inst is None:
-                raise CommandError(f"no instance with id {args.id} in schema {schema_of(args)!r}")
-            return inst, await engine.inbox(args.id), await engine.children(args.id)
+                no = f"no instance with id {args.id}" if args.key is None else f"no {what}"
+                raise CommandError(f"{no} in schema {schema_of(args)!r}")
+            return inst, await engine.inbox(inst.id), await engine.children(inst.id)
         finally:
             await engine.stop()
 

@@ -25,6 +25,8 @@ from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
 
+KEY_HELP = "address the instance by its unique_key (text, stored as UTF-8) instead of an ID"
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = common_options()
@@ -161,18 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="deliver a signal to an instance",
         description="Store a signal in the instance's inbox and wake it if it awaits NAME. "
-        "Fails (exit 1) for an unknown id or a finished instance.",
+        "The instance is named by its ID or, with --key, by the unique key it occupies. "
+        "Fails (exit 1) for an unknown id or key, or a finished instance.",
     )
-    p.add_argument("id", type=instance_id_arg, metavar="ID")
+    p.add_argument("id", type=instance_id_arg, metavar="ID", nargs="?")
     p.add_argument("name", metavar="NAME")
+    p.add_argument("--key", metavar="KEY", help=KEY_HELP)
     p.add_argument(
         "--payload", type=json_arg, metavar="JSON", help=f"payload (default {{}}; {JSON_HELP})"
     )
     p.add_argument("--dedup-key", metavar="KEY", help="store at most once per instance and key")
     p.set_defaults(func=cmd_signal)
 
-    p = sub.add_parser("show", parents=[common], help="one instance with its inbox and children")
-    p.add_argument("id", type=instance_id_arg, metavar="ID")
+    p = sub.add_parser(
+        "show",
+        parents=[common],
+        help="one instance with its inbox and children",
+        description="One instance, named by its ID or, with --key, by its unique key: the "
+        "key's occupant, else the latest instance that carried it.",
+    )
+    p.add_argument("id", type=instance_id_arg, metavar="ID", nargs="?")
+    p.add_argument("--key", metavar="KEY", help=KEY_HELP)
     p.add_argument(
         "--full",
         action="store_true",

@@ -3,9 +3,12 @@
 The scenario, per order (``demo.Order``, queue ``orders``):
 
 1. ``start`` → ``await_payment``: the order parks until a ``payment`` signal arrives
-   (durable await, SPEC §6). A third of the payments arrive *before* the order ever
-   runs, so those orders never park; some payment webhooks are delivered twice with
-   the same ``dedup_key`` and are stored once.
+   (durable await, SPEC §6), addressed by the order's key, not its id (SPEC §20). A
+   third of the payments arrive *before* the order ever runs, so those orders never
+   park; some payment webhooks are delivered twice with the same ``dedup_key`` and are
+   stored once. For one order in ten the webhook arrives before the shop has even
+   inserted the order: signal-with-start creates the order with its payment in the
+   inbox, and the shop's own insert later finds the key taken.
 2. ``charge``: a flaky payment gateway raises for some orders; ``handle`` answers with
    ``Replay`` and an exponential backoff (SPEC §5) until it goes through.
 3. ``pack``: fans out one ``demo.Pack`` job per item (durable children, SPEC §7). Packs
@@ -50,53 +53,9 @@ from ..migrate import migrate, migrate_down
 # Importing the module registers the demo's machines (demo.Order, demo.Pack,
 # demo.SendReceipt) with the process-wide registry the demo's engine resolves from.
 from .machines import OUT_OF_STOCK, STATUSES, WATCH, Order
+from .plan import Plan
 
 Conn = psycopg.AsyncConnection[Any]
-# -- the plan ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What each order goes through, decided up front so the end state is checkable."""
-
-    size: int
-
-    def customer(self, n: int) -> str:
-        return f"c{n % max(3, self.size // 5):02d}"
-
-    def items(self, n: int) -> list[str]:
-        skus = [f"SKU-{n}-{i}" for i in range(1 + n % 3)]
-        return [*skus, OUT_OF_STOCK] if n % 7 == 3 else skus
-
-    def flaky(self, n: int) -> int:
-        return 2 if n % 5 == 1 else 0
-
-    def early(self, n: int) -> bool:
-        """The payment arrives before the order runs at all."""
-        return n % 3 == 0
-
-    def duplicated(self, n: int) -> bool:
-        """The payment webhook is delivered twice, with the same dedup_key."""
-        return n % 4 == 0 or n % 3 == 0
-
-    @property
-    def numbers(self) -> range:
-        return range(1, self.size + 1)
-
-    def order(self, n: int) -> gd.Spec:
-        state = {
-            "number": n,
-            "customer": self.customer(n),
-            "items": self.items(n),
-            "flaky": self.flaky(n),
-        }
-        return gd.Spec(Order, state=state, unique_key=self.key(n))
-
-    @staticmethod
-    def key(n: int) -> str:
-        return f"order-{n:06d}"
-
-
 # -- output --------------------------------------------------------------------------
 
 
@@ -198,18 +157,33 @@ async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome
         drain_timeout=2,
     )
     async with client, await runner.connect(dsn) as conn:
-        id_of: dict[int, int] = {}
-        for iid in await client.insert_all([plan.order(n) for n in plan.numbers]):
-            inst = await client.get(iid)
-            assert inst is not None
-            id_of[inst.state["number"]] = iid
 
-        async def pay(n: int) -> int:
-            """Deliver order n's payment webhook (twice for some); returns the duplicates."""
+        async def pay(n: int, start: gd.Spec | None = None) -> int:
+            """Deliver order n's payment webhook (twice for some) to the order's key,
+            starting the order if it does not exist yet; returns the duplicates."""
             copies = 2 if plan.duplicated(n) else 1
             for _ in range(copies):
-                await client.signal(id_of[n], "payment", {"amount": 10 * n}, dedup_key=f"pay-{n}")
+                payment = {"amount": 10 * n}
+                await client.signal(
+                    plan.key(n), "payment", payment, dedup_key=f"pay-{n}", start=start
+                )
             return copies - 1
+
+        # Some webhooks arrive before the shop has inserted their order at all.
+        first = [n for n in plan.numbers if plan.webhook_first(n)]
+        duplicates = sum([await pay(n, start=plan.order(n)) for n in first])
+        shop = [plan.order(n) for n in plan.numbers]
+        inserted = await client.insert_all(shop)  # the started ones are dropped: key taken
+        result.check(
+            len(inserted) == plan.size - len(first),
+            f"{len(first)} webhook(s) arrived before their order: signal-with-start created "
+            "the order with its payment, and the shop's later insert found the key taken",
+        )
+        id_of: dict[int, int] = {}
+        for n in plan.numbers:
+            inst = await client.get(plan.key(n))
+            assert inst is not None
+            id_of[n] = inst.id
 
         try:
             await client.insert(Order, state=plan.order(1).options["state"], unique_key=plan.key(1))
@@ -218,9 +192,9 @@ async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome
             result.check(True, "a second insert of order 1 was refused by its unique_key")
 
         # Some payments arrive before their order has even run once.
-        duplicates = sum([await pay(n) for n in plan.numbers if plan.early(n)])
+        duplicates += sum([await pay(n) for n in plan.numbers if plan.early(n)])
 
-        late = [n for n in plan.numbers if not plan.early(n)]
+        late = [n for n in plan.numbers if not plan.early(n) and not plan.webhook_first(n)]
         progress = Progress(out, size)
         started = time.monotonic()
         deadline = started + 50
@@ -283,7 +257,7 @@ def _verify(
         all(res[n]["payments_seen"] == 1 for n in done),
         f"{duplicates} duplicate payment webhook(s) stored once each (dedup_key)",
     )
-    early = [n for n in plan.numbers if plan.early(n)]
+    early = [n for n in plan.numbers if plan.early(n) or plan.webhook_first(n)]
     result.check(
         all(res[n]["parked"] == (n not in early) for n in done),
         f"{len(early)} payment(s) arrived before their order parked: those never waited",

@@ -7,6 +7,8 @@
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
 ``reads``          ``get``, ``inbox``, ``children``
+``effects``        an outcome's ``spawn`` and ``send``
+``keys``           by business key: ``signal_key``, ``start_signal``, ``get_key``
 ``admin``          operator reads and commands (``admin.*``)
 ``control``        ``cancel`` with cascade and ``retry`` (``control.*``)
 ``listing``        filtered pages, bulk batches, purge and retention (``listing.*``, ``gc.*``)
@@ -24,7 +26,9 @@ from __future__ import annotations
 from . import (
     admin,
     control,
+    effects,
     inserts,
+    keys,
     leases,
     listing,
     migrations,
@@ -38,7 +42,9 @@ from . import (
 __all__ = [
     "admin",
     "control",
+    "effects",
     "inserts",
+    "keys",
     "leases",
     "listing",
     "migrations",

@@ -39,20 +39,24 @@ class Delivered:
 _WAKES = "g.status = 'awaiting_signal' AND g.awaits = %(name)s AND NOT d.dup"
 _WOKEN = f"CASE WHEN {_WAKES} THEN 'runnable'::{{s}}.durable_status ELSE g.status END"
 
-SIGNAL = Statement(
-    "signal",
-    "Store a signal and wake its target if parked on that name, under the row lock",
-    f"""
-WITH wake AS (
+
+def delivery(target: str, recheck: str = "true", guard: str = "") -> str:
+    """The CTEs of one delivery (``wake``, ``ins``, ``nudge``) to the id the CTE ``t``
+    (SQL ``target``) yields, if any; ``recheck`` is evaluated again on the row version
+    the lock waited for (SPEC §20: a key re-checked on the occupant), ``guard`` may
+    prepend a CTE ``target`` reads (an effect's claim guard). Every delivery — by id,
+    by key, from an outcome — is this one text, so they cannot drift apart."""
+    return f"""
+WITH {guard}t AS ({target}), wake AS (
     UPDATE {{s}}.gen_durable g SET
         status = {_WOKEN},
         {clear_guard("g", _WOKEN)},
         eligible_at = CASE WHEN {_WAKES} THEN now() ELSE g.eligible_at END,
         updated_at = CASE WHEN {_WAKES} THEN now() ELSE g.updated_at END
-    FROM (SELECT EXISTS (
+    FROM t CROSS JOIN LATERAL (SELECT EXISTS (
             SELECT 1 FROM {{s}}.signals s
-            WHERE s.target_id = %(id)s AND s.dedup_key = %(dedup_key)s) AS dup) d
-    WHERE g.id = %(id)s
+            WHERE s.target_id = t.id AND s.dedup_key = %(dedup_key)s) AS dup) d
+    WHERE g.id = t.id AND {recheck}
     RETURNING g.id, g.status, g.queue,
         g.status = 'runnable' AND g.awaits = %(name)s AND g.updated_at = now() AS woke
 ), ins AS (
@@ -63,11 +67,17 @@ WITH wake AS (
     RETURNING id
 ), nudge AS (
     SELECT pg_notify(%(channel)s, w.queue) FROM wake w WHERE w.woke
-)
-SELECT CASE WHEN w.woke THEN 'awaiting_signal' ELSE w.status::text END AS status,
-       (SELECT id FROM ins) AS signal_id, w.woke AND (SELECT count(*) FROM nudge) > 0 AS woke
-FROM wake w
-""",
+)"""
+
+
+DELIVERED = """CASE WHEN w.woke THEN 'awaiting_signal' ELSE w.status::text END AS status,
+    (SELECT id FROM ins) AS signal_id, w.woke AND (SELECT count(*) FROM nudge) > 0 AS woke"""
+"""The columns saying what ``delivery`` did to the ``wake`` row ``w``."""
+
+SIGNAL = Statement(
+    "signal",
+    "Store a signal and wake its target if parked on that name, under the row lock",
+    delivery("SELECT %(id)s::int8 AS id") + f"\nSELECT {DELIVERED}\nFROM wake w\n",
     {"id": "int8", "name": "text", "payload": "text", "dedup_key": "text", "channel": "text"},
     Delivered,
 )
