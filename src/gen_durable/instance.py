@@ -18,7 +18,7 @@ class Instance:
     status: str
     state: Any
     result: Any
-    awaits: str | None
+    awaits: tuple[str, ...] | None  # the awaited set (schema version with await sets)
     queue: str
     priority: int
     partition_key: str | None
@@ -39,6 +39,8 @@ class Instance:
     # step, attempt, at (ISO time), type, message and traceback.
     crash_count: int
     errors: tuple[dict[str, Any], ...]
+    # SPEC §19: when the current wait ends without a signal (None: no bound).
+    await_deadline: dt.datetime | None = None
 
     @property
     def terminal(self) -> bool:

@@ -49,6 +49,7 @@ from .scheduler import QueueScheduler, QueueWiring
 from .service import Supervisor
 from .stats import Stats
 from .threads import DaemonThreadPool
+from .timers import Timers
 
 log = logging.getLogger("gen_durable")
 
@@ -93,8 +94,8 @@ class Node:
         node_id: str,
     ) -> None:
         self.config = config
-        # One connection per queue's feeder, plus heartbeat, reaper and a release.
-        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 3)
+        # One connection per queue's feeder, plus heartbeat, reaper, timers and a release.
+        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 4)
         self.queries = queries
         self.registry = registry
         self.stats = stats
@@ -139,6 +140,7 @@ class Node:
         self.reaper = Reaper(
             config, queries, self.fetch, stats, lambda: self.wake(None), _DB_ERRORS
         )
+        self.timers = Timers(config, queries, self.fetch, stats, self.wake, _DB_ERRORS)
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
@@ -160,6 +162,7 @@ class Node:
             self.supervisor.start(sched)
         self.supervisor.start(self.heartbeat)
         self.supervisor.start(self.reaper)
+        self.supervisor.start(self.timers)
         if self.config.listen:
             self.supervisor.start(Listener(self.config, self.queries, self.wake))
 

@@ -6,6 +6,7 @@
 ``leases``         ``heartbeat``, ``hold_lease``, ``reap``, ``release``
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
+``timers``         waits ending at their deadline (``fire_timers``, ``next_due``)
 ``reads``          ``get``, ``inbox``, ``children``
 ``admin``          operator reads and commands (``admin.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
@@ -18,6 +19,16 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals
+from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals, timers
 
-__all__ = ["admin", "inserts", "leases", "migrations", "outcomes", "pick", "reads", "signals"]
+__all__ = [
+    "admin",
+    "inserts",
+    "leases",
+    "migrations",
+    "outcomes",
+    "pick",
+    "reads",
+    "signals",
+    "timers",
+]

@@ -14,14 +14,20 @@ SELECT id, fsm, fsm_version, step, status::text AS status, state, result, awaits
        priority, partition_key, eligible_at, attempt, last_error, locked_by,
        lease_expires_at, parent_id, children_pending, unique_key,
        unique_scope::text[] AS unique_scope, unique_guard, inserted_at, updated_at,
-       crash_count, errors
+       crash_count, errors, await_deadline
 FROM {s}.gen_durable WHERE id = %(id)s
 """,
     {"id": "int8"},
     Instance,
     # bytea arrives as memoryview or bytes depending on the loader a caller's own
     # connection registered; arrays as lists.
-    load={"unique_key": bytes, "unique_guard": bytes, "unique_scope": tuple, "errors": tuple},
+    load={
+        "unique_key": bytes,
+        "unique_guard": bytes,
+        "unique_scope": tuple,
+        "errors": tuple,
+        "awaits": tuple,
+    },
 )
 
 INBOX = Statement(
