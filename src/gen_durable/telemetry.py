@@ -14,7 +14,9 @@ building the measurement dicts.
 
 Events: ``step.stop``, ``step.exception``, ``pick.stop``, ``scheduler.saturation``,
 ``scheduler.drain``, ``partition.contended``, ``reaper.reaped``, ``reaper.poisoned``,
-``registry.not_found``, ``outcome.stale``.
+``registry.not_found``, ``outcome.stale``, ``service.restarted``, ``service.failed``,
+``await.timeout`` (``{"count"}``: waits the timer ended at their deadline; metadata
+``ids``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ EVENTS = frozenset(
         "outcome.stale",
         "service.restarted",
         "service.failed",
+        "await.timeout",
     }
 )
 
