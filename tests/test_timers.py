@@ -7,6 +7,7 @@ engine, and a durable sleep landing on time with the default poll settings.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -134,3 +135,19 @@ async def test_a_two_second_sleep_lands_on_time_with_default_settings(dsn, schem
         iid = await engine.insert(Sleeper)
         got = await _done(engine, iid)
     assert 2.0 <= got.result <= 3.5, got.result
+
+
+class BadWait(gd.FSM):
+    """Builds an Await with both bounds: the error is the step's own."""
+
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        return gd.Await("go", ctx.state, timeout=5, deadline=dt.datetime.now(dt.UTC))
+
+
+async def test_a_bad_await_fails_the_step_and_parks_nothing(make_engine) -> None:
+    async with make_engine() as engine:
+        iid = await engine.insert(BadWait)
+        got = await _done(engine, iid)
+    assert got.status == "failed" and "InvalidOutcome" in (got.last_error or "")
+    assert "not both" in (got.last_error or "")
+    assert got.awaits is None and got.await_deadline is None
