@@ -100,7 +100,7 @@ class Parked(gd.FSM):
 
 async def test_ten_thousand_one_second_timeouts_on_one_engine(make_engine, conn, schema) -> None:
     n = 10_000
-    async with make_engine(queues={"default": 64}) as engine:
+    async with make_engine(queues={"default": 256}, prefetch=256, min_demand=32) as engine:
         await engine.insert_all([gd.Spec(Parked)] * n)
 
         async def all_done() -> bool:

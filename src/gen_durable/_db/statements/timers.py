@@ -29,7 +29,9 @@ class Fired:
 # parked. A row the timer locked first is flipped here; the delivery that waited on
 # the lock then finds it runnable, flips nothing and stores its signal, which the
 # step sees in `ctx.awaited` with `timed_out` set. Either way one wake, nothing lost.
-# The deadline stays on the row: the pick turns it into `timed_out`.
+# The deadline stays on the row: the pick turns it into `timed_out`. It is also the
+# row's `eligible_at`: the row has been due since then, so among equal priorities it
+# runs before work that became due after its deadline (as a delayed Next does).
 FIRE_TIMERS = Statement(
     "fire_timers",
     "Make parked rows whose deadline has passed runnable, up to `limit` per queue",
@@ -46,7 +48,7 @@ WITH due AS (
 ), flipped AS (
     UPDATE {{s}}.gen_durable g
     SET status = 'runnable', {clear_guard("g", "'runnable'")},
-        eligible_at = now(), updated_at = now()
+        eligible_at = g.await_deadline, updated_at = now()
     WHERE g.id = ANY (ARRAY(SELECT id FROM due)) AND g.status = 'awaiting_signal'
     RETURNING g.id, g.queue
 ), nudge AS (
