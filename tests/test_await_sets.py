@@ -202,6 +202,16 @@ async def test_the_timer_fires_only_due_waits_and_the_pick_reports_timed_out(
     assert not _timed_out(row)
 
 
+async def test_the_timer_takes_time_as_a_parameter(conn, q, schema) -> None:
+    soon = await _parked(conn, q, "go", timeout=60.0)
+    later = await _parked(conn, q, "go", timeout=7200.0)
+    in_an_hour = dt.datetime.now(UTC) + dt.timedelta(hours=1)
+    assert await run(conn, q.fire_timers(["default"], 100, until=in_an_hour)) == [(soon, "default")]
+    assert await run(conn, q.fire_timers(["default"], 100, until="infinity")) == [
+        (later, "default")
+    ]
+
+
 async def test_the_timer_fires_in_batches(conn, q, schema) -> None:
     ids = [await _parked(conn, q, "go", timeout=3600.0) for _ in range(5)]
     for iid in ids:

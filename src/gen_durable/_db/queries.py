@@ -11,6 +11,7 @@ name ends up in the schema-qualified text, so nothing depends on the server's
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from ..instance import Instance
@@ -143,9 +144,12 @@ class Queries:
         }
         return SIGNAL.bind(self.schema, params)
 
-    def fire_timers(self, queues: list[str], limit: int) -> Stmt[Fired]:
-        """Wake up to ``limit`` parked rows per queue whose deadline has passed (§19)."""
-        params = {"queues": queues, "limit": limit, "channel": self.channel}
+    def fire_timers(
+        self, queues: list[str], limit: int, until: dt.datetime | str | None = None
+    ) -> Stmt[Fired]:
+        """Wake up to ``limit`` parked rows per queue whose deadline has passed (§19) —
+        or, with ``until``, falls by then (``"infinity"``: every deadline)."""
+        params = {"queues": queues, "limit": limit, "until": until, "channel": self.channel}
         return FIRE_TIMERS.bind(self.schema, params)
 
     def next_due(self, queue: str) -> Stmt[Due]:

@@ -29,6 +29,8 @@ class Fired:
 # parked. A row the timer locked first is flipped here; the delivery that waited on
 # the lock then finds it runnable, flips nothing and stores its signal, which the
 # step sees in `ctx.awaited` with `timed_out` set. Either way one wake, nothing lost.
+# `until` (NULL: now) is time as a parameter: a test helper fires every deadline up to
+# an instant of its choosing ('infinity': all of them) with this same statement.
 # The deadline stays on the row: the pick turns it into `timed_out`. It is also the
 # row's `eligible_at`: the row has been due since then, so among equal priorities it
 # runs before work that became due after its deadline (as a delayed Next does).
@@ -40,7 +42,8 @@ WITH due AS (
     SELECT d.id FROM unnest(%(queues)s::text[]) AS q(name) CROSS JOIN LATERAL (
         SELECT g.id FROM {{s}}.gen_durable g
         WHERE g.queue = q.name AND g.status = 'awaiting_signal'
-          AND g.await_deadline IS NOT NULL AND g.await_deadline <= now()
+          AND g.await_deadline IS NOT NULL
+          AND g.await_deadline <= coalesce(%(until)s::timestamptz, now())
         ORDER BY g.await_deadline
         LIMIT %(limit)s
         FOR NO KEY UPDATE OF g SKIP LOCKED
@@ -56,7 +59,7 @@ WITH due AS (
 )
 SELECT f.id, f.queue FROM flipped f WHERE (SELECT count(*) FROM nudge) >= 0
 """,
-    {"queues": "text[]", "limit": "int8", "channel": "text"},
+    {"queues": "text[]", "limit": "int8", "until": "timestamptz", "channel": "text"},
     Fired,
 )
 
