@@ -8,14 +8,26 @@ its effect atomically. Anything else returned by a step is an ``InvalidOutcome``
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 from .errors import InvalidOutcome
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from typing_extensions import Unpack
+
+    from ._inputs import InsertOptions
+    from .machine import Context, Machine
+
+S = TypeVar("S", default=Any)
+"""The machine's state type: ``gd.Outcome[OrderState]`` checks an outcome's state and
+a step method given by reference against it (SPEC §26)."""
+
+StepRef = str | Callable[[Any, "Context[S]"], Any]
+"""A step by name, or by its ``@gd.step`` method (``Order.ship``, SPEC §26)."""
 
 Seconds = float | int | dt.timedelta
 
@@ -40,12 +52,12 @@ def seconds(value: Seconds, what: str) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class Next:
+class Next(Generic[S]):
     """Go to ``step`` with ``state`` written (attempt resets to 0) — now, or after
     ``delay`` (seconds or ``timedelta``): a durable sleep that holds nothing meanwhile."""
 
-    step: str
-    state: Any = None
+    step: StepRef[S]
+    state: S | None = None
     delay: Seconds = field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -59,15 +71,15 @@ class Next:
 
 
 @dataclass(frozen=True, slots=True)
-class Replay:
+class Replay(Generic[S]):
     """Run the same step again after ``delay`` seconds, ``attempt + 1``."""
 
-    state: Any = None
+    state: S | None = None
     delay: Seconds = 0
 
 
 @dataclass(frozen=True, slots=True)
-class Await:
+class Await(Generic[S]):
     """Park until a signal whose name is ``signal`` (one name, or a non-empty sequence of
     names: a set) arrives (SPEC §6, §19) — or, with ``timeout`` (seconds or
     ``timedelta``, counted from the commit of this outcome) or ``deadline`` (an aware
@@ -78,7 +90,7 @@ class Await:
     """
 
     signal: str | Sequence[str]
-    state: Any = None
+    state: S | None = None
     timeout: Seconds | None = field(default=None, kw_only=True)
     deadline: dt.datetime | None = field(default=None, kw_only=True)
 
@@ -100,7 +112,7 @@ class Await:
         return tuple(sorted(set(self.signal)))
 
 
-def _check_await(a: Await) -> None:
+def _check_await(a: Await[Any]) -> None:
     names: Any = [a.signal] if isinstance(a.signal, str) else a.signal
     if isinstance(names, bytes | bytearray | dict) or not hasattr(names, "__iter__"):
         raise InvalidOutcome(
@@ -131,12 +143,12 @@ def _check_await(a: Await) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class ScheduleChilds:
+class ScheduleChilds(Generic[S]):
     """Insert ``children`` and park at ``step`` until every child is terminal (SPEC §7)."""
 
-    step: str
-    children: Sequence[type[Machine] | Spec] = ()
-    state: Any = None
+    step: StepRef[S]
+    children: Sequence[type[Machine[Any]] | Spec] = ()
+    state: S | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +165,7 @@ class Stop:
     reason: Any = "stopped"
 
 
-Outcome = Next | Replay | Await | ScheduleChilds | Done | Stop
+Outcome = Next[S] | Replay[S] | Await[S] | ScheduleChilds[S] | Done | Stop
 OUTCOME_TYPES = (Next, Replay, Await, ScheduleChilds, Done, Stop)
 
 
@@ -165,10 +177,10 @@ class Spec:
     keyword options as ``Engine.insert``.
     """
 
-    machine: type[Machine]
+    machine: type[Machine[Any]]
     options: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, machine: type[Machine], **options: Any) -> None:
+    def __init__(self, machine: type[Machine[S]], **options: Unpack[InsertOptions[S]]) -> None:
         object.__setattr__(self, "machine", machine)
         object.__setattr__(self, "options", options)
 

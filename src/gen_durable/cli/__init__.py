@@ -8,6 +8,7 @@
     gen-durable signal 17 payment_confirmed --payload '{"amount": 10}' --dedup-key pay-42
     gen-durable show 17
     gen-durable status
+    gen-durable graph myapp.machines:Checkout          # Mermaid, from the source
     gen-durable demo
 
 Every database command takes ``--dsn`` (else ``GEN_DURABLE_DSN``, else

@@ -10,6 +10,7 @@
 ``reads``          ``get``, ``inbox``, ``children``
 ``admin``          operator reads and commands (``admin.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
+``testing``        what ``gen_durable.testing.drain`` adds (``testing.*``)
 =================  ==========================================================
 
 Importing this package registers them all in
@@ -19,7 +20,18 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals, timers
+from . import (
+    admin,
+    inserts,
+    leases,
+    migrations,
+    outcomes,
+    pick,
+    reads,
+    signals,
+    testing,
+    timers,
+)
 
 __all__ = [
     "admin",
@@ -30,5 +42,6 @@ __all__ = [
     "pick",
     "reads",
     "signals",
+    "testing",
     "timers",
 ]
