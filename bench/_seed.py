@@ -94,8 +94,9 @@ SELECT %(base)s + i,
     st::{s}.durable_status,
     jsonb_build_object('order', %(base)s + i, 'items', i %% 7, 'customer', 'c-' || i %% 5000),
     CASE WHEN st = 'done' THEN jsonb_build_object('ok', true, 'total', i %% 1000) END,
-    CASE WHEN st = 'awaiting_signal' THEN (ARRAY['approval', 'payment', 'webhook'])[1 + i %% 3]
-         WHEN st = 'runnable' AND NOT fam AND r_woken < 0.1 THEN 'approval' END,
+    CASE WHEN st = 'awaiting_signal'
+         THEN ARRAY[(ARRAY['approval', 'payment', 'webhook'])[1 + i %% 3]]
+         WHEN st = 'runnable' AND NOT fam AND r_woken < 0.1 THEN ARRAY['approval'] END,
     q,
     (CASE WHEN r_prio < 0.6 THEN 0 WHEN r_prio < 0.85 THEN 1 WHEN r_prio < 0.95 THEN 2
           ELSE 5 END)::int2,
@@ -125,7 +126,7 @@ FROM kind
 _SIGNALS = """
 INSERT INTO {s}.signals (target_id, name, payload, dedup_key, inserted_at)
 SELECT g.id,
-    CASE WHEN g.status = 'runnable' THEN g.awaits ELSE 'reminder' END,
+    CASE WHEN g.status = 'runnable' THEN g.awaits[1] ELSE 'reminder' END,
     jsonb_build_object('source', 'seed', 'ref', g.id), 'evt-' || g.id, g.updated_at
 FROM {s}.gen_durable g
 WHERE g.id > %(base)s AND (

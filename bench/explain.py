@@ -272,7 +272,7 @@ def _signal_case(status: str, wake: bool) -> Setup:
         ).fetchone()
         assert row is not None, f"the seed holds no {status} row"
         target, awaits = row
-        name = awaits if wake else "reminder"
+        name = awaits[0] if wake else "reminder"
         return s.q.signal(target, name, json.dumps({"approved": True}), f"explain-{target}"), 1
 
     return setup
@@ -368,6 +368,62 @@ def _sleeping_rows(s: Session, batch: int) -> Iterator[None]:
         yield
 
 
+PARKED_PER_BATCH = 10_000  # parked rows with a deadline per row of the batch: 1,000,000 at 100
+
+
+@contextmanager
+def _parked_with_deadlines(s: Session, batch: int) -> Iterator[None]:
+    """Instances parked with a deadline (§19): PARKED_PER_BATCH per row of the batch
+    still to come (within the day), and one batch whose deadline has just passed — the
+    timer's work. Priority -1, so the cleanup of the delayed rows removes them too."""
+    table = f"{quote_ident(s.q.schema)}.gen_durable"
+    s.conn.execute(
+        f"INSERT INTO {table} (fsm, step, queue, priority, status, awaits, await_deadline)"
+        " SELECT 'order.process', 'pay', 'default', -1, 'awaiting_signal', ARRAY['paid'],"
+        "        CASE WHEN i <= %s THEN now() - i * interval '1 ms'"
+        "             ELSE now() + interval '1 hour' + i * interval '1 ms' END"
+        " FROM generate_series(1, %s) i",
+        [batch, batch + PARKED_PER_BATCH * batch],
+    )
+    with _removed_after(s, table):
+        yield
+
+
+def _deadline_checks(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
+    """The timer's statements read the due end of `gen_durable_deadline` (and, for
+    `next_due`, one probe per runnable priority), never the parked population."""
+    plan = explain["Plan"]
+    dl = [n for n in scans(plan) if "gen_durable_deadline" in _indexes(n)]
+    seen = sum(visited(n) for n in dl)
+    read = sum(buffers(n) for n in scans(plan))
+    parked = PARKED_PER_BATCH * batch
+    allowed = {"gen_durable_deadline", "gen_durable_pkey"}
+    if case == "timers.next_due":
+        allowed = {"gen_durable_deadline", "gen_durable_pick"}
+        return [
+            _index_only(plan, {"gen_durable": allowed}),
+            Check(
+                "one probe, not a scan",
+                bool(dl) and seen <= 1 and read <= 20 * PICK_WALK + 40,
+                f"gen_durable_deadline handed up {seen:.0f} entries; all scans read {read}"
+                f" buffers beside {parked:,} parked rows (limit {20 * PICK_WALK + 40})",
+            ),
+            _bounded(plan, PICK_WALK),
+        ]
+    return [
+        _index_only(plan, {"gen_durable": allowed}),
+        Check(
+            "reads only the due deadlines",
+            bool(dl) and expected <= seen <= 2 * batch and read <= 10 * batch + 40,
+            f"gen_durable_deadline handed up {seen:.0f} entries for {expected} due; all"
+            f" scans read {read} buffers beside {parked:,} parked rows"
+            f" (limit {10 * batch + 40})",
+        ),
+        _bounded(plan, batch),
+        _touched(explain, expected),
+    ]
+
+
 def _insert(s: Session) -> tuple[Stmt, int]:
     return s.q.insert(build_insert([gd.Spec(ProcessOrder, args={"order": 1})])), 1
 
@@ -443,6 +499,34 @@ def cases(batch: int) -> list[Case]:
             " begin: here half a batch is due at that priority, the pick takes it, reads"
             " no sleeper, and fills the batch from the next priority.",
             around=lambda s: _sleeping_rows(s, b),
+        ),
+        Case(
+            "pick.deadlines",
+            f"pick with {PARKED_PER_BATCH * b:,} instances parked with deadlines (batch {b})",
+            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            "Parked rows are not runnable, so they are in no entry of `gen_durable_pick`:"
+            " a million waits with deadlines cost the pick nothing.",
+            around=lambda s: _parked_with_deadlines(s, b),
+        ),
+        Case(
+            "timers.fire",
+            f"timer: end {b} due waits among {PARKED_PER_BATCH * b:,} parked with deadlines",
+            lambda s: (s.q.fire_timers(["default"], b), b),
+            "`gen_durable_deadline` holds parked rows with a deadline only, in"
+            " `(queue, await_deadline)` order: with the queue fixed (one `LATERAL` per"
+            " queue) the range `<= now()` is exactly the due set, read in deadline order"
+            " up to the limit (`SKIP LOCKED`: a row a delivery holds is left to it,"
+            " §27.1); the flip is by primary key.",
+            around=lambda s: _parked_with_deadlines(s, b),
+        ),
+        Case(
+            "timers.next_due",
+            f"timer: next deadline and next sleeper beside {PARKED_PER_BATCH * b:,} parked",
+            lambda s: (s.q.next_due("default"), 1),
+            "The first entry of `gen_durable_deadline` for the queue, and one"
+            " `gen_durable_pick` probe per runnable priority (the pick's loose index scan,"
+            f" at most {PICK_WALK}): the timer's sleep costs a few index pages per pass.",
+            around=lambda s: _parked_with_deadlines(s, b),
         ),
         Case(
             "reap",
@@ -682,7 +766,9 @@ def _touched(explain: Plan, expected: int) -> Check:
 
 def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
     plan = explain["Plan"]
-    if case in ("pick", "pick.delayed", "pick.spread", "pick.sleeping"):
+    if case.startswith("timers."):
+        return _deadline_checks(case, explain, expected, batch)
+    if case in ("pick", "pick.delayed", "pick.spread", "pick.sleeping", "pick.deadlines"):
         picks = [n for n in scans(plan) if n.get("Index Name") == "gen_durable_pick"]
         seen = sum(visited(n) for n in picks)
         claimed = plan["Actual Rows"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import datetime as dt
 import os
 import random
 import subprocess
@@ -78,6 +79,18 @@ class Parked(gd.FSM, name="bench.parked"):
         started = time.time()
         if not ctx.signals:
             return gd.Await("go", ctx.state)
+        return gd.Done({"t": started})
+
+
+class Timed(gd.FSM, name="bench.timed"):
+    """Parks until the shared deadline in its state (no signal ever comes); the step
+    the deadline wakes records when it started."""
+
+    async def step(self, step: str, ctx: gd.Context[Any]) -> gd.Outcome:
+        started = time.time()
+        if not ctx.timed_out:
+            at = dt.datetime.fromtimestamp(ctx.state["at"], dt.UTC)
+            return gd.Await("never", ctx.state, deadline=at)
         return gd.Done({"t": started})
 
 
@@ -293,6 +306,37 @@ async def scenario_signals(dsn: str, n: int) -> dict[str, Any]:
     )
 
 
+TIMERS_PARK_S = 3.0  # seconds to park every instance before the shared deadline
+TIMERS_PARK_PER_S = 2000  # parks per second the lead time assumes beyond that
+
+
+async def scenario_timers(dsn: str, n: int) -> dict[str, Any]:
+    """``n`` instances parked until one shared deadline, woken by the timer alone:
+    wake-ups/s from the deadline to the last wake, and each wake's lateness."""
+    at = time.time() + TIMERS_PARK_S + n / TIMERS_PARK_PER_S
+    async with client(dsn) as eng:
+        for done in range(0, n, INSERT_BATCH * 10):
+            k = min(INSERT_BATCH * 10, n - done)
+            await eng.insert_all([gd.Spec(Timed, state={"at": at})] * k)
+    window, pg, stats = await timed_drain(dsn, 2 * n, timeout=120 + at - time.time() + n / 20)
+    check(dsn, "fsm = 'bench.timed' AND status = 'done'", n)
+    with psycopg.connect(dsn) as conn:
+        woke = [float(r[0]) for r in conn.execute("SELECT result->>'t' FROM gen_durable")]
+    late = [1000 * (t - at) for t in woke]
+    return rates(
+        window,
+        pg,
+        n,
+        "wakeup",
+        wakeups_per_s_after_deadline=round(n / max(max(woke) - at, 1e-3), 1),
+        parked_before_deadline=sum(1 for t in late if t >= 0) == n,
+        p50_late_ms=round(percentile(late, 50), 2),
+        p99_late_ms=round(percentile(late, 99), 2),
+        timeouts=stats["timeouts"],
+        **per_step(stats, 2 * n),
+    )
+
+
 async def send_signals(dsn: str) -> None:
     with psycopg.connect(dsn) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM gen_durable ORDER BY id").fetchall()]
@@ -457,6 +501,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             "jobs",
             "signals",
             "keys",
+            "timers",
             "fanout",
             "latency",
             "memory",
@@ -493,6 +538,7 @@ async def main(args: argparse.Namespace) -> None:
         "jobs": lambda: scenario_jobs(args.dsn, args.n, args.single),
         "signals": lambda: scenario_signals(args.dsn, args.n),
         "keys": lambda: scenario_keys(args.dsn, args.n),
+        "timers": lambda: scenario_timers(args.dsn, args.n),
         "fanout": lambda: scenario_fanout(args.dsn, args.n),
         "latency": lambda: scenario_latency(args.dsn, args.n, args.spacing),
         "memory": lambda: scenario_memory(args.dsn, args.n),

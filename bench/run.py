@@ -64,7 +64,7 @@ PEERS: dict[str, list[str]] = {
     "dbos": ["dbos==3.4.0", "psycopg[binary]>=3.2"],
 }
 PEER_SCENARIOS = ("chain", "jobs")
-SCENARIOS = ("chain", "jobs", "signals", "keys", "fanout", "latency", "memory")
+SCENARIOS = ("chain", "jobs", "signals", "keys", "timers", "fanout", "latency", "memory")
 
 # Workload sizes. "full" is the definition in docs/performance.md; "quick" keeps
 # `make bench-quick` near two minutes with the peers; "tiny" only proves the script runs.
@@ -74,6 +74,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "jobs": {"n": 10_000, "single": 2000},
         "signals": {"n": 2000},
         "keys": {"n": 2000},
+        "timers": {"n": 10_000},
         "fanout": {"n": 200},
         "latency": {"n": 200, "spacing": 0.05},
         "memory": {"n": 100_000},
@@ -83,6 +84,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "jobs": {"n": 2000, "single": 300},
         "signals": {"n": 500},
         "keys": {"n": 500},
+        "timers": {"n": 2000},
         "fanout": {"n": 50},
         "latency": {"n": 50, "spacing": 0.03},
         "memory": {"n": 100_000},
@@ -92,6 +94,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "jobs": {"n": 200, "single": 50},
         "signals": {"n": 50},
         "keys": {"n": 50},
+        "timers": {"n": 100},
         "fanout": {"n": 10},
         "latency": {"n": 10, "spacing": 0.02},
         "memory": {"n": 2000},
@@ -391,6 +394,7 @@ COMPARED: dict[str, list[str]] = {
         "commits_per_job",
     ],
     "signals": ["wakeups_per_s_from_first_signal", "p50_ms", "p99_ms", "worker_cpu_ms_per_wakeup"],
+    "timers": ["wakeups_per_s_after_deadline", "p50_late_ms", "p99_late_ms"],
     "fanout": ["children_per_s", "worker_cpu_ms_per_step"],
     "latency": ["p50_ms", "p99_ms"],
     "memory": ["jobs_per_s", "peak_rss_mb"],
@@ -592,6 +596,9 @@ GD_ROWS = [
     ("keys", "by_key_p50_ms", "`signal(key)` round trip, p50 ms"),
     ("keys", "by_key_p99_ms", "`signal(key)` round trip, p99 ms"),
     ("keys", "key_over_id_p50", "`signal(key)` / `signal(id)`, p50"),
+    ("timers", "wakeups_per_s_after_deadline", "wake-ups/s (shared deadline → last wake)"),
+    ("timers", "p50_late_ms", "deadline → woken step started, p50 ms"),
+    ("timers", "p99_late_ms", "deadline → woken step started, p99 ms"),
     ("fanout", "children_per_s", "children/s (with the join)"),
     ("fanout", "steps_per_s", "steps/s (parents' 2 steps + children)"),
     ("latency", "p50_ms", "`insert` returned → first step started, p50 ms"),
@@ -614,6 +621,7 @@ COST_UNIT = {
     "jobs": "job",
     "signals": "wakeup",
     "keys": "signal",
+    "timers": "wakeup",
     "fanout": "step",
     "latency": "probe",
     "memory": "job",

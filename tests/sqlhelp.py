@@ -28,7 +28,7 @@ COLUMNS = (
     "priority, partition_key, eligible_at, attempt, last_error, locked_by, "
     "lease_expires_at, parent_id, children_pending, unique_key, "
     "unique_scope::text[] AS unique_scope, unique_guard, inserted_at, updated_at, "
-    "crash_count, errors, detached"
+    "crash_count, errors, detached, await_deadline"
 )
 
 _DEFAULTS: dict[str, Any] = {

@@ -52,7 +52,7 @@ def test_demo_reaches_its_end_state_and_runs_again(dsn: str, demo_schema: str) -
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = proc.stdout
         assert "Instances by status" in out and "FAILED" not in out
-        assert out.count("[ok]") == 9
+        assert out.count("[ok]") == 11
         assert "12/12 orders done, no instance left unfinished" in out
         # Order 5 (n % 10 == 5): its webhook started it (signal-with-start).
         assert "1 webhook(s) arrived before their order: signal-with-start" in out
@@ -63,16 +63,19 @@ def test_demo_reaches_its_end_state_and_runs_again(dsn: str, demo_schema: str) -
             out,
         )
         assert f"psql {shlex.quote(dsn)} -c " in out
-        # Orders 3 and 10 each hold one out-of-stock item (order n with n % 7 == 3).
+        assert "1 unpaid order(s) cancelled themselves at their payment deadline" in out
+        # Orders 3 and 10 each hold one out-of-stock item (order n with n % 7 == 3);
+        # order 7 is never paid and cancels itself: no packs, no receipt.
+        paid = [n for n in range(1, 13) if n != 7]
         assert counts(dsn, demo_schema) == {
             ("demo.Order", "done"): 12,
-            ("demo.Pack", "done"): sum(1 + n % 3 for n in range(1, 13)),
+            ("demo.Pack", "done"): sum(1 + n % 3 for n in paid),
             ("demo.Pack", "failed"): 2,
-            ("demo.SendReceipt", "done"): 12,
+            ("demo.SendReceipt", "done"): 11,
         }
         total = re.search(r"^total\s+0\s+0\s+0\s+0\s+(\d+)\s+(\d+)\s+(\d+)$", out, re.M)
         assert total is not None, out
-        assert [int(g) for g in total.groups()] == [48, 2, 50]
+        assert [int(g) for g in total.groups()] == [45, 2, 47]
 
 
 def test_demo_refuses_the_public_schema(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,13 +96,14 @@ async def test_await_signal_wake_and_name_scoped_consume(make_engine) -> None:
         iid = await engine.insert(Waiter)
         await status_is(engine, iid, "awaiting_signal")
         inst = await engine.get(iid)
-        assert inst is not None and inst.awaits == "go"
+        assert inst is not None and inst.awaits == ("go",)
         # A non-matching signal wakes nothing and survives.
-        assert await engine.signal(iid, "other", {"k": 1}) is True
+        # Same dedup key twice: stored once. (Sent while the instance is parked, so
+        # the second one cannot land after a woken step consumed the first.)
+        assert await engine.signal(iid, "other", {"k": 1}, dedup_key="o-1") is True
+        assert await engine.signal(iid, "other", {"k": 1}, dedup_key="o-1") is True
         inst = await engine.get(iid)
         assert inst is not None and inst.status == "awaiting_signal"
-        assert await engine.signal(iid, "go", {"amount": 10}, dedup_key="pay-1") is True
-        # Same dedup key again: stored once.
         assert await engine.signal(iid, "go", {"amount": 10}, dedup_key="pay-1") is True
         inst = await finished(engine, iid)
         assert inst.status == "done"

@@ -69,7 +69,7 @@ def test_seed_builds_the_population_it_describes(dsn: str, schema: str) -> None:
                 c,
                 f"SELECT count(*) FROM {table} g WHERE status = 'runnable' AND awaits IS NOT NULL"
                 f' AND NOT EXISTS (SELECT 1 FROM "{schema}".signals s WHERE s.target_id = g.id'
-                " AND s.name = g.awaits)",
+                " AND s.name = ANY (g.awaits))",
             )
             == 0
         )

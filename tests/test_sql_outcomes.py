@@ -46,7 +46,7 @@ async def _claimed(conn: Any, q: Queries, schema: str) -> dict[str, Any]:
         schema,
         iid,
         attempt=2,
-        awaits="go",
+        awaits=["go"],
         last_error="old error",
         eligible_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
     )
@@ -125,7 +125,7 @@ async def test_replay_with_delay_is_not_picked_before_it_is_due(conn, q, schema)
 async def test_delayed_next_sleeps_runnable_at_its_step(conn, q, schema) -> None:
     # A durable sleep: Next's effect on every column, except that the row is due later.
     (iid,) = await insert(conn, q, {"state": '{"n": 0}'})
-    await set_columns(conn, schema, iid, attempt=2, awaits="go")
+    await set_columns(conn, schema, iid, attempt=2, awaits=["go"])
     go = (await signal(conn, q, iid, "go"))[1]
     other = (await signal(conn, q, iid, "other"))[1]
     await claim_one(conn, q, TOKEN)
@@ -169,7 +169,7 @@ async def test_await_effect_on_every_column(conn, q, schema) -> None:
     assert after["attempt"] == 0
     assert after["eligible_at"] == after["updated_at"]
     assert after["state"] == {"n": 2}
-    assert after["awaits"] == "paid"
+    assert after["awaits"] == ["paid"]
 
 
 @pytest.mark.parametrize(
@@ -302,7 +302,7 @@ async def _family(conn: Any, q: Queries, schema: str) -> tuple[int, int]:
     """A parent parked on one child; the child woken by `go` with that signal stored."""
     parent, (child,) = await fan_out(conn, q, 1)
     await signal(conn, q, child, "go")
-    await set_columns(conn, schema, child, awaits="go")
+    await set_columns(conn, schema, child, awaits=["go"])
     return parent, child
 
 
@@ -414,7 +414,7 @@ async def test_outcome_texts_are_stored_verbatim(conn, q, schema) -> None:
     assert len(await complete_batch(conn, q, batch)) == 3
     first = await fetch(conn, schema, ids[0])
     assert first["step"] == ODD and first["state"] == {"s": ODD}
-    assert (await fetch(conn, schema, ids[1]))["awaits"] == ODD
+    assert (await fetch(conn, schema, ids[1]))["awaits"] == [ODD]
     assert (await fetch(conn, schema, ids[2]))["last_error"] == ODD
     # The name round-trips into delivery and consumption too.
     _, sid, woke = await signal(conn, q, ids[1], ODD)

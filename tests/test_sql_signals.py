@@ -62,7 +62,7 @@ async def test_matching_signal_wakes_and_leaves_awaits_set(conn, q, schema) -> N
     status, sid, woke = await signal(conn, q, iid, "go", '{"amount": 10}')
     assert (status, woke) == ("awaiting_signal", True) and sid is not None
     row = await fetch(conn, schema, iid)
-    assert (row["status"], row["awaits"]) == ("runnable", "go")
+    assert (row["status"], row["awaits"]) == ("runnable", ["go"])
     assert row["eligible_at"] == row["updated_at"]
     assert await inbox(conn, schema, iid) == [(sid, "go")]
     payload = await scalar(conn, f'SELECT payload FROM "{schema}".signals WHERE id = %s', sid)
@@ -141,7 +141,7 @@ async def test_progressing_outcome_consumes_only_seen_signals_of_the_awaited_nam
     claimed = await claim_one(conn, q, TOKEN)
     seen = _seen(claimed)
     assert [s[1] for s in json.loads(claimed[9])] == ["other", "go", "go"]
-    assert claimed[6] == "go"  # awaits: the name it was woken by
+    assert claimed[6] == ["go"]  # awaits: the name it was woken by
     # Lands while the step runs: not in the snapshot, so it must survive.
     _, unseen, _ = await signal(conn, q, iid, "go")
     got = await complete(
@@ -199,7 +199,7 @@ async def test_await_with_an_unseen_matching_signal_commits_runnable(conn, q, sc
     got = await complete(conn, q, id=iid, token=TOKEN, kind="await", awaits="go", seen=[])
     assert got == [(iid, "runnable")]
     row = await fetch(conn, schema, iid)
-    assert (row["status"], row["awaits"]) == ("runnable", "go")
+    assert (row["status"], row["awaits"]) == ("runnable", ["go"])
 
 
 INTERLEAVINGS = [
@@ -255,7 +255,7 @@ async def test_no_lost_wakeup_under_forced_interleaving(dsn, conn, q, schema, or
     early = order in ("delivered_before_park", "delivery_holds_lock")
     assert parked == [(iid, "runnable" if early else "awaiting_signal")]
     row = await fetch(conn, schema, iid)
-    assert (row["status"], row["awaits"], row["locked_by"]) == ("runnable", "go", None)
+    assert (row["status"], row["awaits"], row["locked_by"]) == ("runnable", ["go"], None)
     assert [name for _, name in await inbox(conn, schema, iid)] == ["go"]
 
 

@@ -18,7 +18,7 @@ class Instance:
     status: str
     state: Any
     result: Any
-    awaits: str | None
+    awaits: tuple[str, ...] | None  # the awaited set (schema version with await sets)
     queue: str
     priority: int
     partition_key: str | None
@@ -42,6 +42,8 @@ class Instance:
     # Control (SPEC §21): a retried child whose parent had already moved on; its end
     # no longer touches the parent's barrier.
     detached: bool
+    # SPEC §19: when the current wait ends without a signal (None: no bound).
+    await_deadline: dt.datetime | None = None
 
     @property
     def terminal(self) -> bool:

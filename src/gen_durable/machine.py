@@ -91,6 +91,11 @@ class Context(Generic[S]):
     state: S
     signals: tuple[Signal, ...] = ()
     childs: tuple[Child, ...] = ()
+    # SPEC §19: the signals of the snapshot whose names are in the set this step was
+    # woken from (empty when it was not woken from an await), and whether the wait's
+    # deadline woke it.
+    awaited: tuple[Signal, ...] = ()
+    timed_out: bool = False
 
 
 _OPTIONS = ("name", "version", "queue", "initial", "state", "max_attempts", "abstract")

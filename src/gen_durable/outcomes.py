@@ -151,10 +151,68 @@ class Replay(Effects, Generic[S]):
 
 @dataclass(frozen=True, slots=True)
 class Await(Effects, Generic[S]):
-    """Park until a signal named ``signal`` arrives (SPEC §6)."""
+    """Park until a signal whose name is ``signal`` (one name, or a non-empty sequence of
+    names: a set) arrives (SPEC §6, §19) — or, with ``timeout`` (seconds or
+    ``timedelta``, counted from the commit of this outcome) or ``deadline`` (an aware
+    ``datetime``), until then at the latest; the same step then runs again with
+    ``ctx.timed_out`` set.
 
-    signal: str
+    ``gd.Await(["approved", "rejected"], state, timeout=dt.timedelta(hours=24))``
+    """
+
+    signal: str | Sequence[str]
     state: S | None = None
+    timeout: Seconds | None = field(default=None, kw_only=True)
+    deadline: dt.datetime | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        # Checked here (SPEC §19): a bad wait raises where it was written. The plain
+        # one-name Await without a bound costs one type check.
+        if (
+            self.signal.__class__ is not str
+            or self.timeout is not None
+            or self.deadline is not None
+        ):
+            _check_await(self)
+        if self.spawn or self.send:
+            self._freeze_effects()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The awaited names, deduplicated and sorted (a set has no order)."""
+        if isinstance(self.signal, str):
+            return (self.signal,)
+        return tuple(sorted(set(self.signal)))
+
+
+def _check_await(a: Await[Any]) -> None:
+    names: Any = [a.signal] if isinstance(a.signal, str) else a.signal
+    if isinstance(names, bytes | bytearray | dict) or not hasattr(names, "__iter__"):
+        raise InvalidOutcome(
+            f"Await signal must be a name or a sequence of names, not {a.signal!r}"
+        )
+    listed = list(names)
+    if not listed:
+        raise InvalidOutcome("Await signal: the set of names is empty; await at least one name")
+    for name in listed:
+        if not isinstance(name, str) or not name:
+            raise InvalidOutcome(f"Await signal names must be non-empty str, got {name!r}")
+    if a.timeout is not None and a.deadline is not None:
+        raise InvalidOutcome("Await takes timeout= or deadline=, not both")
+    if a.timeout is not None:
+        try:
+            value = seconds(a.timeout, "Await timeout")
+        except (TypeError, ValueError) as exc:
+            raise InvalidOutcome(str(exc)) from exc
+        if value <= 0:
+            raise InvalidOutcome(f"Await timeout must be > 0 seconds, got {a.timeout!r}")
+    if a.deadline is not None:
+        if not isinstance(a.deadline, dt.datetime):
+            raise InvalidOutcome(f"Await deadline must be a datetime, not {a.deadline!r}")
+        if a.deadline.tzinfo is None or a.deadline.utcoffset() is None:
+            raise InvalidOutcome(
+                f"Await deadline must be an aware datetime (with a tzinfo), got {a.deadline!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

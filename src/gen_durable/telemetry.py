@@ -14,7 +14,9 @@ building the measurement dicts.
 
 Events: ``step.stop``, ``step.exception``, ``pick.stop``, ``scheduler.saturation``,
 ``scheduler.drain``, ``partition.contended``, ``reaper.reaped``, ``reaper.poisoned``,
-``registry.not_found``, ``outcome.stale``, ``send.dropped``.
+``registry.not_found``, ``outcome.stale``, ``send.dropped``, ``service.restarted``,
+``service.failed``, ``await.timeout`` (``{"count"}``: waits the timer ended at their
+deadline; metadata ``ids``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ EVENTS = frozenset(
         "service.failed",
         "instance.cancelled",
         "gc.swept",
+        "await.timeout",
     }
 )
 

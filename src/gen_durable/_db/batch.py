@@ -33,6 +33,15 @@ def _num(value: float | int | None) -> str:
     return "null" if value is None else repr(value)
 
 
+def _names(value: str | Sequence[str] | None) -> str:
+    # A lone str is a set of one name: the encoded form of a one-name Await.
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "[" + _enc(value) + "]"
+    return "[" + ",".join(map(_enc, value)) + "]"
+
+
 REQUIRED: Any = object()
 """A field the keyword encoder has no default for."""
 
@@ -61,6 +70,12 @@ BOOL = Kind("({})::bool", '{"true" if $ else "false"}', default=False)
 HEX_BYTES = Kind("decode({}, 'hex')", '{"null" if $ is None else _enc($.hex())}')
 """bytes (or None) as hex text: JSON has no bytes."""
 TIMESTAMPTZ = Kind("({})::timestamptz", '{"null" if $ is None else _enc($.isoformat())}')
+NAMES = Kind(
+    "(CASE WHEN jsonb_typeof({0}) = 'array' THEN ARRAY(SELECT jsonb_array_elements_text({0})) END)",
+    "{_names($)}",
+    jsonb=True,
+)
+"""A set of names (a sequence of str, or one str) as text[]; None reads as SQL NULL."""
 INT8_ARRAY = Kind("({})::int8[]", '"{{{",".join(map(str, $))}}}"', default=())
 """A sequence of ints as an int8[] literal; digits and commas need no JSON escaping."""
 JSON_OR_EMPTY = Kind("{}", '{$ or "{}"}', jsonb=True)
@@ -120,7 +135,7 @@ class Layout:
             parts.append(("" if kind.trailing or not parts else ",") + kind.py.replace("$", value))
         fstring = "f'''[" + "".join(parts) + "]'''"
         source = f"def {fn}({args}):\n    " + body.format(fstring) + "\n"
-        scope: dict[str, Any] = {"_enc": _enc, "_opt": _opt, "_num": _num}
+        scope: dict[str, Any] = {"_enc": _enc, "_opt": _opt, "_num": _num, "_names": _names}
         exec(compile(source, f"<layout {self.name}.{fn}>", "exec"), scope)
         made: Callable[..., str] = scope[fn]
         return made

@@ -11,6 +11,8 @@ name ends up in the schema-qualified text, so nothing depends on the server's
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from ..instance import Instance
@@ -40,6 +42,7 @@ from .statements.outcomes import (
 from .statements.pick import NEXT_FOR_KEY, PICK, PICK_WALK, Claim, KeyHead
 from .statements.reads import CHILDREN, GET, INBOX
 from .statements.signals import LISTEN, SIGNAL, Delivered
+from .statements.timers import FIRE_TIMERS, NEXT_DUE, Due, Fired
 
 __all__ = [
     "ERROR_HISTORY",
@@ -119,7 +122,7 @@ class Queries:
         token: str,
         next_step: str,
         state: str | None,
-        consume: str | None,
+        consume: str | Sequence[str] | None,
         seen: list[int],
         children: InsertRows,
         error_entry: str | None = None,
@@ -133,7 +136,7 @@ class Queries:
             token=token,
             next_step=next_step,
             new_state=state,
-            consume=consume,
+            consume=[consume] if isinstance(consume, str) else consume,
             seen=seen,
             channel=self.channel,
         )
@@ -208,6 +211,18 @@ class Queries:
         """Deliver one of an outcome's ``send=`` signals behind its claim guard."""
         to = {"owner": owner, "token": token, "id": target_id, "key": key}
         return SEND.bind(self.schema, self._letter(name, payload, dedup_key, **to))
+
+    def fire_timers(
+        self, queues: list[str], limit: int, until: dt.datetime | str | None = None
+    ) -> Stmt[Fired]:
+        """Wake up to ``limit`` parked rows per queue whose deadline has passed (§19) —
+        or, with ``until``, falls by then (``"infinity"``: every deadline)."""
+        params = {"queues": queues, "limit": limit, "until": until, "channel": self.channel}
+        return FIRE_TIMERS.bind(self.schema, params)
+
+    def next_due(self, queue: str) -> Stmt[Due]:
+        """When the queue's next deadline falls and its next runnable row is due."""
+        return NEXT_DUE.bind(self.schema, {"queue": queue})
 
     def listen(self) -> Stmt[None]:
         """LISTEN on the schema's channel (the listener's connection)."""

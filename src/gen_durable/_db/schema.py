@@ -195,6 +195,38 @@ KEYS_DOWN = """
 DROP INDEX IF EXISTS {s}.gen_durable_key;
 """
 
+# Await sets and deadlines (SPEC §19).
+# - `awaits` becomes a set of names (text[]). Changing the column's type would rewrite
+#   the whole table under an exclusive lock; instead a new array column is added, filled
+#   from the old one only for the rows that carry a name (parked or just woken: the
+#   rows in flight keep their wait), and renamed into place — ADD, DROP and RENAME
+#   COLUMN only change the catalog.
+# - `await_deadline`: when a wait with a timeout or deadline ends without a signal.
+#   NULL for every existing row (no rewrite). A delivery that wakes the row clears it;
+#   the timer leaves it, so a woken step reads `timed_out` from it.
+# - `gen_durable_deadline` holds parked rows with a deadline only, in deadline order
+#   per queue: the timer reads the due ones, never the parked population.
+AWAIT_SETS_UP = """
+ALTER TABLE {s}.gen_durable ADD COLUMN awaits_set text[], ADD COLUMN await_deadline timestamptz;
+UPDATE {s}.gen_durable SET awaits_set = ARRAY[awaits] WHERE awaits IS NOT NULL;
+ALTER TABLE {s}.gen_durable DROP COLUMN awaits;
+ALTER TABLE {s}.gen_durable RENAME COLUMN awaits_set TO awaits;
+CREATE INDEX gen_durable_deadline ON {s}.gen_durable (queue, await_deadline)
+    WHERE status = 'awaiting_signal' AND await_deadline IS NOT NULL;
+"""
+
+# Back to one name: a set keeps its alphabetically first name and a deadline is
+# dropped, so a row parked on several names wakes on that name only and a row that
+# waited with a timeout waits for its signal alone.
+AWAIT_SETS_DOWN = """
+DROP INDEX IF EXISTS {s}.gen_durable_deadline;
+ALTER TABLE {s}.gen_durable ADD COLUMN awaits_one text;
+UPDATE {s}.gen_durable SET awaits_one = (SELECT min(n) FROM unnest(awaits) n)
+    WHERE awaits IS NOT NULL;
+ALTER TABLE {s}.gen_durable DROP COLUMN awaits, DROP COLUMN await_deadline;
+ALTER TABLE {s}.gen_durable RENAME COLUMN awaits_one TO awaits;
+"""
+
 VERSIONS: list[tuple[str, str]] = [
     (V1_UP, V1_DOWN),
     (V2_UP, V2_DOWN),
@@ -202,9 +234,12 @@ VERSIONS: list[tuple[str, str]] = [
     (V4_UP, V4_DOWN),
     (CONTROL_UP, CONTROL_DOWN),
     (KEYS_UP, KEYS_DOWN),
+    (AWAIT_SETS_UP, AWAIT_SETS_DOWN),
 ]
 CONTROL_VERSION = VERSIONS.index((CONTROL_UP, CONTROL_DOWN)) + 1
 """The version that brings `cancelled` (its number depends on the increments before it)."""
+AWAIT_SETS = VERSIONS.index((AWAIT_SETS_UP, AWAIT_SETS_DOWN)) + 1
+"""The schema version that brings await sets and deadlines."""
 LATEST = len(VERSIONS)
 
 

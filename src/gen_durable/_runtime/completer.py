@@ -31,6 +31,7 @@ Failures come in three kinds, and none of them may hold up unrelated outcomes:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,11 +70,16 @@ class Completion:
     result: str | None = None
     error: str | None = None
     delay: float = 0.0
-    awaits: str | None = None
-    consume: str | None = None
+    # The awaited set (an Await), and the set the step was woken from (consumed by a
+    # progressing outcome); a lone str is a set of one.
+    awaits: str | Sequence[str] | None = None
+    consume: str | Sequence[str] | None = None
     seen: tuple[int, ...] = ()
     children: InsertRows | None = None
     keep: bool = False  # run-ahead: a Next that keeps its claim (see queries.complete)
+    # An Await's bound (§19): seconds from the commit, or an absolute aware datetime.
+    timeout: float | None = None
+    deadline: dt.datetime | None = None
     # The coerced state object, so a run-ahead step need not decode what it encoded.
     state_obj: Any = None
     started: float = 0.0  # perf_counter when the step began (telemetry duration)

@@ -104,9 +104,12 @@ def encode(
         except (TypeError, ValueError) as exc:
             raise InvalidOutcome(str(exc)) from exc
     elif isinstance(outcome, oc.Await):
-        base.awaits = codec.check_text(_nonempty(outcome.signal, "Await signal"), "Await signal")
+        base.awaits = _await_names(outcome)
         base.state = _state_text(outcome.state, machine, base)
         base.consume = None
+        if outcome.timeout is not None:  # validated when the Await was built
+            base.timeout = oc.seconds(outcome.timeout, "Await timeout")
+        base.deadline = outcome.deadline
     elif isinstance(outcome, oc.ScheduleChilds):
         base.step = _step_name(outcome.step, machine)
         base.state = _state_text(outcome.state, machine, base)
@@ -126,6 +129,14 @@ def encode(
     if outcome.spawn or outcome.send:  # validated for shape when the outcome was built
         base.effects = effects.encode(outcome, machine.__gd_name__)
     return base
+
+
+def _await_names(outcome: oc.Await) -> str | tuple[str, ...]:
+    signal: Any = outcome.signal
+    if signal.__class__ is str:  # the usual one-name wait: no set to build
+        return codec.check_text(_nonempty(signal, "Await signal"), "Await signal")
+    # The set was checked when the Await was built; the names must still be storable.
+    return tuple(codec.check_text(n, "Await signal") for n in outcome.names)
 
 
 def _nonempty(value: Any, what: str) -> str:

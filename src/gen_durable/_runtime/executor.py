@@ -184,6 +184,8 @@ class Executor:
             state=state,
             signals=signals,
             childs=claim.childs(),
+            awaited=_awaited(claim, signals),
+            timed_out=claim.timed_out,
         )
         try:
             return machine(), ctx
@@ -331,3 +333,11 @@ def failure(
         seen=seen_ids(signals),
         error_entry=error_entry(error, claim.step, claim.attempt, **extra),
     )
+
+
+def _awaited(claim: Claim, signals: tuple[Signal, ...]) -> tuple[Signal, ...]:
+    """``ctx.awaited`` (§19): the snapshot's signals under the set the row was woken from."""
+    if not claim.awaits or not signals:
+        return ()
+    names = claim.awaits
+    return tuple(s for s in signals if s.name in names)

@@ -51,6 +51,7 @@ from .scheduler import QueueScheduler, QueueWiring
 from .service import Supervisor
 from .stats import Stats
 from .threads import DaemonThreadPool
+from .timers import Timers
 
 log = logging.getLogger("gen_durable")
 
@@ -95,8 +96,9 @@ class Node:
         node_id: str,
     ) -> None:
         self.config = config
-        # One connection per queue's feeder, plus heartbeat, reaper, retention, a release.
-        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 4)
+        # One connection per queue's feeder, plus heartbeat, reaper, retention, timers and
+        # a release.
+        self.pool = _pool(config.dsn, f"gen_durable-{node_id}-runtime", len(config.queues) + 5)
         self.queries = queries
         self.registry = registry
         self.stats = stats
@@ -143,6 +145,7 @@ class Node:
         self.reaper = Reaper(
             config, queries, self.fetch, stats, lambda: self.wake(None), _DB_ERRORS
         )
+        self.timers = Timers(config, queries, self.fetch, stats, self.wake, _DB_ERRORS)
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
@@ -167,6 +170,7 @@ class Node:
         if self.config.gc and self.config.retention is not None:
             sweep = Retention(self.config, self.fetch, self.stats, self.node_id, _DB_ERRORS)
             self.supervisor.start(sweep)
+        self.supervisor.start(self.timers)
         if self.config.listen:
             self.supervisor.start(Listener(self.config, self.queries, self.wake))
 

@@ -22,6 +22,8 @@ class Stats:
     poisoned: int = 0
     released: int = 0
     heartbeats: int = 0
+    timeouts: int = 0  # waits the timer ended at their deadline
+    timer_statements: int = 0
 
     def add(self, **counts: int) -> None:
         for name, n in counts.items():

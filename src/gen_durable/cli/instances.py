@@ -147,6 +147,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     limit = None if args.full else SHOW_CHARS
     print(f"instance {inst.id}: {inst.fsm} v{inst.fsm_version}")
+    if inst.status == "awaiting_signal" and inst.awaits:
+        print(f"  {waiting(inst)}")
     width = max(len(k) for k in fields)
     for key, value in fields.items():
         if key not in ("id", "fsm", "fsm_version", "errors"):
@@ -159,6 +161,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(items_table(children, limit))
     print("\n" + error_history(inst.errors))
     return 0
+
+
+def waiting(inst: Instance) -> str:
+    """What a parked instance waits for (SPEC §19): its set of names, and its deadline."""
+    names = " | ".join(inst.awaits or ())
+    if inst.await_deadline is None:
+        return f"waits for {names} (no deadline)"
+    return f"waits for {names} until {cell(inst.await_deadline)} (then runs {inst.step!r} again)"
 
 
 def clip(value: Any, limit: int | None) -> Any:

@@ -8,7 +8,11 @@ The scenario, per order (``demo.Order``, queue ``orders``):
    park; some payment webhooks are delivered twice with the same ``dedup_key`` and are
    stored once. For one order in ten the webhook arrives before the shop has even
    inserted the order: signal-with-start creates the order with its payment in the
-   inbox, and the shop's own insert later finds the key taken.
+   inbox, and the shop's own insert later finds the key taken. The wait has a deadline
+   (``Await(timeout=…)``, SPEC §19): a few orders are never paid, and when the
+   deadline wakes them (``ctx.timed_out``) they cancel themselves
+   (``cancelled_unpaid``, ending done with a ``cancelled`` result); a payment that
+   arrives after that is refused.
 2. ``charge``: a flaky payment gateway raises for some orders; ``handle`` answers with
    ``Replay`` and an exponential backoff (SPEC §5) until it goes through.
 3. ``pack``: fans out one ``demo.Pack`` job per item (durable children, SPEC §7). Packs
@@ -207,10 +211,15 @@ async def _scenario(dsn: str, schema: str, size: int, out: Any) -> tuple[Outcome
                 deadline,
             )
             random.Random(size).shuffle(late)  # webhooks arrive in any order
-            duplicates += sum([await pay(n) for n in late])
+            duplicates += sum([await pay(n) for n in late if not plan.unpaid(n)])
             counts = await _wait(conn, schema, progress, lambda c: _active(c) == 0, deadline)
             elapsed = time.monotonic() - started
             progress.show(counts, final=True)
+        unpaid = [n for n in plan.numbers if plan.unpaid(n)]
+        if unpaid:  # a payment after the order cancelled itself is refused, not an error
+            refused = await client.signal(id_of[unpaid[0]], "payment", {}, dedup_key="late")
+            result.check(refused is False, "a payment arriving after its order was cancelled "
+                         "was refused (signal returned False)")  # fmt: skip
         steps = worker.stats.steps
 
         orders = {n: await client.get(id_of[n]) for n in plan.numbers}
@@ -238,14 +247,20 @@ def _verify(
     res: dict[int, dict[str, Any]] = {
         n: o.result for n, o in orders.items() if o is not None and o.status == "done"
     }
-    done = sorted(res)
     result.check(
-        len(done) == plan.size and _active(counts) == 0,
-        f"{len(done)}/{plan.size} orders done, no instance left unfinished",
+        len(res) == plan.size and _active(counts) == 0,
+        f"{len(res)}/{plan.size} orders done, no instance left unfinished",
     )
-    if len(done) != plan.size:
+    if len(res) != plan.size:
         return
-    partial = [n for n in plan.numbers if OUT_OF_STOCK in plan.items(n)]
+    cancelled = [n for n in sorted(res) if "cancelled" in res[n]]
+    result.check(
+        cancelled == [n for n in plan.numbers if plan.unpaid(n)],
+        f"{len(cancelled)} unpaid order(s) cancelled themselves at their payment deadline"
+        " (Await timeout)",
+    )
+    done = [n for n in sorted(res) if n not in cancelled]
+    partial = [n for n in done if OUT_OF_STOCK in plan.items(n)]
     good = all(res[n]["backordered"] == ([OUT_OF_STOCK] if n in partial else []) for n in done)
     failed_packs = counts.get("demo.Pack", {}).get("failed", 0)
     result.check(
@@ -257,21 +272,21 @@ def _verify(
         all(res[n]["payments_seen"] == 1 for n in done),
         f"{duplicates} duplicate payment webhook(s) stored once each (dedup_key)",
     )
-    early = [n for n in plan.numbers if plan.early(n) or plan.webhook_first(n)]
+    early = [n for n in done if plan.early(n) or plan.webhook_first(n)]
     result.check(
         all(res[n]["parked"] == (n not in early) for n in done),
         f"{len(early)} payment(s) arrived before their order parked: those never waited",
     )
-    flaky = [n for n in plan.numbers if plan.flaky(n)]
+    flaky = [n for n in done if plan.flaky(n)]
     result.check(
         all(res[n]["charge_attempts"] == plan.flaky(n) + 1 for n in done),
         f"{len(flaky)} flaky charge(s) retried with backoff (Replay), then went through",
     )
     receipts = [c for rows in kids.values() for c in rows if c.fsm == "demo.SendReceipt"]
     retried = sum(1 for c in receipts if c.result and c.result["attempts"] > 1)
-    expected = sum(1 for n in plan.numbers if n % 4 == 0)
+    expected = sum(1 for n in done if n % 4 == 0)
     result.check(
-        len(receipts) == plan.size
+        len(receipts) == len(done)
         and all(c.status == "done" for c in receipts)
         and retried == expected,
         f"{len(receipts)} receipts sent by a one-step gd.Job; {retried} retried after an error",

@@ -13,6 +13,7 @@ import gen_durable as gd
 STATUSES = ("runnable", "executing", "awaiting_signal", "awaiting_children", "done", "failed")
 OUT_OF_STOCK = "SKU-OUT-OF-STOCK"
 PACK_SECONDS = 0.02
+PAYMENT_TIMEOUT = 5.0  # seconds an order waits for its payment before it cancels itself
 
 
 @dataclass
@@ -58,8 +59,11 @@ class Order(gd.FSM, name="demo.Order", queue="orders"):
                 return gd.Next("await_payment", s)
             case "await_payment":
                 paid = [sig for sig in ctx.signals if sig.name == "payment"]
+                if not paid and ctx.timed_out:  # the deadline came first (SPEC §19)
+                    return gd.Next("cancelled_unpaid", s)
                 if not paid:
-                    return gd.Await("payment", s.model_copy(update={"parked": True}))
+                    parked = s.model_copy(update={"parked": True})
+                    return gd.Await("payment", parked, timeout=PAYMENT_TIMEOUT)
                 return gd.Next("charge", s.model_copy(update={"payments_seen": len(paid)}))
             case "charge":
                 if ctx.attempt < s.flaky:
@@ -83,6 +87,8 @@ class Order(gd.FSM, name="demo.Order", queue="orders"):
                 receipt = gd.Spec(SendReceipt, args={"order": s.number, "items": packed})
                 update = {"shipped": packed, "backordered": missing}
                 return gd.ScheduleChilds("finish", [receipt], s.model_copy(update=update))
+            case "cancelled_unpaid":
+                return gd.Done({"cancelled": f"no payment within {PAYMENT_TIMEOUT:.0f}s"})
             case "finish":
                 return gd.Done(
                     {

@@ -29,6 +29,10 @@ class Plan:
         """The payment arrives before the order runs at all."""
         return n % 3 == 0 and not self.webhook_first(n)
 
+    def unpaid(self, n: int) -> bool:
+        """The payment never arrives: the order's deadline cancels it."""
+        return n % 10 == 7 and not self.early(n)
+
     def webhook_first(self, n: int) -> bool:
         """The payment webhook arrives before the order exists (signal-with-start)."""
         return n % 10 == 5

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._db import runner
-from .._db.statements.testing import MAKE_DUE, RUNNABLE_QUEUES
+from .._db.statements.testing import DEADLINE_QUEUES, MAKE_DUE, RUNNABLE_QUEUES
 from .._runtime.completer import Committed, Completer, Completion
 from .._runtime.executor import Claim, Executor
 from .._runtime.threads import DaemonThreadPool
@@ -65,14 +65,18 @@ async def fire_await_deadlines(engine: Engine) -> int:
     """Fire every await deadline as if it had passed, so the parked step runs again
     with ``ctx.timed_out`` (``drain(with_timeouts=True)``); returns how many fired.
 
-    Await deadlines (``gd.Await(..., timeout=/deadline=)``) arrive with SPEC §19; until
-    the schema stores them no parked row carries one, so nothing fires and this
-    returns 0. It is the one place a drain fires timers: with §19 it runs the timer
-    service's own statement with every deadline treated as passed (time collapsed,
-    as ``with_scheduled`` does for delays), so a woken step sees
-    ``ctx.timed_out`` exactly as under a worker."""
-    del engine
-    return 0
+    It runs the timer service's own statement (``fire_timers``) with every deadline
+    treated as passed (time collapsed, as ``with_scheduled`` does for delays), so a
+    woken step sees ``ctx.timed_out`` exactly as under a worker."""
+    pool = engine._require_pool()
+    queues = [r.queue for r in await runner.fetch(pool, DEADLINE_QUEUES.bind(engine.config.schema))]
+    fired = 0
+    while queues:
+        rows = await runner.fetch(pool, engine.queries.fire_timers(queues, 1000, "infinity"))
+        fired += len(rows)
+        if len(rows) < 1000:
+            break
+    return fired
 
 
 class _CountingCompleter(Completer):

@@ -6,6 +6,7 @@
 ``leases``         ``heartbeat``, ``hold_lease``, ``reap``, ``release``
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
+``timers``         waits ending at their deadline (``fire_timers``, ``next_due``)
 ``reads``          ``get``, ``inbox``, ``children``
 ``effects``        an outcome's ``spawn`` and ``send``
 ``keys``           by business key: ``signal_key``, ``start_signal``, ``get_key``
@@ -37,6 +38,7 @@ from . import (
     reads,
     signals,
     testing,
+    timers,
 )
 
 __all__ = [
@@ -53,4 +55,5 @@ __all__ = [
     "reads",
     "signals",
     "testing",
+    "timers",
 ]

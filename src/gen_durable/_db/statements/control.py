@@ -52,7 +52,8 @@ def _cancel_rows() -> str:
         status = {_CANCELLED},
         {clear_guard("g", _CANCELLED)},
         last_error = %(reason)s,
-        awaits = NULL, locked_by = NULL, lease_expires_at = NULL, crash_count = 0,
+        awaits = NULL, await_deadline = NULL, locked_by = NULL, lease_expires_at = NULL,
+        crash_count = 0,
         updated_at = now()
     FROM c WHERE g.id = c.id AND c.status IN {_LIVE}
     RETURNING g.id, {ATTACHED_PARENT}, g.status
@@ -166,7 +167,7 @@ WITH par AS (
                        ELSE 'runnable' END)::{s}.durable_status,
         step = coalesce(%(step)s, g.step),
         state = coalesce(%(state)s::jsonb, g.state),
-        attempt = 0, crash_count = 0, awaits = NULL, eligible_at = now(),
+        attempt = 0, crash_count = 0, awaits = NULL, await_deadline = NULL, eligible_at = now(),
         detached = g.detached OR (g.parent_id IS NOT NULL AND NOT %(attach)s),
         updated_at = now()
     WHERE g.id = %(id)s AND g.status IN ('failed', 'cancelled')

@@ -12,8 +12,11 @@ from ..batch import (
     INT8_ARRAY,
     JSON,
     JSON_OR_SQL_NULL,
+    NAMES,
+    OPT_FLOAT8,
     OPT_TEXT,
     TEXT,
+    TIMESTAMPTZ,
     TRAILING_JSON,
     Layout,
     array,
@@ -34,10 +37,12 @@ OUTCOME = Layout(
         ("result", JSON),
         ("error", OPT_TEXT),
         ("delay", FLOAT8),
-        ("awaits", OPT_TEXT),
-        ("consume", OPT_TEXT),
+        ("awaits", NAMES),
+        ("consume", NAMES),
         ("seen", INT8_ARRAY),
         ("keep", BOOL),
+        ("timeout", OPT_FLOAT8),
+        ("deadline", TIMESTAMPTZ),
         ("error_entry", TRAILING_JSON),
     ],
 )
@@ -111,14 +116,29 @@ _STATUS = """(CASE o.kind
             WHEN 'replay' THEN 'runnable'
             WHEN 'done' THEN 'done'
             WHEN 'stop' THEN 'failed'
-            ELSE CASE WHEN EXISTS (
-                    SELECT 1 FROM {s}.signals s
-                    WHERE s.target_id = g.id AND s.name = o.awaits
-                      AND s.id <> ALL (o.seen))
-                 THEN 'runnable' ELSE 'awaiting_signal' END
+            ELSE CASE WHEN {unseen} THEN 'runnable'
+                      WHEN {deadline} <= now() THEN 'runnable'
+                      ELSE 'awaiting_signal' END
             END)::{s}.durable_status"""
 """The new status of an outcome's row; written twice in the SET (the status, and
 whether it leaves the key's scope), evaluated twice only for a row holding a key."""
+
+# An Await parks unless a signal of its set that the step did not see is already in
+# the inbox (§18.1, §18.5, for every name of the set), or its deadline has already
+# passed (a `deadline=` carried across waits): then it commits `runnable` at once.
+_UNSEEN = """EXISTS (
+                    SELECT 1 FROM {s}.signals s
+                    WHERE s.target_id = g.id AND s.name = ANY (o.awaits)
+                      AND s.id <> ALL (o.seen))"""
+# The wait's end (§19): a timeout counts from this commit, a deadline is absolute.
+_DEADLINE = "coalesce(now() + make_interval(secs => o.timeout), o.deadline)"
+_STATUS = _STATUS.replace("{unseen}", _UNSEEN).replace("{deadline}", _DEADLINE)
+# A wait committed `runnable` for an unseen signal was woken by it, not by time: it
+# keeps no deadline, so the step reads `timed_out` False (the timer only ever flips
+# parked rows, and leaves the deadline in place when it does).
+_AWAIT_DEADLINE = f"""CASE WHEN o.kind <> 'await' THEN NULL
+                      WHEN {_UNSEEN} THEN NULL
+                      ELSE {_DEADLINE} END"""
 
 COMPLETE = Statement(
     "complete",
@@ -147,6 +167,7 @@ WITH o AS (
                            WHEN o.kind IN ('done', 'stop') THEN g.eligible_at
                            ELSE now() END,
         awaits = CASE WHEN o.kind = 'await' THEN o.awaits END,
+        await_deadline = {_AWAIT_DEADLINE},
         locked_by = CASE WHEN o.keep THEN g.locked_by END,
         lease_expires_at = CASE WHEN o.keep THEN g.lease_expires_at END,
         crash_count = 0,
@@ -157,7 +178,7 @@ WITH o AS (
 ), consumed AS (
     DELETE FROM {{s}}.signals s
     USING u JOIN o ON o.id = u.id AND o.token = u.token
-    WHERE o.kind <> 'await' AND s.target_id = u.id AND s.name = o.consume
+    WHERE o.kind <> 'await' AND s.target_id = u.id AND s.name = ANY (o.consume)
       AND s.id = ANY (o.seen)
 ), {JOIN}
 SELECT u.id, u.status::text AS status,
@@ -165,7 +186,7 @@ SELECT u.id, u.status::text AS status,
         SELECT json_agg({SIGNAL_JSON} ORDER BY s.id)::text
         FROM {{s}}.signals s JOIN o ON o.id = u.id AND o.token = u.token
         WHERE s.target_id = u.id
-          AND NOT coalesce(s.name = o.consume AND s.id = ANY (o.seen), false))
+          AND NOT coalesce(s.name = ANY (o.consume) AND s.id = ANY (o.seen), false))
     END AS inbox, u.token
 FROM u WHERE (SELECT count(*) FROM nudge) >= 0
 """,
@@ -211,7 +232,8 @@ WITH p AS (
     SELECT count(*)::int AS n FROM ins
 ), consumed AS (
     DELETE FROM {{s}}.signals s USING p
-    WHERE s.target_id = p.id AND s.name = %(consume)s AND s.id = ANY (%(seen)s::int8[])
+    WHERE s.target_id = p.id AND s.name = ANY (%(consume)s::text[])
+      AND s.id = ANY (%(seen)s::int8[])
 ), u AS (
     UPDATE {{s}}.gen_durable g SET
         status = {_PARKED},
@@ -220,7 +242,8 @@ WITH p AS (
         state = coalesce(%(new_state)s::jsonb, g.state), attempt = 0, eligible_at = now(),
         errors = CASE WHEN %(entry)s::jsonb IS NULL THEN g.errors
                       ELSE {with_error("%(entry)s::jsonb")} END,
-        awaits = NULL, locked_by = NULL, lease_expires_at = NULL, crash_count = 0,
+        awaits = NULL, await_deadline = NULL, locked_by = NULL, lease_expires_at = NULL,
+        crash_count = 0,
         updated_at = now()
     FROM p, n WHERE g.id = p.id
     RETURNING g.id, g.status, p.token
@@ -236,7 +259,7 @@ FROM u
         "batch": "text",
         "id": "int8",
         "token": "text",
-        "consume": "text",
+        "consume": "text[]",
         "seen": "int8[]",
         "next_step": "text",
         "new_state": "text",

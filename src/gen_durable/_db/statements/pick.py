@@ -23,12 +23,13 @@ class Claim:
     step: str
     state_text: str
     attempt: int
-    awaits: str | None
+    awaits: list[str] | None
     priority: int
     partition_key: str | None
     inbox_text: str | None
     childs_text: str | None
     token: str
+    timed_out: bool = False
 
     def signals(self) -> tuple[Signal, ...]:
         if not self.inbox_text:
@@ -57,6 +58,20 @@ _GUARD = """(g.partition_key IS NULL OR NOT EXISTS (
                   AND h.status = 'runnable' AND h.eligible_at <= now()
                   AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)))"""
 
+PRIORITIES = f"""
+    (SELECT g.priority, 1 AS depth FROM {{s}}.gen_durable g
+     WHERE g.queue = %(queue)s AND g.status = 'runnable'
+     ORDER BY g.priority LIMIT 1)
+    UNION ALL
+    SELECT (SELECT g.priority FROM {{s}}.gen_durable g
+            WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.priority > p.priority
+            ORDER BY g.priority LIMIT 1),
+           p.depth + 1
+    FROM prio p WHERE p.priority IS NOT NULL AND p.depth < {PICK_WALK}
+"""
+"""The body of the recursive `prio` CTE: the queue's runnable priorities, most urgent
+first, at most PICK_WALK of them (shared by the pick and the timer's ``next_due``)."""
+
 # `prio` lists the queue's runnable priorities, most urgent first, one index probe
 # each (a loose index scan; a recursive query yields its rows in the order it finds
 # them), for at most PICK_WALK of them. For each, the first branch of `cand` walks
@@ -81,17 +96,7 @@ PICK = Statement(
     "pick",
     "Claim up to `limit` runnable rows of one queue for one claim token",
     f"""
-WITH RECURSIVE prio AS (
-    (SELECT g.priority, 1 AS depth FROM {{s}}.gen_durable g
-     WHERE g.queue = %(queue)s AND g.status = 'runnable'
-     ORDER BY g.priority LIMIT 1)
-    UNION ALL
-    SELECT (SELECT g.priority FROM {{s}}.gen_durable g
-            WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.priority > p.priority
-            ORDER BY g.priority LIMIT 1),
-           p.depth + 1
-    FROM prio p WHERE p.priority IS NOT NULL AND p.depth < {PICK_WALK}
-), cand AS (
+WITH RECURSIVE prio AS ({PRIORITIES}), cand AS (
     SELECT w.id, w.partition_key, w.priority, w.eligible_at FROM (
         SELECT c.id, c.partition_key, c.priority, c.eligible_at
         FROM prio p CROSS JOIN LATERAL (
@@ -135,7 +140,8 @@ RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.att
        FROM {{s}}.signals s WHERE s.target_id = g.id) AS inbox_text,
     (SELECT json_agg({CHILD_JSON} ORDER BY c.id)::text
        FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
-    g.locked_by AS token
+    g.locked_by AS token,
+    g.awaits IS NOT NULL AND g.await_deadline IS NOT NULL AS timed_out
 """,
     {"queue": "text", "limit": "int8", "token": "text", "ttl": "float8"},
     Claim,

@@ -10,12 +10,18 @@ COLUMNS = """g.id, g.fsm, g.fsm_version, g.step, g.status::text AS status, g.sta
        g.awaits, g.queue, g.priority, g.partition_key, g.eligible_at, g.attempt,
        g.last_error, g.locked_by, g.lease_expires_at, g.parent_id, g.children_pending,
        g.unique_key, g.unique_scope::text[] AS unique_scope, g.unique_guard, g.inserted_at,
-       g.updated_at, g.crash_count, g.errors, g.detached"""
+       g.updated_at, g.crash_count, g.errors, g.detached, g.await_deadline"""
 """Every column of a row ``g`` as :class:`~gen_durable.instance.Instance` decodes it."""
 
 # bytea arrives as memoryview or bytes depending on the loader a caller's own
 # connection registered; arrays as lists.
-LOADS = {"unique_key": bytes, "unique_guard": bytes, "unique_scope": tuple, "errors": tuple}
+LOADS = {
+    "unique_key": bytes,
+    "unique_guard": bytes,
+    "unique_scope": tuple,
+    "errors": tuple,
+    "awaits": tuple,
+}
 
 GET = Statement(
     "get",

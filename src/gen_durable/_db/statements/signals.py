@@ -32,11 +32,13 @@ class Delivered:
 # failed on gen_durable_lease_iff_executing. Here the snapshot-based row is always
 # consistent (unchanged, or a lease-free flip) — see
 # test_no_lost_wakeup_under_forced_interleaving.
-# The insert is refused for a terminal target, decided under the same lock. A
-# redelivery whose dedup_key is already stored wakes nobody: the parked step has seen
+# The insert is refused for a terminal target, decided under the same lock.
+# A wake clears the wait's deadline (§19): the step was woken by a signal, not by time,
+# and a row the timer already flipped is no longer parked, so it is not woken twice.
+# A redelivery whose dedup_key is already stored wakes nobody: the parked step has seen
 # that signal (§18.5), so waking it would only re-run it for nothing. `woke` is
 # recognised by the flip's own `updated_at = now()`.
-_WAKES = "g.status = 'awaiting_signal' AND g.awaits = %(name)s AND NOT d.dup"
+_WAKES = "g.status = 'awaiting_signal' AND %(name)s = ANY (g.awaits) AND NOT d.dup"
 _WOKEN = f"CASE WHEN {_WAKES} THEN 'runnable'::{{s}}.durable_status ELSE g.status END"
 
 
@@ -52,13 +54,14 @@ WITH {guard}t AS ({target}), wake AS (
         status = {_WOKEN},
         {clear_guard("g", _WOKEN)},
         eligible_at = CASE WHEN {_WAKES} THEN now() ELSE g.eligible_at END,
+        await_deadline = CASE WHEN {_WAKES} THEN NULL ELSE g.await_deadline END,
         updated_at = CASE WHEN {_WAKES} THEN now() ELSE g.updated_at END
     FROM t CROSS JOIN LATERAL (SELECT EXISTS (
             SELECT 1 FROM {{s}}.signals s
             WHERE s.target_id = t.id AND s.dedup_key = %(dedup_key)s) AS dup) d
     WHERE g.id = t.id AND {recheck}
     RETURNING g.id, g.status, g.queue,
-        g.status = 'runnable' AND g.awaits = %(name)s AND g.updated_at = now() AS woke
+        g.status = 'runnable' AND %(name)s = ANY (g.awaits) AND g.updated_at = now() AS woke
 ), ins AS (
     INSERT INTO {{s}}.signals (target_id, name, payload, dedup_key)
     SELECT w.id, %(name)s, %(payload)s::jsonb, %(dedup_key)s FROM wake w

@@ -45,3 +45,15 @@ RETURNING id
     {},
     Advanced,
 )
+
+DEADLINE_QUEUES = Statement(
+    "testing.deadline_queues",
+    "Queues holding a parked row with a deadline (drain with_timeouts; gen_durable_deadline)",
+    """
+SELECT DISTINCT queue FROM {s}.gen_durable
+WHERE status = 'awaiting_signal' AND await_deadline IS NOT NULL
+ORDER BY queue
+""",
+    {},
+    QueueName,
+)
