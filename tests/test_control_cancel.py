@@ -91,8 +91,10 @@ async def test_cancel_a_parked_instance_and_what_it_returns(make_engine) -> None
         assert (await client.wait(iid, timeout=5)).status == "cancelled"
         with pytest.raises(gd.NoSuchInstance):
             await client.cancel(iid + 1000)
+        with pytest.raises(gd.NoSuchInstance):
+            await client.cancel("key")  # a key no row ever carried (SPEC §20)
         with pytest.raises(gd.ConfigurationError):
-            await client.cancel("key")  # type: ignore[arg-type]
+            await client.cancel(1.5)  # type: ignore[arg-type]
 
 
 async def _park(client: gd.Engine, iid: int) -> None:
@@ -101,7 +103,7 @@ async def _park(client: gd.Engine, iid: int) -> None:
     async with pool.connection() as conn:
         await conn.execute(
             f'UPDATE "{client.config.schema}".gen_durable '
-            "SET status = 'awaiting_signal', awaits = 'go' WHERE id = %s",
+            "SET status = 'awaiting_signal', awaits = ARRAY['go'] WHERE id = %s",
             (iid,),
         )
 

@@ -137,7 +137,9 @@ async def test_an_occupant_leaving_its_key_during_the_delivery_gets_nothing(
                 (iid, after)
             ]
             task = asyncio.ensure_future(engine.signal("race", "paid"))
-            await wait_lock_waiters(observer, "signals")
+            # The schema's name, not "signals": pg_stat_activity keeps only the start of
+            # a long statement's text.
+            await wait_lock_waiters(observer, schema)
             assert not task.done()
             await finisher.execute("COMMIT")
             assert await asyncio.wait_for(task, 30) is False

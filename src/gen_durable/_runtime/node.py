@@ -106,22 +106,7 @@ class Node:
         self._seq = itertools.count(1)
         total = sum(config.queues.values()) or 1
         self.threads = DaemonThreadPool(total)
-        # Outcomes commit on connections of their own: a short lock_timeout there
-        # keeps one row locked by a client's open transaction from stalling every
-        # other outcome of the node, without limiting what clients may wait for.
-        self.completer_pool = _pool(
-            config.dsn,
-            f"gen_durable-{node_id}-outcomes",
-            FLUSHERS,
-            options=with_options(config.dsn, f"-c lock_timeout={LOCK_TIMEOUT_MS}"),
-        )
-        self.completer = Completer(
-            self.completer_pool,
-            queries,
-            stats,
-            retry_for=config.lease_ttl / 2,
-            flushers=FLUSHERS,
-        )
+        self.completer_pool, self.completer = _completer(config, queries, stats, node_id)
         self.executor = Executor(self.completer, self.threads, stats, config.run_ahead)
         self.holdings = Holdings()
         self.supervisor = Supervisor(self._fatal)
@@ -254,3 +239,19 @@ class Node:
             return 0
         self.stats.add(statements=1, commits=1, released=n)
         return n
+
+
+def _completer(
+    config: Config, queries: Queries, stats: Stats, node_id: str
+) -> tuple[AsyncConnectionPool[Any], Completer]:
+    """The outcomes' pool and completer. Outcomes commit on connections of their own: a
+    short lock_timeout there keeps one row locked by a client's open transaction from
+    stalling every other outcome of the node, without limiting what clients may wait
+    for."""
+    pool = _pool(
+        config.dsn,
+        f"gen_durable-{node_id}-outcomes",
+        FLUSHERS,
+        options=with_options(config.dsn, f"-c lock_timeout={LOCK_TIMEOUT_MS}"),
+    )
+    return pool, Completer(pool, queries, stats, retry_for=config.lease_ttl / 2, flushers=FLUSHERS)
