@@ -16,6 +16,7 @@ from typing import Any
 from ._db import codec
 from ._db.queries import NON_TERMINAL, STATUSES, InsertRows
 from .errors import ConfigurationError
+from .flow import partition_limit, rate_limit_ref
 from .machine import Machine
 from .outcomes import Spec, seconds
 
@@ -27,6 +28,8 @@ INSERT_OPTIONS = frozenset(
         "queue",
         "priority",
         "partition_key",
+        "partition_limit",
+        "rate_limit",
         "unique_key",
         "unique_scope",
         "eligible_at",
@@ -103,6 +106,8 @@ def add_insert(
     queue = machine.__gd_queue__
     priority = 0
     pkey: str | None = None
+    plimit = 1
+    rlimit: str | None = None
     ukey: bytes | None = None
     scope: str | None = None
     eligible_at: dt.datetime | None = None
@@ -131,6 +136,8 @@ def add_insert(
         pkey = options.get("partition_key")
         if pkey is not None:
             codec.check_text(pkey, "partition_key")
+        plimit = partition_limit(options.get("partition_limit", 1))
+        rlimit = rate_limit_ref(options.get("rate_limit"))
         ukey = codec.key_bytes(options.get("unique_key"))
         scope = _scope(options.get("unique_scope"))
         if ukey is not None and scope is None:
@@ -154,6 +161,8 @@ def add_insert(
     rows.queue.append(queue)
     rows.priority.append(priority)
     rows.partition_key.append(pkey)
+    rows.partition_limit.append(plimit)
+    rows.rate_limit.append(rlimit)
     rows.eligible_at.append(eligible_at)
     rows.delay.append(delay)
     rows.unique_key.append(ukey)

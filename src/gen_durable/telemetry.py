@@ -14,7 +14,8 @@ building the measurement dicts.
 
 Events: ``step.stop``, ``step.exception``, ``pick.stop``, ``scheduler.saturation``,
 ``scheduler.drain``, ``partition.contended``, ``reaper.reaped``, ``reaper.poisoned``,
-``registry.not_found``, ``outcome.stale``.
+``registry.not_found``, ``outcome.stale``; flow control (SPEC §23):
+``rate_limit.throttled``, ``rate_limit.unknown``, ``schedule.inserted``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ EVENTS = frozenset(
         "outcome.stale",
         "service.restarted",
         "service.failed",
+        "rate_limit.throttled",
+        "rate_limit.unknown",
+        "schedule.inserted",
     }
 )
 

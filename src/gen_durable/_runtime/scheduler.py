@@ -38,12 +38,15 @@ from .claims import Holdings
 from .config import Config
 from .executor import Claim, Executor
 from .handback import UnknownMachines
+from .limits import UnknownLimits
 from .service import Service
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
 
-_KEY_RE = re.compile(r"Key \(partition_key\)=\((.*)\) already exists")
+# The index is on (partition_key, partition_slot) since flow control (SPEC §23); the
+# slot is a number, so the key is everything before the last ", ".
+_KEY_RE = re.compile(r"Key \(partition_key, partition_slot\)=\((.*), -?\d+\) already exists")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class QueueWiring:
     stats: Stats
     holdings: Holdings
     unknown: UnknownMachines
+    unknown_limits: UnknownLimits
     next_token: Callable[[], str]
     node_id: str
 
@@ -217,6 +221,10 @@ class QueueScheduler(Service):
             )
         if not rows:
             return 0
+        if rows[-1].held is not None:  # held rows come last (SPEC §23)
+            rows = self._held(rows)
+            if not rows:
+                return 0
         unknown: list[Claim] = []
         for claim in rows:
             machine = resolve(w.registry, claim.fsm, claim.fsm_version)
@@ -240,6 +248,24 @@ class QueueScheduler(Service):
                 {"queue": self.queue},
             )
         return len(rows)
+
+    def _held(self, rows: list[Claim]) -> list[Claim]:
+        """Report the rows the pick held back for their rate limit; return the claims."""
+        claims = [r for r in rows if r.held is None]
+        throttled: dict[str, int] = {}
+        for row in rows:
+            if row.held == "throttled":
+                throttled[row.rate_limit or ""] = throttled.get(row.rate_limit or "", 0) + 1
+            elif row.held == "unknown":
+                self._w.unknown_limits.report(self.queue, row)
+        if throttled and telemetry.listening("rate_limit.throttled"):
+            for ref, count in throttled.items():
+                telemetry.emit(
+                    "rate_limit.throttled",
+                    {"count": count},
+                    {"queue": self.queue, "rate_limit": ref},
+                )
+        return claims
 
     async def _contended_row(self, key: str | None) -> tuple[int | None, str | None]:
         """The row the failed pick wanted for ``key`` (the key's most urgent runnable

@@ -3,6 +3,7 @@
 =================  ==========================================================
 ``inserts``        new instances and children (``insert``, ``insert_unkeyed``)
 ``pick``           claiming a batch of one queue (``pick``, ``next_for_key``)
+``flow``           the pick's K slots and buckets; rate limits and schedules (§23)
 ``leases``         ``heartbeat``, ``hold_lease``, ``reap``, ``release``
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
@@ -18,6 +19,16 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals
+from . import admin, flow, inserts, leases, migrations, outcomes, pick, reads, signals
 
-__all__ = ["admin", "inserts", "leases", "migrations", "outcomes", "pick", "reads", "signals"]
+__all__ = [
+    "admin",
+    "flow",
+    "inserts",
+    "leases",
+    "migrations",
+    "outcomes",
+    "pick",
+    "reads",
+    "signals",
+]
