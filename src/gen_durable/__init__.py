@@ -25,10 +25,12 @@ from .errors import (
     OutcomeRefused,
     SchemaError,
 )
+from .flow import RateLimit
 from .instance import Instance
 from .machine import FSM, Child, Context, Job, Signal, State
 from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
 from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Spec, Stop
+from .schedule import Schedule
 
 __version__ = "0.1.0"
 
@@ -56,7 +58,9 @@ __all__ = [
     "NotFound",
     "Outcome",
     "OutcomeRefused",
+    "RateLimit",
     "Replay",
+    "Schedule",
     "ScheduleChilds",
     "SchemaError",
     "Signal",

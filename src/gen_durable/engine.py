@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import typing
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
 from ._runtime.config import Config, build_config
+from ._runtime.cron import ScheduleService
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
@@ -46,10 +48,12 @@ from .client import (
     wait_verdict,
 )
 from .errors import GenDurableError, SchemaError
+from .flow import RateLimit, bucket, limit_name
 from .instance import Instance
 from .machine import Child, Machine, Signal
 from .migrate import LATEST_VERSION, installed_version
 from .registry import Registry
+from .schedule import Schedule, check_schedules
 
 log = logging.getLogger("gen_durable")
 
@@ -58,7 +62,7 @@ R = TypeVar("R")
 START_TIMEOUT = 30.0
 """How long ``start`` waits for the database before it gives up."""
 
-_NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
+_NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "schedules", "__class__"})
 
 
 class Engine:
@@ -83,6 +87,7 @@ class Engine:
         *,
         queues: Mapping[str, int] | None = None,
         fsms: Iterable[type[Machine]] = (),
+        schedules: Iterable[Schedule] = (),
         schema: str = "public",
         lease_ttl: float = 60.0,
         heartbeat_interval: float = 20.0,
@@ -104,6 +109,7 @@ class Engine:
         options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
         self.config: Config = build_config(resolve_dsn(dsn), queues, **options)
         self.registry = Registry(fsms)
+        self.schedules = check_schedules(schedules)
         self.queries = Queries(self.config.schema)
         self.stats = Stats()
         self.node_id = self.config.node_id or (
@@ -177,6 +183,8 @@ class Engine:
             node = Node(self.config, self.queries, self.registry, self.stats, self.node_id)
             try:
                 await node.start()
+                if self.schedules:
+                    node.supervisor.start(ScheduleService(self.schedules, self.queries, node.fetch))
             except BaseException as exc:
                 self._pool = None
                 await pool.close()
@@ -288,6 +296,24 @@ class Engine:
             return []
         inserted = await self._one(self.queries.insert(rows), conn)
         return inserted_ids(inserted)
+
+    async def set_rate_limit(
+        self, name: str, rate: float, *, per: float = 1.0, burst: float | None = None
+    ) -> RateLimit:
+        """Create or change the token bucket ``name`` that every node enforces (SPEC §23):
+        ``rate`` starts per ``per`` seconds, up to ``burst`` at once (default: the
+        rate). Rows opt in with ``rate_limit="name"`` or ``"name:part"``."""
+        r, p, b = bucket(rate, per, burst)
+        stmt = self.queries.set_rate_limit(limit_name(name), r, p, b)
+        return typing.cast(RateLimit, await self._one(stmt, None))
+
+    async def delete_rate_limit(self, name: str) -> bool:
+        """Delete a rate limit (True if it existed); its rows are held until it is set."""
+        return await self._one(self.queries.delete_rate_limit(limit_name(name)), None) is not None
+
+    async def rate_limits(self) -> list[RateLimit]:
+        """Every configured rate limit, by name."""
+        return await self._all(self.queries.rate_limits())
 
     async def signal(
         self,

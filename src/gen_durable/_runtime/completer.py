@@ -71,6 +71,7 @@ class Completion:
     consume: str | None = None
     seen: tuple[int, ...] = ()
     children: InsertRows | None = None
+    rate_limit: str | None = None  # None: the row keeps its own; "": cleared (§23)
     keep: bool = False  # run-ahead: a Next that keeps its claim (see queries.complete)
     # The coerced state object, so a run-ahead step need not decode what it encoded.
     state_obj: Any = None

@@ -107,6 +107,7 @@ class Executor:
                 and chained < self._run_ahead
                 and claim.partition_key is None
                 and claim.rate_limit is None
+                and not completion.rate_limit
                 and may_keep(claim.priority)
             ):
                 completion.keep = True
