@@ -41,6 +41,21 @@ def _cron() -> Any:
     return cronsim
 
 
+def latest_slot(cron: str, timezone: str, now: dt.datetime) -> dt.datetime:
+    """The latest slot of ``cron`` in ``timezone`` at or before ``now``, in UTC."""
+    local = now.astimezone(ZoneInfo(timezone))
+    if not local.microsecond:  # a look exactly on a slot counts that slot
+        local = local.replace(microsecond=1)
+    slot: dt.datetime = next(_cron().CronSim(cron, local, reverse=True))
+    return slot.astimezone(dt.UTC)
+
+
+def next_slot(cron: str, timezone: str, now: dt.datetime) -> dt.datetime:
+    """The first slot of ``cron`` in ``timezone`` strictly after ``now``, in UTC."""
+    slot: dt.datetime = next(_cron().CronSim(cron, now.astimezone(ZoneInfo(timezone))))
+    return slot.astimezone(dt.UTC)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Insert ``machine`` at every slot of ``cron`` (in ``timezone``), once cluster-wide.
@@ -86,16 +101,11 @@ class Schedule:
 
     def latest(self, now: dt.datetime) -> dt.datetime:
         """The latest slot at or before ``now``, in UTC."""
-        local = now.astimezone(ZoneInfo(self.timezone))
-        if not local.microsecond:  # a tick exactly on a slot counts that slot
-            local = local.replace(microsecond=1)
-        slot = next(_cron().CronSim(self.cron, local, reverse=True))
-        return slot.astimezone(dt.UTC)  # type: ignore[no-any-return]
+        return latest_slot(self.cron, self.timezone, now)
 
     def after(self, now: dt.datetime) -> dt.datetime:
         """The first slot strictly after ``now``, in UTC."""
-        local = now.astimezone(ZoneInfo(self.timezone))
-        return next(_cron().CronSim(self.cron, local)).astimezone(dt.UTC)  # type: ignore[no-any-return]
+        return next_slot(self.cron, self.timezone, now)
 
     def key(self, slot: dt.datetime) -> str:
         return f"cron:{self.name}:{slot.astimezone(dt.UTC).isoformat()}"

@@ -19,6 +19,7 @@ from .common import (
     queue_arg,
     queue_name_arg,
 )
+from .flow import cmd_limits_delete, cmd_limits_list, cmd_limits_set, cmd_schedules
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_status)
 
+    _flow_commands(sub, common)
+
     p = sub.add_parser(
         "demo",
         parents=[common_options(json_out=False, schema=DEMO_SCHEMA)],
@@ -198,3 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=40, help="number of orders (default 40)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _flow_commands(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``limits set|list|delete`` and ``schedules`` (SPEC §23)."""
+    p = sub.add_parser(
+        "limits",
+        parents=[common],
+        help="rate limits every node enforces: set, list, delete",
+        description="Token buckets stored in the database: RATE starts per --per seconds, "
+        "at most --burst at once. Rows opt in with rate_limit='NAME' or 'NAME:part'.",
+    )
+    p.set_defaults(func=cmd_limits_list)
+    lsub = p.add_subparsers(dest="limits_cmd", metavar="{set,list,delete}", parser_class=Parser)
+    ps = lsub.add_parser("set", parents=[common], help="create or change a rate limit")
+    ps.add_argument("name", metavar="NAME")
+    ps.add_argument("rate", type=float, metavar="RATE", help="tokens per --per seconds")
+    ps.add_argument("--per", type=float, default=1.0, metavar="SECONDS", help="default 1")
+    ps.add_argument("--burst", type=float, metavar="N", help="bucket size (default: RATE)")
+    ps.set_defaults(func=cmd_limits_set)
+    pl = lsub.add_parser("list", parents=[common], help="every rate limit")
+    pl.set_defaults(func=cmd_limits_list)
+    pd = lsub.add_parser("delete", parents=[common], help="delete a rate limit")
+    pd.add_argument("name", metavar="NAME")
+    pd.set_defaults(func=cmd_limits_delete)
+
+    p = sub.add_parser(
+        "schedules",
+        parents=[common],
+        help="recurring schedules the nodes registered, with their next slot",
+    )
+    p.set_defaults(func=cmd_schedules)
