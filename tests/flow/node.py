@@ -55,17 +55,13 @@ async def run(args: argparse.Namespace) -> None:
         max_poll_interval=0.2,
         drain_timeout=2.0,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await engine.start()
-    print(f"ready {args.node_id}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await engine.stop()
-        await LOG["conn"].close()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+    async with engine:  # stop() drains on the way out, SIGTERM or not
+        print(f"ready {args.node_id}", flush=True)
+        await stopping.wait()
+    await LOG["conn"].close()
 
 
 def main(argv: list[str] | None = None) -> None:
