@@ -12,8 +12,8 @@ from psycopg import sql
 import gen_durable as gd
 from gen_durable._db.schema import FLOW_CONTROL
 
-from .conftest import FAST, wait_for
 from . import test_migrate
+from .conftest import FAST, wait_for
 from .test_migrate import Upgraded, _statuses
 
 fresh = test_migrate.fresh  # the fixture: a schema nobody has created yet
