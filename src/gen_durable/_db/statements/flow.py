@@ -58,7 +58,9 @@ _REFILL = """(SELECT least(l.burst, b.tokens
 # taken in (name, part) order so two picks cannot deadlock. A new bucket starts
 # full. `taken` carries the count out (RETURNING sees only new values). Being part
 # of the claim's statement, a pick that fails takes nothing. A name without a
-# configured limit gets no `debit` row.
+# configured limit gets no `debit` row. The limits are read by correlated subqueries
+# (never a join): they run once per bucket of the batch, so a batch without
+# rate-limited rows never reads `rate_limits` at all, whatever it holds.
 # `held`: rows the bucket could not serve are not claimed; each becomes eligible
 # when its token is due (the k-th one after k tokens), so it neither occupies later
 # picks' slots nor bounces; rows naming an unknown limit look again after
@@ -71,10 +73,12 @@ BUCKETS = f"""lim AS (
     FROM chosen c WHERE c.rate_limit IS NOT NULL
 ), debit AS (
     INSERT INTO {{s}}.rate_buckets AS b (name, part, tokens, taken, stamp)
-    SELECT w.name, w.part, l.burst - least(w.n, floor(l.burst)), least(w.n, floor(l.burst)),
+    SELECT w.name, w.part, w.burst - least(w.n, floor(w.burst)), least(w.n, floor(w.burst)),
            now()
-    FROM (SELECT name, part, count(*) AS n FROM lim GROUP BY name, part) w
-    JOIN {{s}}.rate_limits l ON l.name = w.name
+    FROM (SELECT name, part, count(*) AS n,
+                 (SELECT l.burst FROM {{s}}.rate_limits l WHERE l.name = lim.name) AS burst
+          FROM lim GROUP BY name, part) w
+    WHERE w.burst IS NOT NULL
     ORDER BY w.name, w.part
     ON CONFLICT (name, part) DO UPDATE SET
         taken = least(EXCLUDED.taken, floor({_REFILL})),
