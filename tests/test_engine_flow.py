@@ -163,3 +163,22 @@ async def test_schedule_one_instance_per_slot_across_engines(make_engine) -> Non
     # Consecutive slots: none skipped while the engines ran.
     ordered = sorted(inserted)
     assert all(b - a == dt.timedelta(seconds=1) for a, b in itertools.pairwise(ordered))
+
+
+async def test_a_held_row_is_picked_when_its_token_is_due_not_at_the_next_poll(
+    make_engine,
+) -> None:
+    """The pick says when a held row is due; the scheduler looks again then, however
+    long its poll (here 2 s, no LISTEN nudges): 1/s with burst 1 runs three rows in
+    about 2 s, where polling alone would take 4."""
+    STARTS.clear()
+    engine = make_engine(
+        queues={"default": 5}, fsms=[Tick], poll_interval=2, max_poll_interval=2, listen=False
+    )
+    await engine.start()
+    await engine.set_rate_limit("one", 1, burst=1)
+    ids = await engine.insert_all([gd.Spec(Tick, state={"tag": "due"}, rate_limit="one")] * 3)
+    for iid in ids:
+        await finished(engine, iid, timeout=30)
+    starts = sorted(STARTS["due"])
+    assert 1.7 <= starts[-1] - starts[0] < 3.5, starts

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def _ids(rows: list[tuple[Any, ...]], held: str | None = None) -> list[int]:
-    return [r[0] for r in rows if r[-1] == held]
+    return [r[0] for r in rows if r[-2] == held]  # the pick's last columns: held, due
 
 
 async def _slots(conn, schema: str) -> list[tuple[str, int]]:
@@ -119,6 +119,9 @@ async def test_bucket_serves_burst_then_holds_the_rest_due_when_tokens_are(conn,
     )
     due = [float(r[0]) for r in await cur.fetchall()]
     assert 0.3 < due[0] <= 0.6 and 0.8 < due[1] <= 1.1 and 1.3 < due[2] <= 1.6, due
+    # The pick tells the scheduler when, so it can look again then.
+    told = sorted(r[-1] for r in got if r[-2] == "throttled")
+    assert told == pytest.approx(due, abs=0.05)
     assert await claim(conn, q, "n:2", limit=20) == []
     # Another part has a bucket of its own.
     other = await insert(conn, q, {"rate_limit": "api:b"})

@@ -79,6 +79,7 @@ class QueueScheduler(Service):
         # Heap of (priority, seq, claim, machine): the machine is resolved once, at pick.
         self._buffer: list[tuple[int, int, Claim, type[Machine]]] = []
         self._seq = 0
+        self._due: float | None = None  # monotonic time a held row is due (§23)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_done = asyncio.Event()
@@ -173,9 +174,25 @@ class QueueScheduler(Service):
             if got:
                 delay = cfg.poll_interval
                 continue
+            due = self._held_due()
+            if due is not None and due < delay:
+                # A row held for a token is due sooner than the next poll (§23).
+                await self._wait(due)
+                delay = cfg.poll_interval
+                continue
             if await self._wait(delay):
                 continue
             delay = min(delay * 2, cfg.max_poll_interval)
+
+    def _held_due(self) -> float | None:
+        """Seconds until the earliest row a pick held for its rate limit is due."""
+        if self._due is None:
+            return None
+        left = self._due - time.monotonic()
+        if left <= 0:  # due now: one more look, then forget it (kept across wake-ups)
+            self._due = None
+            return 0.0
+        return left
 
     async def _wait(self, timeout: float) -> bool:
         """Wait for a wake-up or ``timeout``; True when woken."""
@@ -253,6 +270,10 @@ class QueueScheduler(Service):
         """Report the rows the pick held back for their rate limit; return the claims."""
         claims = [r for r in rows if r.held is None]
         throttled: dict[str, int] = {}
+        soonest = min((r.due for r in rows if r.due is not None), default=None)
+        if soonest is not None:
+            at = time.monotonic() + soonest
+            self._due = at if self._due is None else min(self._due, at)
         for row in rows:
             if row.held == "throttled":
                 throttled[row.rate_limit or ""] = throttled.get(row.rate_limit or "", 0) + 1

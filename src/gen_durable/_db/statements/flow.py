@@ -94,7 +94,8 @@ BUCKETS = f"""lim AS (
     FROM lim l LEFT JOIN debit d ON d.name = l.name AND d.part = l.part
     WHERE g.id = l.id AND (d.name IS NULL OR l.rn > d.taken)
     RETURNING g.id, g.fsm, g.fsm_version, g.step, g.priority, g.partition_key, g.rate_limit,
-        CASE WHEN d.name IS NULL THEN 'unknown' ELSE 'throttled' END AS held
+        CASE WHEN d.name IS NULL THEN 'unknown' ELSE 'throttled' END AS held,
+        extract(epoch FROM g.eligible_at - now())::float8 AS due
 ), served AS (
     SELECT id FROM chosen WHERE rate_limit IS NULL
     UNION ALL

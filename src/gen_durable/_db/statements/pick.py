@@ -33,7 +33,8 @@ class Claim:
     rate_limit: str | None = None
     held: str | None = None
     """Not a claim: the row's bucket was empty (``throttled``) or its rate limit is not
-    defined (``unknown``); it stays runnable, due later (SPEC §23)."""
+    defined (``unknown``); it stays runnable, due in ``due`` seconds (SPEC §23)."""
+    due: float | None = None
 
     def signals(self) -> tuple[Signal, ...]:
         if not self.inbox_text:
@@ -152,13 +153,13 @@ WITH RECURSIVE prio AS (
            FROM {{s}}.signals s WHERE s.target_id = g.id) AS inbox_text,
         (SELECT json_agg({CHILD_JSON} ORDER BY c.id)::text
            FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
-        g.locked_by AS token, g.rate_limit, NULL::text AS held
+        g.locked_by AS token, g.rate_limit, NULL::text AS held, NULL::float8 AS due
 )
 SELECT * FROM claimed
 UNION ALL
 SELECT h.id, h.fsm, h.fsm_version, h.step, '' AS state_text, 0 AS attempt, NULL AS awaits,
     h.priority, h.partition_key, NULL AS inbox_text, NULL AS childs_text, '' AS token,
-    h.rate_limit, h.held
+    h.rate_limit, h.held, h.due
 FROM held h
 """,
     {"queue": "text", "limit": "int8", "token": "text", "ttl": "float8"},
