@@ -828,6 +828,14 @@ def render(report: dict[str, Any]) -> str:
         "- **memory** — `n` no-op jobs enqueued by a separate process, then drained; the "
         "engine process's RSS is sampled every 50 ms."
     )
+    w(
+        "- **limits** — flow control (SPEC §23), four parts drained one after another, each "
+        "by a fresh engine: `n` no-op jobs over 100 partition keys (K = 1, the headline); "
+        "`n`/10 on one hot key (K = 1); `n`/10 on one key with `partition_limit=8`; `n` "
+        "jobs through a rate limit of 5,000/s with burst 100, whose observed rate is the "
+        "step starts after the burst over the time they took (it should be within 5% of "
+        "the limit)."
+    )
     w("")
     w("## How it is measured")
     w("")

@@ -66,3 +66,21 @@ def test_schedules_lists_what_nodes_registered_with_the_next_slot(cli, on, dsn, 
     ]
     assert rows[0]["next_slot"] > rows[0]["last_slot"]
     assert "nightly" in cli("schedules", *on).out
+
+
+def test_insert_takes_partition_limit_and_rate_limit(cli, on, db) -> None:
+    res = cli(
+        "insert", "tests.cli_machines.Greeter", "--app", "tests.cli_machines",
+        "--state", '{"name": "x"}', "--partition-key", "t", "--partition-limit", "3",
+        "--rate-limit", "api:t", *on,
+    )  # fmt: skip
+    assert res.code == 0, res
+    assert db("SELECT partition_key, partition_limit, rate_limit FROM S.gen_durable") == [
+        ("t", 3, "api:t")
+    ]
+    bad = cli(
+        "insert", "tests.cli_machines.Greeter", "--app", "tests.cli_machines",
+        "--state", '{"name": "x"}', "--partition-limit", "0", *on,
+    )  # fmt: skip
+    one_line_error(bad, 1, "partition_limit")
+    assert db("SELECT count(*) FROM S.gen_durable") == [(1,)]

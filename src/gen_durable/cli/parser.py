@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=queue_name_arg, help="queue (default: the machine's)")
     p.add_argument("--priority", type=int, default=0, help="lower runs earlier (default 0)")
     p.add_argument("--partition-key", help="never run concurrently with the same key")
+    p.add_argument(
+        "--partition-limit", type=int, metavar="K", help="up to K of the key at once (default 1)"
+    )
+    p.add_argument("--rate-limit", metavar="NAME[:PART]", help="take a token per step start")
     p.add_argument("--unique-key", help="refuse the insert while this key is occupied")
     p.add_argument(
         "--unique-scope",
