@@ -766,6 +766,16 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
                     f" (limit {limit})",
                 )
             )
+        # A plan the planner costs above `jit_above_cost` is JIT-compiled on every
+        # execution: seconds per pick for a statement this size.
+        jit = explain.get("JIT") or {}
+        extra.append(
+            Check(
+                "not JIT-compiled",
+                not jit.get("Functions"),
+                f"JIT compiled {jit.get('Functions', 0)} functions",
+            )
+        )
         return [
             *extra,
             _index_only(

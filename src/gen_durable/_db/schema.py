@@ -176,6 +176,27 @@ CREATE UNIQUE INDEX gen_durable_partition_active ON {s}.gen_durable
     (partition_key, partition_slot)
     WHERE status = 'executing' AND partition_key IS NOT NULL;
 
+-- Room for one more executing row of a key with K > 1: "fewer than K executing or
+-- more urgent eligible runnable rows" as "no K-th one", reading at most K entries of
+-- each index (the closed ranges: see the pick). Not inlined (it holds subqueries),
+-- so the planner takes its declared COST instead of costing the probes per
+-- candidate; only K > 1 rows call it.
+CREATE FUNCTION {s}.gen_durable_partition_room(
+    key text, k smallint, prio smallint, elig timestamptz, rid bigint
+) RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE COST 5 AS $fn$
+    SELECT NOT EXISTS (SELECT 1 FROM (
+        (SELECT 1 FROM {s}.gen_durable e
+         WHERE e.partition_key >= key AND e.partition_key <= key
+           AND e.status = 'executing' LIMIT k)
+        UNION ALL
+        (SELECT 1 FROM {s}.gen_durable h
+         WHERE h.partition_key >= key AND h.partition_key <= key
+           AND h.status = 'runnable' AND h.eligible_at <= now()
+           AND (h.priority, h.eligible_at, h.id) < (prio, elig, rid)
+         LIMIT k)) n
+      OFFSET k - 1)
+$fn$;
+
 CREATE TABLE {s}.rate_limits (
     name       text PRIMARY KEY,
     rate       float8 NOT NULL CHECK (rate > 0),
@@ -206,6 +227,8 @@ FLOW_CONTROL_DOWN = """
 DROP TABLE IF EXISTS {s}.schedules;
 DROP TABLE IF EXISTS {s}.rate_buckets;
 DROP TABLE IF EXISTS {s}.rate_limits;
+DROP FUNCTION IF EXISTS {s}.gen_durable_partition_room(
+    text, smallint, smallint, timestamptz, bigint);
 DROP INDEX IF EXISTS {s}.gen_durable_partition_active;
 ALTER TABLE {s}.gen_durable
     DROP COLUMN IF EXISTS rate_limit,

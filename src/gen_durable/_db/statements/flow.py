@@ -20,18 +20,15 @@ UNKNOWN_HOLD = 1.0
 
 # A key with K > 1: the executing rows of the key plus the key's eligible runnable
 # rows more urgent than this one must leave room, so the K most urgent rows run and
-# never a later one ahead of them. Each count stops at K index entries (the same
-# closed-range probes as K = 1, for the same reason).
-K_GUARD = """(SELECT count(*) FROM (
-                SELECT 1 FROM {s}.gen_durable e
-                WHERE e.partition_key >= g.partition_key AND e.partition_key <= g.partition_key
-                  AND e.status = 'executing' LIMIT g.partition_limit) ke)
-            + (SELECT count(*) FROM (
-                SELECT 1 FROM {s}.gen_durable h
-                WHERE h.partition_key >= g.partition_key AND h.partition_key <= g.partition_key
-                  AND h.status = 'runnable' AND h.eligible_at <= now()
-                  AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)
-                LIMIT g.partition_limit) kh) < g.partition_limit"""
+# never a later one ahead of them. The test is the schema's function
+# `gen_durable_partition_room` (schema.py, FLOW_CONTROL_UP), called only in the CASE
+# branch that K = 1 rows never reach. A function, not the subqueries themselves:
+# the planner adds the cost of every CASE branch to every candidate, and the inline
+# counts made the pick's generic plan look three to ten times dearer than without
+# them, enough to cross `jit_above_cost` on a large table (a JIT compile of the whole
+# statement on every pick). The function declares the small cost it has.
+K_GUARD = """{s}.gen_durable_partition_room(
+                g.partition_key, g.partition_limit, g.priority, g.eligible_at, g.id)"""
 
 # The slot a K > 1 row takes: the n-th free one of 0..K-1 for the n-th row of its key
 # in this batch, so the batch's rows of a key take distinct slots. Seen from the
