@@ -78,6 +78,12 @@ async def test_bad_flow_options_are_refused_before_anything_is_written(make_engi
         gd.Schedule("s", Slow, "not cron")
     with pytest.raises(gd.ConfigurationError):
         gd.Schedule("s", Slow, "* * * * *", timezone="Mars/Olympus")
+    every = gd.Schedule("s", Slow, "* * * * *")
+    for schedules in ([every, every], ["s"], every):
+        with pytest.raises(gd.ConfigurationError):
+            make_engine(schedules=schedules)
+    with pytest.raises(gd.ConfigurationError, match="queues"):
+        make_engine(queues={}, schedules=[every])
     assert await engine.rate_limits() == []
 
 

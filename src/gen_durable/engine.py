@@ -47,7 +47,7 @@ from .client import (
     signal_params,
     wait_verdict,
 )
-from .errors import GenDurableError, SchemaError
+from .errors import ConfigurationError, GenDurableError, SchemaError
 from .flow import RateLimit, bucket, limit_name
 from .instance import Instance
 from .machine import Child, Machine, Signal
@@ -110,6 +110,11 @@ class Engine:
         self.config: Config = build_config(resolve_dsn(dsn), queues, **options)
         self.registry = Registry(fsms)
         self.schedules = check_schedules(schedules)
+        if self.schedules and not self.config.queues:
+            raise ConfigurationError(
+                "schedules run on a node: give the engine queues (a pure client, "
+                "queues={}, would never insert them)"
+            )
         self.queries = Queries(self.config.schema)
         self.stats = Stats()
         self.node_id = self.config.node_id or (
@@ -271,7 +276,8 @@ class Engine:
         """Insert one instance; returns its id (SPEC §11).
 
         Options: ``state``/``args``, ``step``, ``queue``, ``priority``,
-        ``partition_key``, ``unique_key``, ``unique_scope``, ``eligible_at`` >
+        ``partition_key`` (with ``partition_limit``), ``rate_limit``, ``unique_key``,
+        ``unique_scope``, ``eligible_at`` >
         ``schedule_at`` > ``schedule_in``. Raises ``gd.Duplicate`` when the unique key
         is occupied, ``pydantic.ValidationError`` for bad state (nothing inserted).
         Pass ``conn=`` to insert inside your own transaction.
