@@ -75,10 +75,12 @@ async def main(dsn: str) -> None:
                 final = await wait_for_status(engine, order, "done", "failed")
             print(f"{final.state['order_id']:>5}  {final.status:<16} {final.result}")
 
-        assert (await engine.get(webhook)).result == {"order": 1, "paid_cents": 1999}
-        assert (await engine.get(early)).result == {"order": 2, "paid_cents": 500}
-        assert (await engine.get(instalments)).result == {"order": 3, "paid_cents": 3000}
-        assert (await engine.get(unpaid)).status == "awaiting_signal"
+        rows = {order: await engine.get(order) for order in (webhook, early, instalments, unpaid)}
+        assert all(row is not None for row in rows.values())
+        assert getattr(rows[webhook], "result", None) == {"order": 1, "paid_cents": 1999}
+        assert getattr(rows[early], "result", None) == {"order": 2, "paid_cents": 500}
+        assert getattr(rows[instalments], "result", None) == {"order": 3, "paid_cents": 3000}
+        assert getattr(rows[unpaid], "status", None) == "awaiting_signal"
     print("checkout: ok")
 
 

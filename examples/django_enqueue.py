@@ -97,7 +97,8 @@ def main(dsn: str) -> None:
         done = asyncio.run(run_worker_until_done(dsn, kept))
         print(f"workflow {kept}: {done.status} {done.result}")
         assert done.result == {"welcomed": "ada@example.com"}
-        assert client.get(kept).status == "done"
+        final = client.get(kept)
+        assert final is not None and final.status == "done"
     print("django_enqueue: ok")
 
 

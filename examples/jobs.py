@@ -28,9 +28,11 @@ PEAK: dict[str, int] = {"acct-1": 0, "acct-2": 0}
 
 class FetchRates(gd.Job, name="examples.jobs.fetch_rates", max_attempts=5):
     def backoff(self, attempt: int) -> float:
-        return 0.1 * 2**attempt  # 0.1 s, 0.2 s, ... (the default is min(2 ** attempt, 300))
+        return 0.1 * 2.0**attempt  # 0.1 s, 0.2 s, ... (the default is min(2 ** attempt, 300))
 
-    async def perform(self, args: dict[str, str], ctx: gd.Context[dict[str, str]]) -> dict:
+    async def perform(
+        self, args: dict[str, str], ctx: gd.Context[dict[str, str]]
+    ) -> dict[str, object]:
         if UPSTREAM_FAILURES["left"] > 0:
             UPSTREAM_FAILURES["left"] -= 1
             raise ConnectionError("rates service unavailable")

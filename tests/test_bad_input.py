@@ -426,3 +426,13 @@ async def test_lone_surrogates_are_refused_before_anything_is_written(
         ).format(s, s)
     )
     assert await cur.fetchone() == (1, 0)
+
+
+async def test_empty_queue_or_step_is_refused_not_replaced(make_engine, conn, schema) -> None:
+    async with make_engine(queues={}) as engine:
+        for option in ("queue", "step"):
+            with pytest.raises(gd.ConfigurationError, match=f"{option} must be a non-empty str"):
+                await engine.insert(Plain, **{option: ""})
+            with pytest.raises(gd.ConfigurationError, match=f"{option} must be a non-empty str"):
+                await engine.insert_all([gd.Spec(Plain, **{option: ""})])
+    assert await rows(conn, schema) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import gen_durable as gd
+from gen_durable.testing import drain
 
 from .test_engine_basics import finished
 
@@ -108,10 +109,13 @@ class Order(gd.FSM):
 
 
 async def test_fan_out_join_with_a_failed_child(make_engine) -> None:
-    async with make_engine() as engine:
+    # drain runs the tree on the engine's own executor and SQL: no polling.
+    async with make_engine(queues={}) as engine:
         iid = await engine.insert(Order, state={"skus": ["A", "BAD", "C"]})
-        inst = await finished(engine, iid)
+        ran = await drain(engine)
+        inst = await engine.get(iid)
         kids = await engine.children(iid)
+    assert ran["schedule_childs"] == 1 and ran["done"] == 3 and ran["stop"] == 1
     assert inst.status == "done" and inst.step == "joined"
     assert inst.children_pending == 0
     res = inst.result
@@ -129,9 +133,10 @@ async def test_fan_out_join_with_a_failed_child(make_engine) -> None:
 
 
 async def test_fan_out_with_zero_children(make_engine) -> None:
-    async with make_engine() as engine:
+    async with make_engine(queues={}) as engine:
         iid = await engine.insert(Order, state={"skus": []})
-        inst = await finished(engine, iid)
+        assert (await drain(engine)).steps == 2
+        inst = await engine.get(iid)
     assert inst.status == "done" and inst.result["childs"] == []
 
 
@@ -148,10 +153,13 @@ class Nested(gd.FSM):
 
 
 async def test_nested_children(make_engine) -> None:
-    async with make_engine(queues={"default": 4}) as engine:
+    async with make_engine(queues={}) as engine:
         iid = await engine.insert(Nested, state={"depth": 3})
-        inst = await finished(engine, iid, timeout=30)
+        ran = await drain(engine)
+        inst = await engine.get(iid)
     assert inst.result == 15  # a full binary tree of depth 3
+    # 7 inner nodes fan out and join, 8 leaves finish at once.
+    assert ran["schedule_childs"] == 7 and ran["done"] == 15
 
 
 class UniqueKids(gd.FSM):
@@ -163,9 +171,10 @@ class UniqueKids(gd.FSM):
 
 
 async def test_children_deduplicated_count_only_inserted(make_engine) -> None:
-    async with make_engine() as engine:
+    async with make_engine(queues={}) as engine:
         iid = await engine.insert(UniqueKids)
-        inst = await finished(engine, iid)
+        await drain(engine)
+        inst = await engine.get(iid)
     assert inst.result == 1
 
 

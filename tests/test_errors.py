@@ -236,3 +236,42 @@ async def test_a_stale_outcome_records_no_entry(conn, q, schema) -> None:
     before = await fetch(conn, schema, iid)
     got = await complete(conn, q, id=iid, token="node-a:0", kind="stop", error_entry=_entry(0))
     assert got == [] and await fetch(conn, schema, iid) == before
+
+
+# -- errors whose text is hostile ----------------------------------------------------------
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+class Hostile(gd.FSM):
+    """Raises an error whose ``str()`` raises, or one with a megabyte of message."""
+
+    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
+        if ctx.state.get("huge"):
+            raise RuntimeError("x" * 1_000_000)
+        if ctx.state.get("stop_huge"):
+            return gd.Stop("y" * 1_000_000)
+        raise Unprintable
+
+
+async def test_unprintable_and_huge_errors_fail_readably_and_bounded(make_engine) -> None:
+    from gen_durable._runtime.encode import MAX_ERROR_CHARS
+
+    async with make_engine() as engine:
+        bad = await engine.insert(Hostile)
+        huge = await engine.insert(Hostile, state={"huge": True})
+        stop = await engine.insert(Hostile, state={"stop_huge": True})
+        got = {i: await finished(engine, i) for i in (bad, huge, stop)}
+        after = await engine.insert(Lookup, state={"customer_id": 7})
+        assert (await finished(engine, after)).status == "done"  # the node still works
+    assert got[bad].status == "failed"
+    assert got[bad].last_error is not None
+    assert got[bad].last_error.startswith("Unprintable: <str() of the error raised>")
+    for iid, head in ((huge, "RuntimeError: xxx"), (stop, "yyy")):
+        text = got[iid].last_error
+        assert got[iid].status == "failed" and text is not None and text.startswith(head)
+        assert len(text) < MAX_ERROR_CHARS + 100
+        assert text.endswith("more characters cut)")

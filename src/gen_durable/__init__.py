@@ -7,6 +7,8 @@ proceeds. See the README for a tour and ``docs/`` for guides.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import embedded, telemetry
 from .client import SyncClient
 from .engine import Engine
@@ -31,6 +33,20 @@ from .machine import FSM, Child, Context, Job, Signal, State
 from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
 from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Spec, Stop
 from .schedule import Schedule
+from .steps import step
+
+if TYPE_CHECKING:
+    from . import testing
+
+
+def __getattr__(name: str) -> Any:
+    # ``gd.testing`` without importing it (and pytest) with the package.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -73,5 +89,7 @@ __all__ = [
     "migrate_down",
     "migrate_sync",
     "migration_sql",
+    "step",
     "telemetry",
+    "testing",
 ]

@@ -10,15 +10,41 @@ keys and scopes are normalised, times become UTC. The result is an
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Generic
+
+from typing_extensions import TypedDict, TypeVar
 
 from ._db import codec
 from ._db.queries import NON_TERMINAL, STATUSES, InsertRows
 from .errors import ConfigurationError
 from .flow import partition_limit, rate_limit_ref
 from .machine import Machine
-from .outcomes import Spec, seconds
+from .outcomes import Seconds, Spec, StepRef, seconds
+from .steps import step_name
+
+S = TypeVar("S", default=Any)
+
+
+class InsertOptions(TypedDict, Generic[S], total=False):
+    """The keyword options of ``insert`` and ``gd.Spec``, typed (SPEC §11, §26).
+
+    ``Engine.insert(Order, state=...)`` checks ``state`` against the machine's state
+    type ``S`` (``gd.FSM[S]``) and refuses a misspelt option under a type checker;
+    :data:`INSERT_OPTIONS` is the same set at run time (a test keeps them equal)."""
+
+    state: S | Mapping[str, Any] | None
+    args: S | Mapping[str, Any] | None
+    step: StepRef[S] | None
+    queue: str | None
+    priority: int
+    partition_key: str | None
+    unique_key: str | bytes | None
+    unique_scope: str | Iterable[str] | None
+    eligible_at: dt.datetime | None
+    schedule_at: dt.datetime | None
+    schedule_in: Seconds | None
+
 
 INSERT_OPTIONS = frozenset(
     {
@@ -95,6 +121,14 @@ def _scope(value: Any) -> str | None:
 _DEFAULT_SCOPE = "{" + ",".join(NON_TERMINAL) + "}"
 
 
+def _name(value: Any, what: str) -> str:
+    """A step or queue name: a non-empty text (an empty one is refused, never replaced
+    by the machine's default behind the caller's back)."""
+    if value == "":
+        raise ConfigurationError(f"{what} must be a non-empty str")
+    return codec.check_text(value, what)
+
+
 def add_insert(
     rows: InsertRows,
     machine: type[Machine],
@@ -124,8 +158,8 @@ def add_insert(
         if state is not None and args is not None:
             raise ConfigurationError("pass state= or args=, not both (they are the same thing)")
         value = args if args is not None else state
-        step = codec.check_text(options.get("step") or step, "step")
-        queue = codec.check_text(options.get("queue") or queue, "queue")
+        step = _initial_step(machine, options.get("step", step))
+        queue = _name(options.get("queue", queue), "queue")
         priority = options.get("priority", 0)
         if (
             isinstance(priority, bool)
@@ -168,6 +202,18 @@ def add_insert(
     rows.unique_key.append(ukey)
     rows.unique_scope.append(scope)
     rows.parent_id.append(parent_id)
+
+
+def _initial_step(machine: type[Machine], value: Any) -> str:
+    """An insert's ``step=``: a name or a ``@gd.step`` method; a step-method machine
+    refuses a step it has no method for before anything is written (SPEC §26)."""
+    name = _name(step_name(value), "step")
+    steps = machine.__gd_steps__
+    if steps is not None and name not in steps:
+        raise ConfigurationError(
+            f"{machine.describe()} has no step {name!r} (its steps: {', '.join(sorted(steps))})"
+        )
+    return name
 
 
 def build_insert(items: Iterable[object], parent_id: int | None = None) -> InsertRows:

@@ -20,18 +20,20 @@ from collections.abc import Iterable
 from typing import Any, Literal, TypeVar
 
 import psycopg
+from typing_extensions import Unpack
 
 from ._db import codec, runner
 from ._db.queries import InsertRows, Queries, Stmt
 from ._db.statements.inserts import Inserted
 from ._db.statements.signals import Delivered
 from ._dsn import resolve_dsn
-from ._inputs import INSERT_OPTIONS, build_insert, build_one
+from ._inputs import INSERT_OPTIONS, InsertOptions, build_insert, build_one
 from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
 from .instance import Instance as Instance  # re-exported: gen_durable.client.Instance
 from .machine import Child, Machine, Signal
 
 R = TypeVar("R")
+S = TypeVar("S")
 
 __all__ = ["INSERT_OPTIONS", "Instance", "SyncClient", "build_insert", "build_one"]
 
@@ -133,9 +135,13 @@ class SyncClient:
         return runner.fetch_sync(self._connection(None), stmt)
 
     def insert(
-        self, machine: type[Machine], *, conn: psycopg.Connection[Any] | None = None, **options: Any
+        self,
+        machine: type[Machine[S]],
+        *,
+        conn: psycopg.Connection[Any] | None = None,
+        **options: Unpack[InsertOptions[S]],
     ) -> int:
-        rows = build_one(machine, options)
+        rows = build_one(machine, dict(options))
         return check_single(inserted_ids(self._one(conn, self._queries.insert(rows))), rows)
 
     def insert_all(

@@ -27,11 +27,13 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+from typing_extensions import Unpack
 
 from ._db import runner
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
+from ._inputs import InsertOptions
 from ._runtime.config import Config, build_config
 from ._runtime.cron import ScheduleService
 from ._runtime.node import Node
@@ -58,6 +60,7 @@ from .schedule import Schedule, check_schedules
 log = logging.getLogger("gen_durable")
 
 R = TypeVar("R")
+S = TypeVar("S")
 
 START_TIMEOUT = 30.0
 """How long ``start`` waits for the database before it gives up."""
@@ -268,10 +271,10 @@ class Engine:
 
     async def insert(
         self,
-        machine: type[Machine],
+        machine: type[Machine[S]],
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
-        **options: Any,
+        **options: Unpack[InsertOptions[S]],
     ) -> int:
         """Insert one instance; returns its id (SPEC §11).
 
@@ -282,7 +285,7 @@ class Engine:
         is occupied, ``pydantic.ValidationError`` for bad state (nothing inserted).
         Pass ``conn=`` to insert inside your own transaction.
         """
-        rows = build_one(machine, options)
+        rows = build_one(machine, dict(options))
         inserted = await self._one(self.queries.insert(rows), conn)
         return check_single(inserted_ids(inserted), rows)
 

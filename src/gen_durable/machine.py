@@ -23,14 +23,22 @@ import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from json import loads as _json_loads
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, ForwardRef, Generic, get_args
 
 from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypeVar
 
 from . import outcomes as oc
+from . import steps as steps_mod
 from .errors import Cancel, InvalidMachine, InvalidOutcome
 
-S = TypeVar("S")
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+# The state type of a machine, a context and an outcome. Its default keeps the bare
+# names (``gd.FSM``, ``gd.Context``, ``gd.Outcome``) valid under ``mypy --strict``
+# for machines with dict state or a nested ``State`` (SPEC §26).
+S = TypeVar("S", default=Any)
 
 
 class State(BaseModel):
@@ -88,7 +96,7 @@ class Context(Generic[S]):
 _OPTIONS = ("name", "version", "queue", "initial", "state", "max_attempts", "abstract")
 
 
-class Machine:
+class Machine(Generic[S]):
     """Common base of :class:`FSM` and :class:`Job`; not subclassed directly."""
 
     __gd_name__: ClassVar[str]
@@ -99,6 +107,8 @@ class Machine:
     __gd_abstract__: ClassVar[bool] = True
     __gd_async_step__: ClassVar[bool] = False
     __gd_async_handle__: ClassVar[bool] = False
+    # Step-method machines only: step name -> whether its method is async (SPEC §26).
+    __gd_steps__: ClassVar[dict[str, bool] | None] = None
 
     def __init_subclass__(
         cls,
@@ -199,18 +209,28 @@ class Machine:
         return f"{cls.__gd_name__} v{cls.__gd_version__}"
 
 
-class FSM(Machine):
-    """A multi-step machine: define ``step(self, step, ctx)`` returning an outcome.
+class FSM(Machine[S]):
+    """A multi-step machine: one ``@gd.step`` method per step, or one
+    ``step(self, step, ctx)`` dispatcher, returning an outcome (SPEC §26).
 
-    The default :meth:`handle` turns an exception into ``Stop(error)``.
+    ``gd.FSM[OrderState]`` makes ``ctx.state`` an ``OrderState`` for type checkers and,
+    without a ``state=`` keyword or a nested ``State``, the stored state's model. The
+    default :meth:`handle` turns an exception into ``Stop(error)``.
     """
 
-    def handle(self, error: Exception, ctx: Context[Any]) -> oc.Outcome:
+    if TYPE_CHECKING:
+        # Declared for type checkers only (the class check looks for a real one): an
+        # editor infers an unannotated dispatcher's ``ctx`` from it, and mypy refuses
+        # a dispatcher whose ``ctx`` names another state type.
+        def step(self, step: str, ctx: Context[S]) -> oc.Outcome[S] | Awaitable[oc.Outcome[S]]:
+            """Run ``step`` and return the outcome (the dispatcher form)."""
+
+    def handle(self, error: Exception, ctx: Context[S]) -> oc.Outcome:
         """Decide what an exception raised by ``step`` means (SPEC §5)."""
         return oc.Stop(error)
 
 
-class Job(Machine):
+class Job(Machine[S]):
     """A one-step machine: define ``perform(self, args[, ctx])`` (SPEC §12).
 
     Returning a value finishes it with that ``result``; raising ``gd.Cancel`` fails it
@@ -224,7 +244,7 @@ class Job(Machine):
         """Seconds to wait before the next attempt: ``min(2 ** attempt, 300)``."""
         return float(min(2**attempt, 300))
 
-    def handle(self, error: Exception, ctx: Context[Any]) -> oc.Outcome:
+    def handle(self, error: Exception, ctx: Context[S]) -> oc.Outcome:
         """Retry with :meth:`backoff` while attempts remain, else fail."""
         if isinstance(error, Cancel):
             return oc.Stop(error.reason)
@@ -268,6 +288,8 @@ def _check_str(cls: type, what: str, value: str | None, inherit: str, default: s
 
 
 def _adopt_state(cls: type, explicit: type[BaseModel] | None) -> type[BaseModel] | None:
+    """The state model, from (SPEC §26): ``state=``, a nested ``State``, the generic
+    parameter of ``gd.FSM[S]``/``gd.Job[S]``, what a base class had; else dict state."""
     nested = cls.__dict__.get("State")
     if explicit is not None:
         if not (isinstance(explicit, type) and issubclass(explicit, BaseModel)):
@@ -282,6 +304,29 @@ def _adopt_state(cls: type, explicit: type[BaseModel] | None) -> type[BaseModel]
                 f"got {nested!r}"
             )
         return nested
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        origin, args = getattr(base, "__origin__", None), get_args(base)
+        if not (args and isinstance(origin, type) and issubclass(origin, Machine)):
+            continue
+        param = args[0]
+        if param is Any:  # a class since Python 3.11, but no model
+            break
+        if isinstance(param, type) and issubclass(param, BaseModel):
+            return param
+        if isinstance(param, type) and issubclass(param, Mapping):
+            return None  # dict state (a TypedDict is a dict at run time)
+        if isinstance(param, type):
+            raise InvalidMachine(
+                f"{cls.__qualname__}: the state type of gd.FSM[...]/gd.Job[...] must be "
+                f"a pydantic model (gd.State) or a dict type, got {param!r}"
+            )
+        if isinstance(param, str | ForwardRef):
+            # Adopting nothing would give dict state where the type checker sees a model.
+            raise InvalidMachine(
+                f"{cls.__qualname__}: gd.FSM[{param!r}] names the state type by a string; "
+                "pass the model class itself (defined before the machine)"
+            )
+        break  # a TypeVar (a generic base class): no model to adopt at run time
     inherited: type[BaseModel] | None = getattr(cls, "__gd_state__", None)
     return inherited
 
@@ -301,6 +346,10 @@ def _check_entry_point(cls: type, is_job: bool) -> None:
     has_step = _defines(cls, "step", base)
     has_perform = _defines(cls, "perform", base)
     where = cls.__qualname__
+    steps = steps_mod.collect(cls)
+    if steps:
+        steps_mod.adopt(cls, is_job, steps, has_step or has_perform)
+        return
     if has_step and has_perform:
         raise InvalidMachine(f"{where} defines both step and perform; a machine has exactly one")
     if is_job and not has_perform:
@@ -310,7 +359,7 @@ def _check_entry_point(cls: type, is_job: bool) -> None:
         )
     if not is_job and not has_step:
         raise InvalidMachine(
-            f"{where} is a gd.FSM and must define step(self, step, ctx)"
+            f"{where} is a gd.FSM and must define step(self, step, ctx) or @gd.step methods"
             + (" (it defines perform: derive from gd.Job instead)" if has_perform else "")
             + "; pass abstract=True for a base class without one"
         )

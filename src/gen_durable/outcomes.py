@@ -8,16 +8,28 @@ its effect atomically. Anything else returned by a step is an ``InvalidOutcome``
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic
+
+from typing_extensions import TypeVar
 
 from .errors import ConfigurationError, InvalidOutcome
 from .flow import rate_limit_ref
 
 if TYPE_CHECKING:
-    from .machine import Machine
+    from typing_extensions import Unpack
+
+    from ._inputs import InsertOptions
+    from .machine import Context, Machine
+
+S = TypeVar("S", default=Any)
+"""The machine's state type: ``gd.Outcome[OrderState]`` checks an outcome's state and
+a step method given by reference against it (SPEC §26)."""
+
+StepRef = str | Callable[[Any, "Context[S]"], Any]
+"""A step by name, or by its ``@gd.step`` method (``Order.ship``, SPEC §26)."""
 
 Seconds = float | int | dt.timedelta
 
@@ -49,14 +61,14 @@ def _check_rate_limit(value: Any) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Next:
+class Next(Generic[S]):
     """Go to ``step`` with ``state`` written (attempt resets to 0) — now, or after
     ``delay`` (seconds or ``timedelta``): a durable sleep that holds nothing meanwhile.
     ``rate_limit="name"`` (or ``"name:part"``) makes the next steps take a token of
     that bucket, ``None`` frees them of one; by default the row keeps its own (§23)."""
 
-    step: str
-    state: Any = None
+    step: StepRef[S]
+    state: S | None = None
     delay: Seconds = field(default=0, kw_only=True)
     rate_limit: str | EllipsisType | None = field(default=..., kw_only=True)
 
@@ -73,28 +85,28 @@ class Next:
 
 
 @dataclass(frozen=True, slots=True)
-class Replay:
+class Replay(Generic[S]):
     """Run the same step again after ``delay`` seconds, ``attempt + 1``."""
 
-    state: Any = None
+    state: S | None = None
     delay: Seconds = 0
 
 
 @dataclass(frozen=True, slots=True)
-class Await:
+class Await(Generic[S]):
     """Park until a signal named ``signal`` arrives (SPEC §6)."""
 
     signal: str
-    state: Any = None
+    state: S | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class ScheduleChilds:
+class ScheduleChilds(Generic[S]):
     """Insert ``children`` and park at ``step`` until every child is terminal (SPEC §7)."""
 
-    step: str
-    children: Sequence[type[Machine] | Spec] = ()
-    state: Any = None
+    step: StepRef[S]
+    children: Sequence[type[Machine[Any]] | Spec] = ()
+    state: S | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +123,7 @@ class Stop:
     reason: Any = "stopped"
 
 
-Outcome = Next | Replay | Await | ScheduleChilds | Done | Stop
+Outcome = Next[S] | Replay[S] | Await[S] | ScheduleChilds[S] | Done | Stop
 OUTCOME_TYPES = (Next, Replay, Await, ScheduleChilds, Done, Stop)
 
 
@@ -123,10 +135,10 @@ class Spec:
     keyword options as ``Engine.insert``.
     """
 
-    machine: type[Machine]
+    machine: type[Machine[Any]]
     options: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, machine: type[Machine], **options: Any) -> None:
+    def __init__(self, machine: type[Machine[S]], **options: Unpack[InsertOptions[S]]) -> None:
         object.__setattr__(self, "machine", machine)
         object.__setattr__(self, "options", options)
 

@@ -15,6 +15,7 @@ from .._db import codec
 from .._inputs import build_insert
 from ..errors import EncodingError, InvalidOutcome
 from ..machine import Machine, Signal
+from ..steps import step_name
 from .completer import Completion
 
 if TYPE_CHECKING:
@@ -32,9 +33,24 @@ _KIND = {
 
 def describe_error(error: BaseException) -> str:
     """A readable one-line error for ``last_error`` (NUL-free: it goes in a text column)."""
-    text = str(error)
+    try:
+        text = str(error)
+    except Exception:  # a user's __str__ that raises must not fail the outcome
+        text = "<str() of the error raised>"
     out = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return codec.storable(out)
+    return codec.storable(bounded(out))
+
+
+# `last_error` is read by people and shown in one line of the CLI; a step that raises
+# with a megabyte of text must not write a megabyte per failed attempt (the error
+# history keeps its own, separately bounded, tracebacks).
+MAX_ERROR_CHARS = 4000
+
+
+def bounded(text: str) -> str:
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    return f"{text[:MAX_ERROR_CHARS]}… ({len(text) - MAX_ERROR_CHARS} more characters cut)"
 
 
 def reason_text(reason: Any) -> str:
@@ -43,7 +59,11 @@ def reason_text(reason: Any) -> str:
     ``str`` of a ``KeyError`` reads ``'customer_id'``, which says nothing."""
     if isinstance(reason, BaseException):
         return describe_error(reason)
-    return codec.storable(str(reason))
+    try:
+        text = str(reason)
+    except Exception:
+        text = f"<str() of the {type(reason).__name__} reason raised>"
+    return codec.storable(bounded(text))
 
 
 def seen_ids(signals: tuple[Signal, ...]) -> tuple[int, ...]:
@@ -72,7 +92,7 @@ def encode(
     seen = seen_ids(signals)
     base = Completion(claim.id, claim.token, kind, consume=claim.awaits, seen=seen)
     if isinstance(outcome, oc.Next):
-        base.step = _step_name(outcome.step)
+        base.step = _step_name(outcome.step, machine)
         base.state = _state_text(outcome.state, machine, base)
         if outcome.delay:  # validated when the Next was built
             base.delay = oc.seconds(outcome.delay, "Next delay")
@@ -89,7 +109,7 @@ def encode(
         base.state = _state_text(outcome.state, machine, base)
         base.consume = None
     elif isinstance(outcome, oc.ScheduleChilds):
-        base.step = _step_name(outcome.step)
+        base.step = _step_name(outcome.step, machine)
         base.state = _state_text(outcome.state, machine, base)
         if isinstance(outcome.children, str | bytes) or not hasattr(outcome.children, "__iter__"):
             raise InvalidOutcome("ScheduleChilds children must be a list of machines or gd.Spec")
@@ -112,5 +132,15 @@ def _nonempty(value: Any, what: str) -> str:
     return value
 
 
-def _step_name(value: Any) -> str:
-    return codec.check_text(_nonempty(value, "step name"), "step name")
+def _step_name(value: Any, machine: type[Machine]) -> str:
+    """The target step's name: a ``@gd.step`` method names itself (SPEC §26), and a
+    step-method machine refuses a name it has no method for, inside the step that
+    returned it, so the mistake goes through ``handle`` instead of parking the row at
+    a step nothing can run."""
+    name = codec.check_text(_nonempty(step_name(value), "step name"), "step name")
+    steps = machine.__gd_steps__
+    if steps is not None and name not in steps:
+        raise InvalidOutcome(
+            f"{machine.describe()} has no step {name!r} (its steps: {', '.join(sorted(steps))})"
+        )
+    return name

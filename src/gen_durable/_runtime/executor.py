@@ -31,7 +31,7 @@ from typing import Any
 from .. import outcomes as oc
 from .. import telemetry
 from .._db.statements.pick import Claim as Claim  # the pick decodes rows into it
-from ..errors import Cancel, OutcomeRefused
+from ..errors import Cancel, InvalidOutcome, OutcomeRefused
 from ..machine import Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
 from .encode import describe_error, encode, seen_ids
@@ -248,6 +248,15 @@ class Executor:
             except Cancel as exc:
                 return oc.Stop(exc.reason)
             return oc.Done(value)
+        steps = machine.__gd_steps__
+        if steps is not None:  # one @gd.step method per step (SPEC §26)
+            is_async = steps.get(ctx.step)
+            if is_async is None:  # a row inserted or left at a step the class lacks
+                raise InvalidOutcome(
+                    f"{machine.describe()} has no step {ctx.step!r} "
+                    f"(its steps: {', '.join(sorted(steps))})"
+                )
+            return await self._call(getattr(instance, ctx.step), is_async, ctx)
         step: Callable[..., Any] = getattr(instance, "step")  # noqa: B009
         return await self._call(step, machine.__gd_async_step__, ctx.step, ctx)
 

@@ -10,6 +10,7 @@
     gen-durable status
     gen-durable limits set partner-api 20 --burst 5      # also: limits list, limits delete
     gen-durable schedules
+    gen-durable graph myapp.machines:Checkout          # Mermaid, from the source
     gen-durable demo
 
 Every database command takes ``--dsn`` (else ``GEN_DURABLE_DSN``, else

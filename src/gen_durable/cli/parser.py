@@ -20,6 +20,7 @@ from .common import (
     queue_name_arg,
 )
 from .flow import cmd_limits_delete, cmd_limits_list, cmd_limits_set, cmd_schedules
+from .graph import cmd_graph
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
@@ -192,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     _flow_commands(sub, common)
+
+    p = sub.add_parser(
+        "graph",
+        parents=[common_options(db=False, json_out=False)],
+        help="print a machine's steps and transitions as a Mermaid state diagram",
+        description="MACHINE is module:Class, a dotted path or a registered name. The "
+        "transitions are read from the source of its @gd.step methods (or of the "
+        "if step == 'x' / match step branches of a step dispatcher): Next and "
+        "ScheduleChilds to a method (Class.step) or a literal step name, Await, Done "
+        "and Stop. Paste the output into any Mermaid renderer.",
+    )
+    p.add_argument("machine", metavar="MACHINE")
+    p.add_argument("--app", action="append", default=[], metavar="MODULE", help="import first")
+    p.add_argument("--path", action="append", default=[], metavar="DIR", help="add to sys.path")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser(
         "demo",

@@ -10,6 +10,7 @@
 ``reads``          ``get``, ``inbox``, ``children``
 ``admin``          operator reads and commands (``admin.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
+``testing``        what ``gen_durable.testing.drain`` adds (``testing.*``)
 =================  ==========================================================
 
 Importing this package registers them all in
@@ -19,7 +20,7 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, flow, inserts, leases, migrations, outcomes, pick, reads, signals
+from . import admin, flow, inserts, leases, migrations, outcomes, pick, reads, signals, testing
 
 __all__ = [
     "admin",
@@ -31,4 +32,5 @@ __all__ = [
     "pick",
     "reads",
     "signals",
+    "testing",
 ]

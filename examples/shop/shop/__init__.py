@@ -1,0 +1,1 @@
+"""A sample shop whose orders are gen_durable machines."""
