@@ -39,6 +39,8 @@ class InsertOptions(TypedDict, Generic[S], total=False):
     queue: str | None
     priority: int
     partition_key: str | None
+    partition_limit: int
+    rate_limit: str | None
     unique_key: str | bytes | None
     unique_scope: str | Iterable[str] | None
     eligible_at: dt.datetime | None
