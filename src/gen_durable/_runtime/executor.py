@@ -92,7 +92,8 @@ class Executor:
         fresh lease) and its next step runs at once on the inbox and children the
         commit returned — no pick, no queue round trip. Allowed up to ``run_ahead``
         consecutive steps, never for a ``partition_key`` row (the key's other
-        instances must get their turn in order, SPEC §9), and only while ``may_keep``
+        instances must get their turn in order, SPEC §9) nor a ``rate_limit`` one (each
+        step start takes a token at the pick, §23), and only while ``may_keep``
         says the scheduler has nothing more urgent waiting and is not draining.
         """
         state: Any = _UNLOADED
@@ -105,6 +106,8 @@ class Executor:
                 and not completion.delay  # a sleep goes back to the queue, holding nothing
                 and chained < self._run_ahead
                 and claim.partition_key is None
+                and claim.rate_limit is None
+                and not completion.rate_limit
                 and may_keep(claim.priority)
             ):
                 completion.keep = True
@@ -129,6 +132,7 @@ class Executor:
                 inbox_text=committed[1],
                 childs_text=claim.childs_text,  # terminal children cannot change under a chain
                 token=claim.token,
+                rate_limit=claim.rate_limit,
             )
             # Reuse the validated model the step returned (no pydantic round trip);
             # otherwise — state kept, or a plain dict that must not alias the step's

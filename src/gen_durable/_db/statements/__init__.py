@@ -3,6 +3,7 @@
 =================  ==========================================================
 ``inserts``        new instances and children (``insert``, ``insert_unkeyed``)
 ``pick``           claiming a batch of one queue (``pick``, ``next_for_key``)
+``flow``           the pick's K slots and buckets; rate limits and schedules (§23)
 ``leases``         ``heartbeat``, ``hold_lease``, ``reap``, ``release``
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
@@ -28,6 +29,7 @@ from . import (
     admin,
     control,
     effects,
+    flow,
     inserts,
     keys,
     leases,
@@ -45,6 +47,7 @@ __all__ = [
     "admin",
     "control",
     "effects",
+    "flow",
     "inserts",
     "keys",
     "leases",

@@ -31,6 +31,8 @@ NEW_ROW = Layout(
         ("queue", TEXT),
         ("priority", INT2),
         ("partition_key", OPT_TEXT),
+        ("partition_limit", INT2),
+        ("rate_limit", OPT_TEXT),
         ("eligible_at", TIMESTAMPTZ),
         ("delay", OPT_FLOAT8),
         ("unique_key", HEX_BYTES),
@@ -53,6 +55,8 @@ class InsertRows:
     queue: list[str]
     priority: list[int]
     partition_key: list[str | None]
+    partition_limit: list[int]
+    rate_limit: list[str | None]
     eligible_at: list[Any]
     delay: list[float | None]
     unique_key: list[bytes | None]
@@ -61,7 +65,7 @@ class InsertRows:
 
     @classmethod
     def empty(cls) -> InsertRows:
-        return cls([], [], [], [], [], [], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [], [], [], [], [], [], [])
 
     def __len__(self) -> int:
         return len(self.fsm)
@@ -88,10 +92,10 @@ SOURCE = f"""
 # without it never occupies the key.
 BODY = """
 INSERT INTO {s}.gen_durable AS g
-    (fsm, fsm_version, step, state, queue, priority, partition_key, eligible_at,
-     unique_key, unique_scope, unique_guard, parent_id)
+    (fsm, fsm_version, step, state, queue, priority, partition_key, partition_limit,
+     rate_limit, eligible_at, unique_key, unique_scope, unique_guard, parent_id)
 SELECT x.fsm, x.fsm_version, x.step, x.state, x.queue,
-       x.priority, x.partition_key,
+       x.priority, x.partition_key, x.partition_limit, x.rate_limit,
        coalesce(x.eligible_at, now() + make_interval(secs => coalesce(x.delay, 0))),
        x.unique_key, coalesce(x.unique_scope::{s}.durable_status[], '{}'),
        CASE WHEN 'runnable' = ANY (x.unique_scope::{s}.durable_status[])
