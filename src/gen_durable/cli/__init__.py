@@ -9,6 +9,7 @@
     gen-durable show 17
     gen-durable status
     gen-durable demo
+    gen-durable dashboard [--host 127.0.0.1] [--port 8080] [--read-only] [--auth U:P]
 
 Every database command takes ``--dsn`` (else ``GEN_DURABLE_DSN``, else
 ``DATABASE_URL``), ``--schema`` (default ``public``) and ``--embedded`` (use the

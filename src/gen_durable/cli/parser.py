@@ -19,6 +19,7 @@ from .common import (
     queue_arg,
     queue_name_arg,
 )
+from .dashboard import add_dashboard
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
 from .worker import cmd_worker
@@ -197,4 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", type=int, default=40, help="number of orders (default 40)")
     p.set_defaults(func=cmd_demo)
+
+    add_dashboard(sub, [common_options(json_out=False)])
     return parser

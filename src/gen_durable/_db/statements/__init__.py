@@ -18,6 +18,16 @@ Importing this package registers them all in
 
 from __future__ import annotations
 
-from . import admin, inserts, leases, migrations, outcomes, pick, reads, signals
+from . import admin, dashboard, inserts, leases, migrations, outcomes, pick, reads, signals
 
-__all__ = ["admin", "inserts", "leases", "migrations", "outcomes", "pick", "reads", "signals"]
+__all__ = [
+    "admin",
+    "dashboard",
+    "inserts",
+    "leases",
+    "migrations",
+    "outcomes",
+    "pick",
+    "reads",
+    "signals",
+]
