@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep retrying an unreachable database this long at start; 0 = forever (default 60)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics on port N (needs the extra gen_durable[prometheus])",
+    )
+    p.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address of /metrics (default 0.0.0.0)"
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
