@@ -39,6 +39,7 @@ GUIDES = (
     "scheduling",
     "production",
     "telemetry",
+    "observability",
 )
 PAGES = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in GUIDES)]
 

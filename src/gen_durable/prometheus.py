@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from . import telemetry
 from ._db import runner
 from ._db.statements import dashboard as q
-from ._dsn import resolve_dsn
+from ._dsn import resolve_dsn, without_jit
 
 log = logging.getLogger("gen_durable")
 
@@ -111,7 +111,7 @@ class Exporter:
         }
         self.gauges: DatabaseGauges | None = None
         if dsn is not None:
-            self.gauges = DatabaseGauges(resolve_dsn(dsn), schema, interval)
+            self.gauges = DatabaseGauges(without_jit(resolve_dsn(dsn)), schema, interval)
             r.register(self.gauges)
 
     def attach(self) -> Exporter:
@@ -169,12 +169,13 @@ class DatabaseGauges(Collector):
         if self._conn is None:
             self._conn = runner.connect_sync(self.dsn)
         s = self.schema
-        live = runner.fetch_sync(self._conn, q.LIVE.bind(s))
+        live = runner.fetch_sync(self._conn, q.LIVE.bind(s, {"cap": q.CAP}))
         estimates = runner.fetch_sync(self._conn, q.ESTIMATES.bind(s, {"schema": s}))
-        nodes = runner.fetch_sync(self._conn, q.NODES.bind(s))
+        expired_now = runner.fetch_sync(self._conn, q.EXPIRED.bind(s))[0].count
         counts = GaugeMetricFamily(
             "gen_durable_instances",
-            "Live instances per queue and status (runnable split into due and scheduled)",
+            "Live instances per queue and status (runnable split into due and scheduled); "
+            f"each count stops at {q.CAP}",
             labels=["queue", "status"],
         )
         oldest = GaugeMetricFamily(
@@ -196,7 +197,7 @@ class DatabaseGauges(Collector):
         expired = GaugeMetricFamily(
             "gen_durable_expired_leases", "Executing instances whose lease has expired"
         )
-        expired.add_metric([], sum(n.expired for n in nodes))
+        expired.add_metric([], expired_now)
         return [counts, oldest, estimated, expired]
 
     def _close_conn(self) -> None:

@@ -11,6 +11,7 @@ name ends up in the schema-qualified text, so nothing depends on the server's
 
 from __future__ import annotations
 
+from .._trace import capture
 from ..instance import Instance
 from ..machine import Child, Signal
 from .statement import Stmt, channel_of
@@ -53,6 +54,7 @@ class Queries:
         """Insert any number of instances in one statement; returns inserted ids."""
         params = rows.params()
         params["channel"] = self.channel
+        params["trace"] = capture()
         keyed = any(k is not None for k in rows.unique_key)
         return (INSERT if keyed else INSERT_UNKEYED).bind(self.schema, params)
 
@@ -137,6 +139,7 @@ class Queries:
             "payload": payload,
             "dedup_key": dedup_key,
             "channel": self.channel,
+            "trace": capture(),
         }
         return SIGNAL.bind(self.schema, params)
 

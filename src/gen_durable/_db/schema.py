@@ -151,11 +151,24 @@ CREATE UNIQUE INDEX gen_durable_unique ON {s}.gen_durable (unique_guard)
     WHERE unique_guard IS NOT NULL;
 """
 
+# Trace context (SPEC §25): the W3C `traceparent`/`tracestate` of the trace that
+# inserted the instance or sent the signal that woke it, so each step's span is
+# parented there. A nullable column without a default only changes the catalog: no
+# rewrite, rows in flight keep running and simply have no trace to follow.
+TRACE_CONTEXT_UP = """
+ALTER TABLE {s}.gen_durable ADD COLUMN trace_context text;
+"""
+
+TRACE_CONTEXT_DOWN = """
+ALTER TABLE {s}.gen_durable DROP COLUMN IF EXISTS trace_context;
+"""
+
 VERSIONS: list[tuple[str, str]] = [
     (V1_UP, V1_DOWN),
     (V2_UP, V2_DOWN),
     (V3_UP, V3_DOWN),
     (V4_UP, V4_DOWN),
+    (TRACE_CONTEXT_UP, TRACE_CONTEXT_DOWN),
 ]
 LATEST = len(VERSIONS)
 

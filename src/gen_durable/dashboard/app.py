@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._dsn import resolve_dsn, without_jit
 from ..engine import Engine
 from ..errors import GenDurableError
 from . import reads
@@ -49,7 +50,8 @@ class Dashboard:
     async def engine(self) -> Engine:
         async with self._lock:
             if self._engine is None:
-                engine = Engine(self._dsn, queues={}, schema=self._schema, pool_size=4)
+                dsn = without_jit(resolve_dsn(self._dsn))
+                engine = Engine(dsn, queues={}, schema=self._schema, pool_size=4)
                 await engine.start()
                 self._engine = engine
             return self._engine

@@ -33,6 +33,7 @@ class Overview:
     estimates: list[q.StatusEstimate]
     throughput: list[q.Finished]
     nodes: list[q.LeaseHolder]
+    expired: int
     minutes: int = THROUGHPUT_MINUTES
 
     @property
@@ -46,9 +47,8 @@ class Overview:
         ages = [c.oldest_age for c in self.live if c.queue == queue and c.oldest_age]
         return max(ages) if ages else None
 
-    @property
-    def expired(self) -> int:
-        return sum(n.expired for n in self.nodes)
+    def capped(self, queue: str, status: str) -> bool:
+        return any(c.capped for c in self.live if c.queue == queue and c.status == status)
 
 
 @dataclass
@@ -61,13 +61,15 @@ class Detail:
 
 async def overview(engine: Engine) -> Overview:
     s = engine.queries.schema
-    live, estimates, throughput, nodes = await asyncio.gather(
-        _all(engine, q.LIVE.bind(s)),
+    cap = {"cap": q.CAP}
+    live, estimates, throughput, nodes, expired = await asyncio.gather(
+        _all(engine, q.LIVE.bind(s, cap)),
         _all(engine, q.ESTIMATES.bind(s, {"schema": s})),
         _all(engine, q.THROUGHPUT.bind(s, {"minutes": THROUGHPUT_MINUTES})),
-        _all(engine, q.NODES.bind(s)),
+        _all(engine, q.NODES.bind(s, cap)),
+        _all(engine, q.EXPIRED.bind(s)),
     )
-    return Overview(live, estimates, throughput, nodes)
+    return Overview(live, estimates, throughput, nodes, expired[0].count)
 
 
 def parse_filters(query: dict[str, str]) -> dict[str, Any]:

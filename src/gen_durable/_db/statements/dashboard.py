@@ -2,8 +2,8 @@
 
 The overview must stay cheap on a table that is mostly finished rows: terminal rows
 sit in no partial index, so nothing here counts them exactly. Live work is counted
-exactly through the partial indexes that hold it (``gen_durable_pick`` for runnable
-rows, ``gen_durable_lease`` for executing ones); every status is also estimated from
+through the partial indexes that hold it (``gen_durable_pick`` for runnable rows,
+``gen_durable_lease`` for executing ones), each count capped; every status is also estimated from
 the planner's statistics (``pg_class.reltuples`` × the status column's most common
 frequencies), which costs a catalog read whatever the table's size. Throughput is
 estimated from a 1 % block sample, so its cost is a hundredth of a scan and it never
@@ -24,6 +24,7 @@ class LiveCount:
     queue: str
     status: str
     count: int
+    capped: bool
     oldest_age: float | None
 
 
@@ -61,6 +62,11 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class Expired:
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class TreeNode:
     id: int
     parent_id: int | None
@@ -75,27 +81,57 @@ class Deleted:
     id: int
 
 
-# Runnable rows by queue through the pick index (queue leads it); executing rows
-# through the lease index. Both are bounded by live work, not by history.
+# Live work without reading all of it: the (queue, priority) pairs that have runnable
+# rows are found by a loose index scan of gen_durable_pick (one probe per pair), and
+# the oldest due row of a queue is the earliest of its pairs' first entries. Due and
+# scheduled rows are counted per queue up to %(cap)s entries of that index, executing
+# rows through gen_durable_lease up to %(cap)s in all. A count that reached the cap is
+# marked `capped` and shown as a lower bound: the cost is bounded by the cap and the
+# number of queues and priorities, never by the table.
 LIVE = Statement(
     "dashboard.live",
-    "Exact runnable/executing counts per queue with the oldest runnable age",
+    "Live counts per queue (capped) with the oldest due runnable age, index-driven",
     """
-SELECT queue, 'runnable' AS status, count(*) AS count,
-       extract(epoch FROM now() - min(eligible_at))::float8 AS oldest_age
-FROM {s}.gen_durable WHERE status = 'runnable' AND eligible_at <= now()
-GROUP BY queue
+WITH RECURSIVE qp AS (
+    (SELECT queue, priority FROM {s}.gen_durable WHERE status = 'runnable'
+     ORDER BY queue, priority LIMIT 1)
+    UNION ALL
+    SELECT n.queue, n.priority FROM qp CROSS JOIN LATERAL (
+        SELECT g.queue, g.priority FROM {s}.gen_durable g
+        WHERE g.status = 'runnable' AND (g.queue, g.priority) > (qp.queue, qp.priority)
+        ORDER BY g.queue, g.priority LIMIT 1) n
+), first_due AS (
+    SELECT qp.queue, min((SELECT g.eligible_at FROM {s}.gen_durable g
+         WHERE g.status = 'runnable' AND g.queue = qp.queue AND g.priority = qp.priority
+           AND g.eligible_at <= now()
+         ORDER BY g.eligible_at LIMIT 1)) AS first_at
+    FROM qp GROUP BY qp.queue
+), per_queue AS (
+    SELECT f.queue, f.first_at,
+        (SELECT count(*) FROM (SELECT 1 FROM {s}.gen_durable g
+         WHERE g.status = 'runnable' AND g.queue = f.queue AND g.eligible_at <= now()
+         LIMIT %(cap)s) x) AS due,
+        (SELECT count(*) FROM (SELECT 1 FROM {s}.gen_durable g
+         WHERE g.status = 'runnable' AND g.queue = f.queue AND g.eligible_at > now()
+         LIMIT %(cap)s) x) AS later
+    FROM first_due f
+), executing AS (
+    SELECT queue FROM {s}.gen_durable
+    WHERE status = 'executing' AND lease_expires_at IS NOT NULL LIMIT %(cap)s
+)
+SELECT queue, 'runnable' AS status, due AS count, due >= %(cap)s AS capped,
+       extract(epoch FROM now() - first_at)::float8 AS oldest_age
+FROM per_queue WHERE due > 0
 UNION ALL
-SELECT queue, 'scheduled', count(*), NULL::float8
-FROM {s}.gen_durable WHERE status = 'runnable' AND eligible_at > now()
-GROUP BY queue
+SELECT queue, 'scheduled', later, later >= %(cap)s, NULL::float8
+FROM per_queue WHERE later > 0
 UNION ALL
-SELECT queue, 'executing', count(*), NULL::float8
-FROM {s}.gen_durable WHERE status = 'executing' AND lease_expires_at IS NOT NULL
-GROUP BY queue
+SELECT queue, 'executing', count(*), (SELECT count(*) FROM executing) >= %(cap)s, NULL
+FROM executing GROUP BY queue
 ORDER BY 1, 2
 """,
-    result=LiveCount,
+    {"cap": "int4"},
+    LiveCount,
 )
 
 ESTIMATES = Statement(
@@ -139,14 +175,26 @@ GROUP BY status ORDER BY status
 
 NODES = Statement(
     "dashboard.nodes",
-    "Nodes holding leases and how many of them are expired (gen_durable_lease)",
+    "Nodes holding leases, from at most `cap` executing rows (gen_durable_lease)",
     """
 SELECT regexp_replace(locked_by, ':[0-9]+$', '') AS node, count(*) AS leases,
        count(*) FILTER (WHERE lease_expires_at < now()) AS expired
-FROM {s}.gen_durable WHERE status = 'executing' AND lease_expires_at IS NOT NULL
+FROM (SELECT locked_by, lease_expires_at FROM {s}.gen_durable
+      WHERE status = 'executing' AND lease_expires_at IS NOT NULL LIMIT %(cap)s) e
 GROUP BY 1 ORDER BY 1
 """,
-    result=LeaseHolder,
+    {"cap": "int4"},
+    LeaseHolder,
+)
+
+EXPIRED = Statement(
+    "dashboard.expired",
+    "Expired leases, exactly: a range of gen_durable_lease",
+    """
+SELECT count(*) AS count FROM {s}.gen_durable
+WHERE status = 'executing' AND lease_expires_at < now()
+""",
+    result=Expired,
 )
 
 # Keyset paging, newest first: the primary key walked backwards from `before`. A NULL
@@ -213,6 +261,10 @@ RETURNING id
     {"id": "int8"},
     Deleted,
 )
+
+
+CAP = 1_000
+"""The most index entries one live count reads; a count that reaches it is a bound."""
 
 
 def list_params(filters: dict[str, Any], before: int | None, limit: int) -> dict[str, Any]:

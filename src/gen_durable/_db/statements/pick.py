@@ -29,6 +29,8 @@ class Claim:
     inbox_text: str | None
     childs_text: str | None
     token: str
+    trace_context: str | None = None
+    """The W3C trace context stored with the row (SPEC §25), None when untraced."""
 
     def signals(self) -> tuple[Signal, ...]:
         if not self.inbox_text:
@@ -135,7 +137,7 @@ RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.att
        FROM {{s}}.signals s WHERE s.target_id = g.id) AS inbox_text,
     (SELECT json_agg({CHILD_JSON} ORDER BY c.id)::text
        FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
-    g.locked_by AS token
+    g.locked_by AS token, g.trace_context
 """,
     {"queue": "text", "limit": "int8", "token": "text", "ttl": "float8"},
     Claim,

@@ -35,7 +35,8 @@ class Delivered:
 # The insert is refused for a terminal target, decided under the same lock. A
 # redelivery whose dedup_key is already stored wakes nobody: the parked step has seen
 # that signal (§18.5), so waking it would only re-run it for nothing. `woke` is
-# recognised by the flip's own `updated_at = now()`.
+# recognised by the flip's own `updated_at = now()`. The waking sender's trace context
+# (SPEC §25) replaces the row's, so the woken step's span is parented on the signal.
 _WAKES = "g.status = 'awaiting_signal' AND g.awaits = %(name)s AND NOT d.dup"
 _WOKEN = f"CASE WHEN {_WAKES} THEN 'runnable'::{{s}}.durable_status ELSE g.status END"
 
@@ -48,7 +49,9 @@ WITH wake AS (
         status = {_WOKEN},
         {clear_guard("g", _WOKEN)},
         eligible_at = CASE WHEN {_WAKES} THEN now() ELSE g.eligible_at END,
-        updated_at = CASE WHEN {_WAKES} THEN now() ELSE g.updated_at END
+        updated_at = CASE WHEN {_WAKES} THEN now() ELSE g.updated_at END,
+        trace_context = CASE WHEN {_WAKES} THEN coalesce(%(trace)s, g.trace_context)
+                             ELSE g.trace_context END
     FROM (SELECT EXISTS (
             SELECT 1 FROM {{s}}.signals s
             WHERE s.target_id = %(id)s AND s.dedup_key = %(dedup_key)s) AS dup) d
@@ -68,7 +71,14 @@ SELECT CASE WHEN w.woke THEN 'awaiting_signal' ELSE w.status::text END AS status
        (SELECT id FROM ins) AS signal_id, w.woke AND (SELECT count(*) FROM nudge) > 0 AS woke
 FROM wake w
 """,
-    {"id": "int8", "name": "text", "payload": "text", "dedup_key": "text", "channel": "text"},
+    {
+        "id": "int8",
+        "name": "text",
+        "payload": "text",
+        "dedup_key": "text",
+        "channel": "text",
+        "trace": "text",
+    },
     Delivered,
 )
 
