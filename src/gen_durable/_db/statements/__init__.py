@@ -8,6 +8,7 @@
 ``signals``        ``signal`` delivery and ``listen``
 ``reads``          ``get``, ``inbox``, ``children``
 ``admin``          operator reads and commands (``admin.*``)
+``dashboard``      the dashboard's and the metrics gauges' reads (``dashboard.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
 =================  ==========================================================
 
