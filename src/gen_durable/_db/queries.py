@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from .._trace import capture
 from ..flow import RateLimit
 from ..instance import Instance
 from ..machine import Child, Signal
@@ -79,6 +80,7 @@ class Queries:
         """Insert any number of instances in one statement; returns inserted ids."""
         params = rows.params()
         params["channel"] = self.channel
+        params["trace"] = capture()
         keyed = any(k is not None for k in rows.unique_key)
         return (INSERT if keyed else INSERT_UNKEYED).bind(self.schema, params)
 
@@ -163,6 +165,7 @@ class Queries:
             "payload": payload,
             "dedup_key": dedup_key,
             "channel": self.channel,
+            "trace": capture(),
         }
         return SIGNAL.bind(self.schema, params)
 

@@ -314,6 +314,18 @@ CREATE UNIQUE INDEX gen_durable_partition_active ON {s}.gen_durable (partition_k
     WHERE status = 'executing' AND partition_key IS NOT NULL;
 """
 
+# Trace context (SPEC §25): the W3C `traceparent`/`tracestate` of the trace that
+# inserted the instance or sent the signal that woke it, so each step's span is
+# parented there. A nullable column without a default only changes the catalog: no
+# rewrite, rows in flight keep running and simply have no trace to follow.
+TRACE_CONTEXT_UP = """
+ALTER TABLE {s}.gen_durable ADD COLUMN trace_context text;
+"""
+
+TRACE_CONTEXT_DOWN = """
+ALTER TABLE {s}.gen_durable DROP COLUMN IF EXISTS trace_context;
+"""
+
 VERSIONS: list[tuple[str, str]] = [
     (V1_UP, V1_DOWN),
     (V2_UP, V2_DOWN),
@@ -323,6 +335,7 @@ VERSIONS: list[tuple[str, str]] = [
     (KEYS_UP, KEYS_DOWN),
     (AWAIT_SETS_UP, AWAIT_SETS_DOWN),
     (FLOW_CONTROL_UP, FLOW_CONTROL_DOWN),
+    (TRACE_CONTEXT_UP, TRACE_CONTEXT_DOWN),
 ]
 CONTROL_VERSION = VERSIONS.index((CONTROL_UP, CONTROL_DOWN)) + 1
 """The version that brings `cancelled` (its number depends on the increments before it)."""

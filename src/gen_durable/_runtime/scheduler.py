@@ -320,7 +320,7 @@ class QueueScheduler(Service):
 
     async def _run(self, claim: Claim, machine: Any) -> None:
         try:
-            await self._w.executor.run(claim, machine, self._may_keep)
+            await self._w.executor.run(claim, machine, self._may_keep, self.queue)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -12,6 +12,7 @@
     gen-durable schedules
     gen-durable graph myapp.machines:Checkout          # Mermaid, from the source
     gen-durable demo
+    gen-durable dashboard [--host 127.0.0.1] [--port 8080] [--read-only] [--auth U:P]
 
 Every database command takes ``--dsn`` (else ``GEN_DURABLE_DSN``, else
 ``DATABASE_URL``), ``--schema`` (default ``public``) and ``--embedded`` (use the

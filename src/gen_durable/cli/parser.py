@@ -20,6 +20,7 @@ from .common import (
     queue_name_arg,
 )
 from .control import add_control_commands
+from .dashboard import add_dashboard
 from .flow import cmd_limits_delete, cmd_limits_list, cmd_limits_set, cmd_schedules
 from .graph import cmd_graph
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
@@ -128,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep retrying an unreachable database this long at start; 0 = forever (default 60)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics on port N (needs the extra gen_durable[prometheus])",
+    )
+    p.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address of /metrics (default 0.0.0.0)"
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
@@ -233,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=40, help="number of orders (default 40)")
     p.set_defaults(func=cmd_demo)
     add_control_commands(sub, common)
+
+    add_dashboard(sub, [common_options(json_out=False)])
     return parser
 
 

@@ -14,6 +14,7 @@
 ``admin``          operator reads and commands (``admin.*``)
 ``control``        ``cancel`` with cascade and ``retry`` (``control.*``)
 ``listing``        filtered pages, bulk batches, purge and retention (``listing.*``, ``gc.*``)
+``dashboard``      the dashboard's and the metrics gauges' reads (``dashboard.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
 ``testing``        what ``gen_durable.testing.drain`` adds (``testing.*``)
 =================  ==========================================================
@@ -28,6 +29,7 @@ from __future__ import annotations
 from . import (
     admin,
     control,
+    dashboard,
     effects,
     flow,
     inserts,
@@ -46,6 +48,7 @@ from . import (
 __all__ = [
     "admin",
     "control",
+    "dashboard",
     "effects",
     "flow",
     "inserts",

@@ -124,12 +124,21 @@ def _insert(body: str) -> str:
 SELECT array_agg(id ORDER BY id) AS ids, (SELECT count(*) FROM nudge) AS nudged FROM ins"""
 
 
-_PARAMS = {"batch": "text", "channel": "text"}
+_PARAMS = {"batch": "text", "channel": "text", "trace": "text"}
+
+# Client inserts carry the caller's trace context (SPEC §25), one value for the whole
+# batch: one insert call runs in one trace. NULL when tracing is off.
+TRACED_BODY = BODY.replace("unique_guard, parent_id)", "unique_guard, parent_id, trace_context)")
+TRACED_BODY = TRACED_BODY.replace(
+    "       x.parent_id\nFROM", "       x.parent_id, %(trace)s::text\nFROM"
+)
+if TRACED_BODY.count("trace") != 2:
+    raise TypeError("the traced insert body no longer matches BODY")
 
 INSERT = Statement(
     "insert",
     "Insert any number of instances in one statement, keys in one global order",
-    _insert(f"{BODY}{SOURCE}\n{KEY_ORDER}\n{ON_CONFLICT}\n{RETURNING}"),
+    _insert(f"{TRACED_BODY}{SOURCE}\n{KEY_ORDER}\n{ON_CONFLICT}\n{RETURNING}"),
     _PARAMS,
     Inserted,
 )
@@ -141,7 +150,7 @@ INSERT = Statement(
 INSERT_UNKEYED = Statement(
     "insert_unkeyed",
     "Insert a batch that carries no unique key: no sort, no speculative insertion",
-    _insert(f"{BODY}{SOURCE}\n{RETURNING}"),
+    _insert(f"{TRACED_BODY}{SOURCE}\n{RETURNING}"),
     _PARAMS,
     Inserted,
 )

@@ -36,6 +36,8 @@ class Claim:
     """Not a claim: the row's bucket was empty (``throttled``) or its rate limit is not
     defined (``unknown``); it stays runnable, due in ``due`` seconds (SPEC §23)."""
     due: float | None = None
+    trace_context: str | None = None
+    """The W3C trace context stored with the row (SPEC §25), None when untraced."""
 
     def signals(self) -> tuple[Signal, ...]:
         if not self.inbox_text:
@@ -160,13 +162,13 @@ WITH RECURSIVE prio AS ({PRIORITIES}), cand AS (
            FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
         g.locked_by AS token,
         g.awaits IS NOT NULL AND g.await_deadline IS NOT NULL AS timed_out,
-        g.rate_limit, NULL::text AS held, NULL::float8 AS due
+        g.rate_limit, NULL::text AS held, NULL::float8 AS due, g.trace_context
 )
 SELECT * FROM claimed
 UNION ALL
 SELECT h.id, h.fsm, h.fsm_version, h.step, '' AS state_text, 0 AS attempt, NULL AS awaits,
     h.priority, h.partition_key, NULL AS inbox_text, NULL AS childs_text, '' AS token,
-    false AS timed_out, h.rate_limit, h.held, h.due
+    false AS timed_out, h.rate_limit, h.held, h.due, NULL AS trace_context
 FROM held h
 """,
     {"queue": "text", "limit": "int8", "token": "text", "ttl": "float8"},
