@@ -61,7 +61,7 @@ TOKEN = "explain-node:1"
 TTL = 60.0
 REAP_LIMIT = 1000  # the engine's default reap_batch
 MODES = ("custom", "generic")
-TABLES = ("gen_durable", "signals")
+TABLES = ("gen_durable", "signals", "rate_limits", "rate_buckets")
 # Statements on rows already known by id: the primary key, plus the per-row loads of
 # a row's children and inbox (run-ahead returns them like a pick does).
 PKEY = {
@@ -424,6 +424,54 @@ def _deadline_checks(case: str, explain: Plan, expected: int, batch: int) -> lis
     ]
 
 
+FLOW_KEYS = 4  # partition keys of the flow case, each with K = FLOW_K
+FLOW_K = 8
+FLOW_BUSY = 2  # of each key's slots, held by another node's executing rows
+FLOW_BURST = 10  # per part of the flow case's bucket; two parts
+
+
+@contextmanager
+def _flow_rows(s: Session, batch: int) -> Iterator[None]:
+    """Flow control in play at the most urgent priority (SPEC §23): a quarter batch of
+    rows on FLOW_KEYS keys with K = FLOW_K (FLOW_BUSY slots of each already executing
+    elsewhere), a quarter batch debiting a bucket in two parts (burst FLOW_BURST
+    each), and plain rows behind them. Committed and vacuumed, removed afterwards."""
+    schema = quote_ident(s.q.schema)
+    table = f"{schema}.gen_durable"
+    s.conn.execute(
+        f"INSERT INTO {table} (fsm, step, queue, priority, partition_key, partition_limit,"
+        "   partition_slot, status, locked_by, lease_expires_at)"
+        " SELECT 'order.process', 'start', 'default', -1, 'tenant-' || (i %% %s), %s,"
+        "        i / %s, 'executing', 'other:' || i, now() + interval '1 hour'"
+        " FROM generate_series(0, %s) i",
+        [FLOW_KEYS, FLOW_K, FLOW_KEYS, FLOW_KEYS * FLOW_BUSY - 1],
+    )
+    s.conn.execute(
+        f"INSERT INTO {table} (fsm, step, queue, priority, partition_key, partition_limit,"
+        "   eligible_at)"
+        " SELECT 'order.process', 'start', 'default', -1, 'tenant-' || (i %% %s), %s,"
+        "        now() - i * interval '1 ms'"
+        " FROM generate_series(1, %s) i",
+        [FLOW_KEYS, FLOW_K, batch // 4],
+    )
+    s.conn.execute(
+        f"INSERT INTO {table} (fsm, step, queue, priority, rate_limit, eligible_at)"
+        " SELECT 'order.process', 'start', 'default', -1, 'api:part-' || (i %% 2),"
+        "        now() - i * interval '1 ms'"
+        " FROM generate_series(1, %s) i",
+        [batch // 4],
+    )
+    s.conn.execute(
+        f"INSERT INTO {schema}.rate_limits (name, rate, per, burst) VALUES ('api', 1000, 1, %s)",
+        [FLOW_BURST],
+    )
+    try:
+        with _removed_after(s, table):
+            yield
+    finally:
+        s.conn.execute(f"DELETE FROM {schema}.rate_limits".encode())
+
+
 def _insert(s: Session) -> tuple[Stmt, int]:
     return s.q.insert(build_insert([gd.Spec(ProcessOrder, args={"order": 1})])), 1
 
@@ -527,6 +575,24 @@ def cases(batch: int) -> list[Case]:
             " `gen_durable_pick` probe per runnable priority (the pick's loose index scan,"
             f" at most {PICK_WALK}): the timer's sleep costs a few index pages per pass.",
             around=lambda s: _parked_with_deadlines(s, b),
+        ),
+        Case(
+            "pick.flow",
+            f"pick with K-slots and rate-limit buckets in play (batch {b})",
+            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            f"SPEC §23 at the most urgent priority: {b // 4} rows on {FLOW_KEYS} keys with"
+            f" `partition_limit` {FLOW_K} ({FLOW_BUSY} slots of each executing elsewhere),"
+            f" {b // 4} rows on a bucket in two parts (burst {FLOW_BURST} each), plain rows"
+            " behind. A K > 1 candidate counts its key's executing rows and the key's more"
+            " urgent runnable rows, each count stopping at K entries of"
+            " `gen_durable_partition_active` / `gen_durable_partition_queue`; its slot is"
+            " the n-th free one of 0..K-1, one probe of `gen_durable_partition_active` per"
+            " slot tried. The buckets are read once per (name, part) of the batch by"
+            " primary key (`rate_buckets_pkey`, `rate_limits_pkey`) in the upsert that"
+            " debits them; rows the bucket cannot serve are updated by primary key (due"
+            " later) and returned as held. The cost is per candidate and per bucket,"
+            " never per row of the table.",
+            around=lambda s: _flow_rows(s, b),
         ),
         Case(
             "reap",
@@ -768,7 +834,14 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
     plan = explain["Plan"]
     if case.startswith("timers."):
         return _deadline_checks(case, explain, expected, batch)
-    if case in ("pick", "pick.delayed", "pick.spread", "pick.sleeping", "pick.deadlines"):
+    if case in (
+        "pick",
+        "pick.delayed",
+        "pick.spread",
+        "pick.sleeping",
+        "pick.deadlines",
+        "pick.flow",
+    ):
         picks = [n for n in scans(plan) if n.get("Index Name") == "gen_durable_pick"]
         seen = sum(visited(n) for n in picks)
         claimed = plan["Actual Rows"]
@@ -782,6 +855,36 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
                     f"gen_durable_pick scans read {read} buffers for a batch of {batch}"
                     f" behind {DELAYED_PER_BATCH * batch:,} delayed rows"
                     f" (limit {2 * batch + 40})",
+                )
+            )
+        if case == "pick.flow":
+            # Every candidate comes back once: claimed, or held for a token.
+            limits = [n for n in scans(plan) if n["Relation Name"] == "rate_limits"]
+            reads = sum(n.get("Actual Loops", 0) for n in limits)
+            extra.append(
+                Check(
+                    "limits read per bucket, not per row",
+                    0 < reads <= 5 * 2,
+                    f"rate_limits probed {reads:.0f} times for 2 buckets (limit 10)",
+                )
+            )
+            extra.append(
+                Check(
+                    "a full batch despite the limits",
+                    claimed == batch,
+                    f"{claimed} rows returned (claims and held rows) for a batch of {batch}",
+                )
+            )
+        if case != "pick.flow":
+            limits = [
+                n for n in scans(plan) if n["Relation Name"] in ("rate_limits", "rate_buckets")
+            ]
+            reads = sum(n.get("Actual Loops", 0) for n in limits)
+            extra.append(
+                Check(
+                    "an unlimited batch reads no bucket",
+                    reads == 0,
+                    f"rate limit tables read {reads:.0f} times (limit 0)",
                 )
             )
         if case == "pick.sleeping":
@@ -809,6 +912,16 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
                     f" (limit {limit})",
                 )
             )
+        # A plan the planner costs above `jit_above_cost` is JIT-compiled on every
+        # execution: seconds per pick for a statement this size.
+        jit = explain.get("JIT") or {}
+        extra.append(
+            Check(
+                "not JIT-compiled",
+                not jit.get("Functions"),
+                f"JIT compiled {jit.get('Functions', 0)} functions",
+            )
+        )
         return [
             *extra,
             _index_only(
@@ -822,6 +935,8 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
                         "gen_durable_parent",
                     },
                     "signals": {"signals_target"},
+                    "rate_limits": {"rate_limits_pkey"},
+                    "rate_buckets": {"rate_buckets_pkey"},
                 },
             ),
             _bounded(plan, batch),

@@ -64,7 +64,7 @@ PEERS: dict[str, list[str]] = {
     "dbos": ["dbos==3.4.0", "psycopg[binary]>=3.2"],
 }
 PEER_SCENARIOS = ("chain", "jobs")
-SCENARIOS = ("chain", "jobs", "signals", "keys", "timers", "fanout", "latency", "memory")
+SCENARIOS = ("chain", "jobs", "signals", "keys", "timers", "fanout", "latency", "memory", "limits")
 
 # Workload sizes. "full" is the definition in docs/performance.md; "quick" keeps
 # `make bench-quick` near two minutes with the peers; "tiny" only proves the script runs.
@@ -78,6 +78,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "fanout": {"n": 200},
         "latency": {"n": 200, "spacing": 0.05},
         "memory": {"n": 100_000},
+        "limits": {"n": 10_000},
     },
     "quick": {
         "chain": {"n": 500},
@@ -88,6 +89,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "fanout": {"n": 50},
         "latency": {"n": 50, "spacing": 0.03},
         "memory": {"n": 100_000},
+        "limits": {"n": 2000},
     },
     "tiny": {
         "chain": {"n": 50},
@@ -98,6 +100,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "fanout": {"n": 10},
         "latency": {"n": 10, "spacing": 0.02},
         "memory": {"n": 2000},
+        "limits": {"n": 200},
     },
 }
 RUN_TIMEOUT = 900
@@ -398,6 +401,12 @@ COMPARED: dict[str, list[str]] = {
     "fanout": ["children_per_s", "worker_cpu_ms_per_step"],
     "latency": ["p50_ms", "p99_ms"],
     "memory": ["jobs_per_s", "peak_rss_mb"],
+    "limits": [
+        "k1_100_keys_jobs_per_s",
+        "k1_hot_key_jobs_per_s",
+        "k8_hot_key_jobs_per_s",
+        "rate_observed_per_s",
+    ],
 }
 
 
@@ -605,6 +614,11 @@ GD_ROWS = [
     ("latency", "p99_ms", "`insert` returned → first step started, p99 ms"),
     ("memory", "jobs_per_s", "jobs/s drained (all `n` queued first)"),
     ("memory", "peak_rss_mb", "engine process peak RSS, MiB"),
+    ("limits", "k1_100_keys_jobs_per_s", "jobs/s, `partition_key` over 100 keys (K = 1)"),
+    ("limits", "k1_hot_key_jobs_per_s", "jobs/s, one hot key (K = 1)"),
+    ("limits", "k8_hot_key_jobs_per_s", "jobs/s, one hot key with `partition_limit=8`"),
+    ("limits", "rate_observed_per_s", "jobs/s through a 5,000/s rate limit (observed)"),
+    ("limits", "rate_error_pct", "observed rate vs the limit, %"),
 ]
 
 LABELS: dict[tuple[str, str], str] = {
@@ -625,6 +639,7 @@ COST_UNIT = {
     "fanout": "step",
     "latency": "probe",
     "memory": "job",
+    "limits": "job",
 }
 
 
@@ -833,6 +848,14 @@ def render(report: dict[str, Any]) -> str:
     w(
         "- **memory** — `n` no-op jobs enqueued by a separate process, then drained; the "
         "engine process's RSS is sampled every 50 ms."
+    )
+    w(
+        "- **limits** — flow control (SPEC §23), four parts drained one after another, each "
+        "by a fresh engine: `n` no-op jobs over 100 partition keys (K = 1, the headline); "
+        "`n`/10 on one hot key (K = 1); `n`/10 on one key with `partition_limit=8`; `n` "
+        "jobs through a rate limit of 5,000/s with burst 100, whose observed rate is the "
+        "step starts after the burst over the time they took (it should be within 5% of "
+        "the limit)."
     )
     w("")
     w("## How it is measured")

@@ -39,6 +39,8 @@ _DEFAULTS: dict[str, Any] = {
     "queue": "default",
     "priority": 0,
     "partition_key": None,
+    "partition_limit": 1,
+    "rate_limit": None,
     "eligible_at": None,
     "delay": None,
     "unique_key": None,

@@ -22,7 +22,7 @@ def test_engine_keywords_are_exactly_the_declared_options() -> None:
     params = inspect.signature(gd.Engine.__init__).parameters
     hints = typing.get_type_hints(gd.Engine.__init__)
     declared = {f.name: f for f in options()}
-    assert set(params) - {"self", "dsn", "queues", "fsms"} == set(declared)
+    assert set(params) - {"self", "dsn", "queues", "fsms", "schedules"} == set(declared)
     for name, f in declared.items():
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
         assert params[name].default == f.default, name

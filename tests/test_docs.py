@@ -42,6 +42,7 @@ GUIDES = (
     "operations",
     "telemetry",
     "testing",
+    "observability",
 )
 PAGES = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in GUIDES)]
 

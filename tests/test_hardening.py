@@ -184,8 +184,10 @@ async def test_completer_isolates_a_refused_outcome_and_commits_the_rest(dsn, co
     far = dt.datetime(2030, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=16)))
     for col, value in zip(
         ("fsm", "fsm_version", "step", "state", "queue", "priority", "partition_key",
-         "eligible_at", "delay", "unique_key", "unique_scope", "parent_id"),
-        (Leaf.__gd_name__, 1, "start", None, "default", 0, None, far, None, None, None, ids[2]),
+         "partition_limit", "rate_limit", "eligible_at", "delay", "unique_key", "unique_scope",
+         "parent_id"),
+        (Leaf.__gd_name__, 1, "start", None, "default", 0, None, 1, None, far, None, None, None,
+         ids[2]),
         strict=True,
     ):  # fmt: skip
         getattr(bad_rows, col).append(value)

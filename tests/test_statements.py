@@ -166,6 +166,8 @@ _SAMPLES: dict[str, Any] = {
     "queue": "q",
     "priority": -3,
     "partition_key": None,
+    "partition_limit": 3,
+    "rate_limit": "api:tenant-1",
     "eligible_at": dt.datetime(2030, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC),
     "unique_key": b"\x00\xffkey",
     "unique_scope": "{runnable,executing}",

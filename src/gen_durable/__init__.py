@@ -28,10 +28,12 @@ from .errors import (
     OutcomeRefused,
     SchemaError,
 )
+from .flow import RateLimit
 from .instance import Instance
 from .machine import FSM, Child, Context, Job, Signal, State
 from .migrate import LATEST_VERSION, migrate, migrate_down, migrate_sync, migration_sql
 from .outcomes import Await, Done, Next, Outcome, Replay, ScheduleChilds, Send, Spec, Stop
+from .schedule import Schedule
 from .steps import step
 
 if TYPE_CHECKING:
@@ -74,7 +76,9 @@ __all__ = [
     "NotFound",
     "Outcome",
     "OutcomeRefused",
+    "RateLimit",
     "Replay",
+    "Schedule",
     "ScheduleChilds",
     "SchemaError",
     "Send",

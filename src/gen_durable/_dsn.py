@@ -17,3 +17,15 @@ def resolve_dsn(dsn: str | None) -> str:
             "pip install 'gen_durable[embedded]' and use gen_durable.embedded.start()"
         )
     return found
+
+
+def without_jit(dsn: str) -> str:
+    """``dsn`` with JIT compilation off for its sessions: the dashboard's and the
+    gauges' statements are cheap but estimated above ``jit_above_cost``, and compiling
+    them would cost far more than running them."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(dsn)
+    options = str(params.get("options") or "")
+    params["options"] = f"{options} -c jit=off".strip()
+    return make_conninfo("", **params)

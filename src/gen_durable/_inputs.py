@@ -18,6 +18,7 @@ from typing_extensions import TypedDict, TypeVar
 from ._db import codec
 from ._db.queries import NON_TERMINAL, STATUSES, InsertRows
 from .errors import ConfigurationError
+from .flow import partition_limit, rate_limit_ref
 from .machine import Machine
 from .outcomes import Seconds, Spec, StepRef, seconds
 from .steps import step_name
@@ -38,6 +39,8 @@ class InsertOptions(TypedDict, Generic[S], total=False):
     queue: str | None
     priority: int
     partition_key: str | None
+    partition_limit: int
+    rate_limit: str | None
     unique_key: str | bytes | None
     unique_scope: str | Iterable[str] | None
     eligible_at: dt.datetime | None
@@ -53,6 +56,8 @@ INSERT_OPTIONS = frozenset(
         "queue",
         "priority",
         "partition_key",
+        "partition_limit",
+        "rate_limit",
         "unique_key",
         "unique_scope",
         "eligible_at",
@@ -137,6 +142,8 @@ def add_insert(
     queue = machine.__gd_queue__
     priority = 0
     pkey: str | None = None
+    plimit = 1
+    rlimit: str | None = None
     ukey: bytes | None = None
     scope: str | None = None
     eligible_at: dt.datetime | None = None
@@ -165,6 +172,8 @@ def add_insert(
         pkey = options.get("partition_key")
         if pkey is not None:
             codec.check_text(pkey, "partition_key")
+        plimit = partition_limit(options.get("partition_limit", 1))
+        rlimit = rate_limit_ref(options.get("rate_limit"))
         ukey = codec.key_bytes(options.get("unique_key"))
         scope = _scope(options.get("unique_scope"))
         if ukey is not None and scope is None:
@@ -188,6 +197,8 @@ def add_insert(
     rows.queue.append(queue)
     rows.priority.append(priority)
     rows.partition_key.append(pkey)
+    rows.partition_limit.append(plimit)
+    rows.rate_limit.append(rlimit)
     rows.eligible_at.append(eligible_at)
     rows.delay.append(delay)
     rows.unique_key.append(ukey)

@@ -35,7 +35,9 @@ from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
 from ._inputs import InsertOptions
 from ._keys import Target, check_target
+from ._limits import Limits
 from ._runtime.config import RETENTION, Config, build_config
+from ._runtime.cron import ScheduleService
 from ._runtime.node import Node
 from ._runtime.stats import Stats
 from .client import (
@@ -58,6 +60,7 @@ from .machine import Child, Machine, Signal
 from .migrate import require_current
 from .outcomes import Spec
 from .registry import Registry
+from .schedule import Schedule, check_schedules
 
 log = logging.getLogger("gen_durable")
 
@@ -67,10 +70,10 @@ S = TypeVar("S")
 START_TIMEOUT = 30.0
 """How long ``start`` waits for the database before it gives up."""
 
-_NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "__class__"})
+_NOT_OPTIONS = frozenset({"self", "dsn", "queues", "fsms", "schedules", "__class__"})
 
 
-class Engine(Control):
+class Engine(Control, Limits):
     """Runs machines from one PostgreSQL schema and inserts/signals/reads instances.
 
     ``queues`` maps queue name to concurrency (``{}``: a pure client that runs
@@ -92,6 +95,7 @@ class Engine(Control):
         *,
         queues: Mapping[str, int] | None = None,
         fsms: Iterable[type[Machine]] = (),
+        schedules: Iterable[Schedule] = (),
         schema: str = "public",
         lease_ttl: float = 60.0,
         heartbeat_interval: float = 20.0,
@@ -116,6 +120,7 @@ class Engine(Control):
         options = {k: v for k, v in locals().items() if k not in _NOT_OPTIONS}
         self.config: Config = build_config(resolve_dsn(dsn), queues, **options)
         self.registry = Registry(fsms)
+        self.schedules = check_schedules(schedules, self.config.queues)
         self.queries = Queries(self.config.schema)
         self.stats = Stats()
         self.node_id = self.config.node_id or (
@@ -189,6 +194,8 @@ class Engine(Control):
             node = Node(self.config, self.queries, self.registry, self.stats, self.node_id)
             try:
                 await node.start()
+                if self.schedules:
+                    node.supervisor.start(ScheduleService(self.schedules, self.queries, node.fetch))
             except BaseException as exc:
                 self._pool = None
                 await pool.close()
@@ -259,7 +266,8 @@ class Engine(Control):
         """Insert one instance; returns its id (SPEC §11).
 
         Options: ``state``/``args``, ``step``, ``queue``, ``priority``,
-        ``partition_key``, ``unique_key``, ``unique_scope``, ``eligible_at`` >
+        ``partition_key`` (with ``partition_limit``), ``rate_limit``, ``unique_key``,
+        ``unique_scope``, ``eligible_at`` >
         ``schedule_at`` > ``schedule_in``. Raises ``gd.Duplicate`` when the unique key
         is occupied, ``pydantic.ValidationError`` for bad state (nothing inserted).
         Pass ``conn=`` to insert inside your own transaction.

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Generic
 
 from typing_extensions import TypeVar
 
-from .errors import InvalidOutcome
+from .errors import ConfigurationError, InvalidOutcome
+from .flow import rate_limit_ref
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -49,6 +51,13 @@ def seconds(value: Seconds, what: str) -> float:
             f"{what} must be at most {MAX_SECONDS:.0f} seconds (100 years), got {value!r}"
         )
     return out
+
+
+def _check_rate_limit(value: Any) -> None:
+    try:
+        rate_limit_ref(value)
+    except ConfigurationError as exc:
+        raise InvalidOutcome(f"Next rate_limit: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +132,18 @@ class Effects:
 @dataclass(frozen=True, slots=True)
 class Next(Effects, Generic[S]):
     """Go to ``step`` with ``state`` written (attempt resets to 0) — now, or after
-    ``delay`` (seconds or ``timedelta``): a durable sleep that holds nothing meanwhile."""
+    ``delay`` (seconds or ``timedelta``): a durable sleep that holds nothing meanwhile.
+    ``rate_limit="name"`` (or ``"name:part"``) makes the next steps take a token of
+    that bucket, ``None`` frees them of one; by default the row keeps its own (§23)."""
 
     step: StepRef[S]
     state: S | None = None
     delay: Seconds = field(default=0, kw_only=True)
+    rate_limit: str | EllipsisType | None = field(default=..., kw_only=True)
 
     def __post_init__(self) -> None:
+        if self.rate_limit is not ...:
+            _check_rate_limit(self.rate_limit)
         # Checked here, not at commit, so a bad delay raises where it was written. The
         # default (int 0) skips the check: a plain Next is on every hot path.
         if self.delay.__class__ is not int or self.delay != 0:

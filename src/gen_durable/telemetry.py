@@ -16,7 +16,8 @@ Events: ``step.stop``, ``step.exception``, ``pick.stop``, ``scheduler.saturation
 ``scheduler.drain``, ``partition.contended``, ``reaper.reaped``, ``reaper.poisoned``,
 ``registry.not_found``, ``outcome.stale``, ``send.dropped``, ``service.restarted``,
 ``service.failed``, ``await.timeout`` (``{"count"}``: waits the timer ended at their
-deadline; metadata ``ids``).
+deadline; metadata ``ids``); flow control (SPEC §23): ``rate_limit.throttled``,
+``rate_limit.unknown``, ``schedule.inserted``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ EVENTS = frozenset(
         "instance.cancelled",
         "gc.swept",
         "await.timeout",
+        "rate_limit.throttled",
+        "rate_limit.unknown",
+        "schedule.inserted",
     }
 )
 

@@ -15,11 +15,23 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from .._trace import capture
+from ..flow import RateLimit
 from ..instance import Instance
 from ..machine import Child, Signal
 from .statement import Stmt, channel_of
 from .statements.common import ERROR_HISTORY, NON_TERMINAL, STATUSES, TERMINAL
 from .statements.effects import SEND, SPAWN, Sent, Spawned
+from .statements.flow import (
+    DELETE_RATE_LIMIT,
+    LIST_RATE_LIMITS,
+    LIST_SCHEDULES,
+    SCHEDULE_ADVANCE,
+    SCHEDULE_SEEN,
+    SET_RATE_LIMIT,
+    Deleted,
+    ScheduleRow,
+)
 from .statements.inserts import INSERT, INSERT_UNKEYED, Inserted, InsertRows
 from .statements.keys import (
     CHILDREN_KEY,
@@ -68,6 +80,7 @@ class Queries:
         """Insert any number of instances in one statement; returns inserted ids."""
         params = rows.params()
         params["channel"] = self.channel
+        params["trace"] = capture()
         keyed = any(k is not None for k in rows.unique_key)
         return (INSERT if keyed else INSERT_UNKEYED).bind(self.schema, params)
 
@@ -152,6 +165,7 @@ class Queries:
             "payload": payload,
             "dedup_key": dedup_key,
             "channel": self.channel,
+            "trace": capture(),
         }
         return SIGNAL.bind(self.schema, params)
 
@@ -230,6 +244,28 @@ class Queries:
 
     def get(self, instance_id: int) -> Stmt[Instance]:
         return GET.bind(self.schema, {"id": instance_id})
+
+    # -- flow control (SPEC §23) ---------------------------------------------------
+
+    def set_rate_limit(self, name: str, rate: float, per: float, burst: float) -> Stmt[RateLimit]:
+        params = {"name": name, "rate": rate, "per": per, "burst": burst}
+        return SET_RATE_LIMIT.bind(self.schema, params)
+
+    def delete_rate_limit(self, name: str) -> Stmt[Deleted]:
+        return DELETE_RATE_LIMIT.bind(self.schema, {"name": name})
+
+    def rate_limits(self) -> Stmt[RateLimit]:
+        return LIST_RATE_LIMITS.bind(self.schema, {})
+
+    def schedule_seen(self, name: str, cron: str, timezone: str, slot: Any) -> Stmt[ScheduleRow]:
+        params = {"name": name, "cron": cron, "timezone": timezone, "slot": slot}
+        return SCHEDULE_SEEN.bind(self.schema, params)
+
+    def schedule_advance(self, name: str, slot: Any) -> Stmt[ScheduleRow]:
+        return SCHEDULE_ADVANCE.bind(self.schema, {"name": name, "slot": slot})
+
+    def schedules(self) -> Stmt[ScheduleRow]:
+        return LIST_SCHEDULES.bind(self.schema, {})
 
     def next_for_key(self, queue: str, key: str) -> Stmt[KeyHead]:
         return NEXT_FOR_KEY.bind(self.schema, {"queue": queue, "key": key})

@@ -227,6 +227,105 @@ ALTER TABLE {s}.gen_durable DROP COLUMN awaits, DROP COLUMN await_deadline;
 ALTER TABLE {s}.gen_durable RENAME COLUMN awaits_one TO awaits;
 """
 
+# Flow control (SPEC §23), one increment; every ADD COLUMN has a constant default (or
+# none), so none rewrites the table and rows in flight keep running across it.
+# - `partition_limit` (K) and `partition_slot`: an executing row of a key holds one of
+#   the slots 0..K-1, and the unique index on executing (key, slot) is the cross-node
+#   guard of §9 generalised from one to K. K = 1 rows always take slot 0, so for them
+#   the index is the old one on the key alone; rows executing across the upgrade get
+#   slot 0, exactly what they held. No lock table: the slot is freed the instant the
+#   row leaves `executing`, including when its worker died (the reaper).
+#   Recreating the index reads the table once under a SHARE lock (writes wait, reads
+#   do not); it is dropped and built in one transaction so the guard never lapses.
+# - `rate_limit`: the bucket a row's next step debits ("name" or "name:part").
+# - `rate_limits`: the configuration every node enforces; `rate_buckets`: the tokens
+#   of each (name, part), debited by the pick in the claim's own transaction.
+# - `schedules`: the last slot each recurring schedule inserted, so a restart knows
+#   a schedule seen before from a new one (which starts at its next slot).
+FLOW_CONTROL_UP = """
+ALTER TABLE {s}.gen_durable
+    ADD COLUMN partition_limit smallint NOT NULL DEFAULT 1,
+    ADD COLUMN partition_slot smallint NOT NULL DEFAULT 0,
+    ADD COLUMN rate_limit text;
+DROP INDEX {s}.gen_durable_partition_active;
+CREATE UNIQUE INDEX gen_durable_partition_active ON {s}.gen_durable
+    (partition_key, partition_slot)
+    WHERE status = 'executing' AND partition_key IS NOT NULL;
+
+-- Room for one more executing row of a key with K > 1: "fewer than K executing or
+-- more urgent eligible runnable rows" as "no K-th one", reading at most K entries of
+-- each index (the closed ranges: see the pick). Not inlined (it holds subqueries),
+-- so the planner takes its declared COST instead of costing the probes per
+-- candidate; only K > 1 rows call it.
+CREATE FUNCTION {s}.gen_durable_partition_room(
+    key text, k smallint, prio smallint, elig timestamptz, rid bigint
+) RETURNS boolean LANGUAGE sql STABLE PARALLEL SAFE COST 5 AS $fn$
+    SELECT NOT EXISTS (SELECT 1 FROM (
+        (SELECT 1 FROM {s}.gen_durable e
+         WHERE e.partition_key >= key AND e.partition_key <= key
+           AND e.status = 'executing' LIMIT k)
+        UNION ALL
+        (SELECT 1 FROM {s}.gen_durable h
+         WHERE h.partition_key >= key AND h.partition_key <= key
+           AND h.status = 'runnable' AND h.eligible_at <= now()
+           AND (h.priority, h.eligible_at, h.id) < (prio, elig, rid)
+         LIMIT k)) n
+      OFFSET k - 1)
+$fn$;
+
+CREATE TABLE {s}.rate_limits (
+    name       text PRIMARY KEY,
+    rate       float8 NOT NULL CHECK (rate > 0),
+    per        float8 NOT NULL CHECK (per > 0),
+    burst      float8 NOT NULL CHECK (burst >= 1),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {s}.rate_buckets (
+    name   text NOT NULL REFERENCES {s}.rate_limits (name) ON DELETE CASCADE,
+    part   text NOT NULL DEFAULT '',
+    tokens float8 NOT NULL,
+    taken  int NOT NULL DEFAULT 0,
+    stamp  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, part)
+);
+CREATE TABLE {s}.schedules (
+    name       text PRIMARY KEY,
+    cron       text NOT NULL,
+    timezone   text NOT NULL,
+    last_slot  timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+# Back to one executing row per key. Fails (and rolls back) while a key has several
+# rows executing: let them finish, or stop the workers, first.
+FLOW_CONTROL_DOWN = """
+DROP TABLE IF EXISTS {s}.schedules;
+DROP TABLE IF EXISTS {s}.rate_buckets;
+DROP TABLE IF EXISTS {s}.rate_limits;
+DROP FUNCTION IF EXISTS {s}.gen_durable_partition_room(
+    text, smallint, smallint, timestamptz, bigint);
+DROP INDEX IF EXISTS {s}.gen_durable_partition_active;
+ALTER TABLE {s}.gen_durable
+    DROP COLUMN IF EXISTS rate_limit,
+    DROP COLUMN IF EXISTS partition_slot,
+    DROP COLUMN IF EXISTS partition_limit;
+CREATE UNIQUE INDEX gen_durable_partition_active ON {s}.gen_durable (partition_key)
+    WHERE status = 'executing' AND partition_key IS NOT NULL;
+"""
+
+# Trace context (SPEC §25): the W3C `traceparent`/`tracestate` of the trace that
+# inserted the instance or sent the signal that woke it, so each step's span is
+# parented there. A nullable column without a default only changes the catalog: no
+# rewrite, rows in flight keep running and simply have no trace to follow.
+TRACE_CONTEXT_UP = """
+ALTER TABLE {s}.gen_durable ADD COLUMN trace_context text;
+"""
+
+TRACE_CONTEXT_DOWN = """
+ALTER TABLE {s}.gen_durable DROP COLUMN IF EXISTS trace_context;
+"""
+
 VERSIONS: list[tuple[str, str]] = [
     (V1_UP, V1_DOWN),
     (V2_UP, V2_DOWN),
@@ -235,11 +334,15 @@ VERSIONS: list[tuple[str, str]] = [
     (CONTROL_UP, CONTROL_DOWN),
     (KEYS_UP, KEYS_DOWN),
     (AWAIT_SETS_UP, AWAIT_SETS_DOWN),
+    (FLOW_CONTROL_UP, FLOW_CONTROL_DOWN),
+    (TRACE_CONTEXT_UP, TRACE_CONTEXT_DOWN),
 ]
 CONTROL_VERSION = VERSIONS.index((CONTROL_UP, CONTROL_DOWN)) + 1
 """The version that brings `cancelled` (its number depends on the increments before it)."""
 AWAIT_SETS = VERSIONS.index((AWAIT_SETS_UP, AWAIT_SETS_DOWN)) + 1
 """The schema version that brings await sets and deadlines."""
+FLOW_CONTROL = VERSIONS.index((FLOW_CONTROL_UP, FLOW_CONTROL_DOWN)) + 1
+"""The schema version that brings flow control (SPEC §23)."""
 LATEST = len(VERSIONS)
 
 

@@ -76,6 +76,7 @@ class Completion:
     consume: str | Sequence[str] | None = None
     seen: tuple[int, ...] = ()
     children: InsertRows | None = None
+    rate_limit: str | None = None  # None: the row keeps its own; "": cleared (§23)
     keep: bool = False  # run-ahead: a Next that keeps its claim (see queries.complete)
     # An Await's bound (§19): seconds from the commit, or an absolute aware datetime.
     timeout: float | None = None

@@ -97,6 +97,8 @@ def encode(
         base.state = _state_text(outcome.state, machine, base)
         if outcome.delay:  # validated when the Next was built
             base.delay = oc.seconds(outcome.delay, "Next delay")
+        if outcome.rate_limit is not ...:  # "" clears the row's limit (SPEC §23)
+            base.rate_limit = outcome.rate_limit or ""
     elif isinstance(outcome, oc.Replay):
         base.state = _state_text(outcome.state, machine, base)
         try:

@@ -28,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _trace, telemetry
 from .. import outcomes as oc
-from .. import telemetry
 from .._db.statements.pick import Claim as Claim  # the pick decodes rows into it
+from .._trace import StepSpan
 from ..errors import Cancel, InvalidOutcome, OutcomeRefused
 from ..machine import Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
@@ -84,27 +85,31 @@ class Executor:
         claim: Claim,
         machine: type[Machine],
         may_keep: Callable[[int], bool] = lambda priority: False,
+        queue: str = "",
     ) -> str | None:
-        """Run a claim's step to a committed outcome; returns the final status
-        (None: stale).
+        """Run a claim's step to a committed outcome; the final status (None: stale).
 
         Run-ahead: an undelayed ``Next`` may keep the claim (the row stays ``executing`` with a
         fresh lease) and its next step runs at once on the inbox and children the
         commit returned — no pick, no queue round trip. Allowed up to ``run_ahead``
         consecutive steps, never for a ``partition_key`` row (the key's other
-        instances must get their turn in order, SPEC §9), and only while ``may_keep``
+        instances must get their turn in order, SPEC §9) nor a ``rate_limit`` one (each
+        step start takes a token at the pick, §23), and only while ``may_keep``
         says the scheduler has nothing more urgent waiting and is not draining.
         """
         state: Any = _UNLOADED
         chained = 0
         while True:
-            run = await self._step(claim, machine, state)
+            span = None if _trace.TRACER is None else _trace.TRACER.start(claim, queue)
+            run = await self._step(claim, machine, state, span)
             completion, state = run.completion, run.state
             if (
                 completion.kind == "next"
                 and not completion.delay  # a sleep goes back to the queue, holding nothing
                 and chained < self._run_ahead
                 and claim.partition_key is None
+                and claim.rate_limit is None
+                and not completion.rate_limit
                 and may_keep(claim.priority)
             ):
                 completion.keep = True
@@ -112,6 +117,9 @@ class Executor:
                 committed = await self._commit(claim, completion)
             except OutcomeRefused as exc:
                 committed = await self._refused(claim, machine, run, exc)
+            finally:
+                if span is not None:
+                    span.end(completion.kind)
             self._stats.steps += 1
             if committed is None or committed[0] != "executing":
                 return None if committed is None else committed[0]
@@ -129,13 +137,17 @@ class Executor:
                 inbox_text=committed[1],
                 childs_text=claim.childs_text,  # terminal children cannot change under a chain
                 token=claim.token,
+                rate_limit=claim.rate_limit,
+                trace_context=claim.trace_context,
             )
             # Reuse the validated model the step returned (no pydantic round trip);
             # otherwise — state kept, or a plain dict that must not alias the step's
             # own object — decode the stored text afresh.
             state = completion.state_obj if completion.state_obj is not None else _UNLOADED
 
-    async def _step(self, claim: Claim, machine: type[Machine], state: Any) -> StepRun:
+    async def _step(
+        self, claim: Claim, machine: type[Machine], state: Any, span: StepSpan | None = None
+    ) -> StepRun:
         """Run one step; returns its encoded outcome and the state the step saw."""
         started = time.perf_counter()
         signals = claim.signals()
@@ -151,6 +163,8 @@ class Executor:
             if engine_cancelled(exc):
                 raise
             log_step_error(claim.id, machine.describe(), claim.step, claim.attempt, exc)
+            if span is not None:
+                span.error(exc)
             if telemetry.listening("step.exception"):
                 telemetry.emit(
                     "step.exception",

@@ -44,6 +44,7 @@ from .config import Config
 from .executor import Claim, Executor
 from .handback import UnknownMachines
 from .heartbeat import Heartbeat
+from .limits import UnknownLimits
 from .listener import Listener
 from .reaper import Reaper
 from .retention import Retention
@@ -120,6 +121,7 @@ class Node:
             stats=stats,
             holdings=self.holdings,
             unknown=UnknownMachines(self.release, node_id, config.unknown_retry, lambda: registry),
+            unknown_limits=UnknownLimits(),
             next_token=self.next_token,
             node_id=node_id,
         )

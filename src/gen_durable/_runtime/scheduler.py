@@ -38,12 +38,15 @@ from .claims import Holdings
 from .config import Config
 from .executor import Claim, Executor
 from .handback import UnknownMachines
+from .limits import UnknownLimits
 from .service import Service
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
 
-_KEY_RE = re.compile(r"Key \(partition_key\)=\((.*)\) already exists")
+# The index is on (partition_key, partition_slot) since flow control (SPEC §23); the
+# slot is a number, so the key is everything before the last ", ".
+_KEY_RE = re.compile(r"Key \(partition_key, partition_slot\)=\((.*), -?\d+\) already exists")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class QueueWiring:
     stats: Stats
     holdings: Holdings
     unknown: UnknownMachines
+    unknown_limits: UnknownLimits
     next_token: Callable[[], str]
     node_id: str
 
@@ -75,6 +79,7 @@ class QueueScheduler(Service):
         # Heap of (priority, seq, claim, machine): the machine is resolved once, at pick.
         self._buffer: list[tuple[int, int, Claim, type[Machine]]] = []
         self._seq = 0
+        self._due: float | None = None  # monotonic time a held row is due (§23)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[int, asyncio.Task[None]] = {}
@@ -170,9 +175,25 @@ class QueueScheduler(Service):
             if got:
                 delay = cfg.poll_interval
                 continue
+            due = self._held_due()
+            if due is not None and due < delay:
+                # A row held for a token is due sooner than the next poll (§23).
+                await self._wait(due)
+                delay = cfg.poll_interval
+                continue
             if await self._wait(delay):
                 continue
             delay = min(delay * 2, cfg.max_poll_interval)
+
+    def _held_due(self) -> float | None:
+        """Seconds until the earliest row a pick held for its rate limit is due."""
+        if self._due is None:
+            return None
+        left = self._due - time.monotonic()
+        if left <= 0:  # due now: one more look, then forget it (kept across wake-ups)
+            self._due = None
+            return 0.0
+        return left
 
     async def _wait(self, timeout: float) -> bool:
         """Wait for a wake-up or ``timeout``; True when woken."""
@@ -218,6 +239,10 @@ class QueueScheduler(Service):
             )
         if not rows:
             return 0
+        if rows[-1].held is not None:  # held rows come last (SPEC §23)
+            rows = self._held(rows)
+            if not rows:
+                return 0
         unknown: list[Claim] = []
         for claim in rows:
             machine = resolve(w.registry, claim.fsm, claim.fsm_version)
@@ -241,6 +266,28 @@ class QueueScheduler(Service):
                 {"queue": self.queue},
             )
         return len(rows)
+
+    def _held(self, rows: list[Claim]) -> list[Claim]:
+        """Report the rows the pick held back for their rate limit; return the claims."""
+        claims = [r for r in rows if r.held is None]
+        throttled: dict[str, int] = {}
+        soonest = min((r.due for r in rows if r.due is not None), default=None)
+        if soonest is not None:
+            at = time.monotonic() + soonest
+            self._due = at if self._due is None else min(self._due, at)
+        for row in rows:
+            if row.held == "throttled":
+                throttled[row.rate_limit or ""] = throttled.get(row.rate_limit or "", 0) + 1
+            elif row.held == "unknown":
+                self._w.unknown_limits.report(self.queue, row)
+        if throttled and telemetry.listening("rate_limit.throttled"):
+            for ref, count in throttled.items():
+                telemetry.emit(
+                    "rate_limit.throttled",
+                    {"count": count},
+                    {"queue": self.queue, "rate_limit": ref},
+                )
+        return claims
 
     async def _contended_row(self, key: str | None) -> tuple[int | None, str | None]:
         """The row the failed pick wanted for ``key`` (the key's most urgent runnable
@@ -273,7 +320,7 @@ class QueueScheduler(Service):
 
     async def _run(self, claim: Claim, machine: Any) -> None:
         try:
-            await self._w.executor.run(claim, machine, self._may_keep)
+            await self._w.executor.run(claim, machine, self._may_keep, self.queue)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -8,8 +8,11 @@
     gen-durable signal 17 payment_confirmed --payload '{"amount": 10}' --dedup-key pay-42
     gen-durable show 17
     gen-durable status
+    gen-durable limits set partner-api 20 --burst 5      # also: limits list, limits delete
+    gen-durable schedules
     gen-durable graph myapp.machines:Checkout          # Mermaid, from the source
     gen-durable demo
+    gen-durable dashboard [--host 127.0.0.1] [--port 8080] [--read-only] [--auth U:P]
 
 Every database command takes ``--dsn`` (else ``GEN_DURABLE_DSN``, else
 ``DATABASE_URL``), ``--schema`` (default ``public``) and ``--embedded`` (use the

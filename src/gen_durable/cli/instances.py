@@ -46,7 +46,8 @@ def cmd_insert(args: argparse.Namespace) -> int:
     import_apps(args.path, args.app)
     machine = resolve_machine(args.machine)
     options: dict[str, Any] = {"priority": args.priority}
-    for name in ("state", "args", "step", "queue", "partition_key", "unique_key", "schedule_in"):
+    names = ("state", "args", "step", "queue", "partition_key", "partition_limit", "rate_limit")
+    for name in (*names, "unique_key", "schedule_in"):
         value = getattr(args, name)
         if value is not None:
             options[name] = value

@@ -20,6 +20,8 @@ from .common import (
     queue_name_arg,
 )
 from .control import add_control_commands
+from .dashboard import add_dashboard
+from .flow import cmd_limits_delete, cmd_limits_list, cmd_limits_set, cmd_schedules
 from .graph import cmd_graph
 from .instances import cmd_demo, cmd_insert, cmd_show, cmd_signal, cmd_status
 from .migrate import cmd_migrate, cmd_migrate_sql, cmd_migrate_status
@@ -127,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep retrying an unreachable database this long at start; 0 = forever (default 60)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus /metrics on port N (needs the extra gen_durable[prometheus])",
+    )
+    p.add_argument(
+        "--metrics-host", default="0.0.0.0", help="address of /metrics (default 0.0.0.0)"
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser(
@@ -148,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=queue_name_arg, help="queue (default: the machine's)")
     p.add_argument("--priority", type=int, default=0, help="lower runs earlier (default 0)")
     p.add_argument("--partition-key", help="never run concurrently with the same key")
+    p.add_argument(
+        "--partition-limit", type=int, metavar="K", help="up to K of the key at once (default 1)"
+    )
+    p.add_argument("--rate-limit", metavar="NAME[:PART]", help="take a token per step start")
     p.add_argument("--unique-key", help="refuse the insert while this key is occupied")
     p.add_argument(
         "--unique-scope",
@@ -199,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_status)
 
+    _flow_commands(sub, common)
+
     p = sub.add_parser(
         "graph",
         parents=[common_options(db=False, json_out=False)],
@@ -226,4 +243,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=40, help="number of orders (default 40)")
     p.set_defaults(func=cmd_demo)
     add_control_commands(sub, common)
+
+    add_dashboard(sub, [common_options(json_out=False)])
     return parser
+
+
+def _flow_commands(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``limits set|list|delete`` and ``schedules`` (SPEC §23)."""
+    p = sub.add_parser(
+        "limits",
+        parents=[common],
+        help="rate limits every node enforces: set, list, delete",
+        description="Token buckets stored in the database: RATE starts per --per seconds, "
+        "at most --burst at once. Rows opt in with rate_limit='NAME' or 'NAME:part'.",
+    )
+    p.set_defaults(func=cmd_limits_list)
+    lsub = p.add_subparsers(dest="limits_cmd", metavar="{set,list,delete}", parser_class=Parser)
+    ps = lsub.add_parser("set", parents=[common], help="create or change a rate limit")
+    ps.add_argument("name", metavar="NAME")
+    ps.add_argument("rate", type=float, metavar="RATE", help="tokens per --per seconds")
+    ps.add_argument("--per", type=float, default=1.0, metavar="SECONDS", help="default 1")
+    ps.add_argument("--burst", type=float, metavar="N", help="bucket size (default: RATE)")
+    ps.set_defaults(func=cmd_limits_set)
+    pl = lsub.add_parser("list", parents=[common], help="every rate limit")
+    pl.set_defaults(func=cmd_limits_list)
+    pd = lsub.add_parser("delete", parents=[common], help="delete a rate limit")
+    pd.add_argument("name", metavar="NAME")
+    pd.set_defaults(func=cmd_limits_delete)
+
+    p = sub.add_parser(
+        "schedules",
+        parents=[common],
+        help="recurring schedules the nodes registered, with their next slot",
+    )
+    p.set_defaults(func=cmd_schedules)

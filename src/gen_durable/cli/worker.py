@@ -46,7 +46,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
         log.warning("no --app given: only machines importable by their dotted name will run")
     machines = sorted(m.describe() for m in REGISTRY)
     log.info("machines: %s", ", ".join(machines) or "(none registered yet)")
+    if args.metrics_port is not None:
+        _serve_metrics(dsn, schema_of(args), args.metrics_host, args.metrics_port)
     return _event_loop_runner(args.loop)(_run_worker(engine, args.startup_timeout))
+
+
+def _serve_metrics(dsn: str, schema: str, host: str, port: int) -> None:
+    # Imported only when asked for: the extra is optional (SPEC §25).
+    try:
+        from ..prometheus import Exporter
+    except ImportError as exc:
+        raise UsageError(
+            f"--metrics-port needs the extra: pip install 'gen_durable[prometheus]' ({exc})"
+        ) from None
+    Exporter(dsn=dsn, schema=schema).attach().serve(port, addr=host)
+    log.info("serving Prometheus metrics on %s:%d/metrics", host, port)
 
 
 def _queues(given: dict[str, int], machines: list[type[Machine]]) -> dict[str, int]:

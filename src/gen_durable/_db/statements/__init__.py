@@ -3,6 +3,7 @@
 =================  ==========================================================
 ``inserts``        new instances and children (``insert``, ``insert_unkeyed``)
 ``pick``           claiming a batch of one queue (``pick``, ``next_for_key``)
+``flow``           the pick's K slots and buckets; rate limits and schedules (§23)
 ``leases``         ``heartbeat``, ``hold_lease``, ``reap``, ``release``
 ``outcomes``       ``lock_claimed``, ``complete``, ``schedule_childs``
 ``signals``        ``signal`` delivery and ``listen``
@@ -13,6 +14,7 @@
 ``admin``          operator reads and commands (``admin.*``)
 ``control``        ``cancel`` with cascade and ``retry`` (``control.*``)
 ``listing``        filtered pages, bulk batches, purge and retention (``listing.*``, ``gc.*``)
+``dashboard``      the dashboard's and the metrics gauges' reads (``dashboard.*``)
 ``migrations``     the installed version and the migrators' lock (``migrate.*``)
 ``testing``        what ``gen_durable.testing.drain`` adds (``testing.*``)
 =================  ==========================================================
@@ -27,7 +29,9 @@ from __future__ import annotations
 from . import (
     admin,
     control,
+    dashboard,
     effects,
+    flow,
     inserts,
     keys,
     leases,
@@ -44,7 +48,9 @@ from . import (
 __all__ = [
     "admin",
     "control",
+    "dashboard",
     "effects",
+    "flow",
     "inserts",
     "keys",
     "leases",

@@ -31,6 +31,8 @@ NEW_ROW = Layout(
         ("queue", TEXT),
         ("priority", INT2),
         ("partition_key", OPT_TEXT),
+        ("partition_limit", INT2),
+        ("rate_limit", OPT_TEXT),
         ("eligible_at", TIMESTAMPTZ),
         ("delay", OPT_FLOAT8),
         ("unique_key", HEX_BYTES),
@@ -53,6 +55,8 @@ class InsertRows:
     queue: list[str]
     priority: list[int]
     partition_key: list[str | None]
+    partition_limit: list[int]
+    rate_limit: list[str | None]
     eligible_at: list[Any]
     delay: list[float | None]
     unique_key: list[bytes | None]
@@ -61,7 +65,7 @@ class InsertRows:
 
     @classmethod
     def empty(cls) -> InsertRows:
-        return cls([], [], [], [], [], [], [], [], [], [], [], [])
+        return cls([], [], [], [], [], [], [], [], [], [], [], [], [], [])
 
     def __len__(self) -> int:
         return len(self.fsm)
@@ -88,10 +92,10 @@ SOURCE = f"""
 # without it never occupies the key.
 BODY = """
 INSERT INTO {s}.gen_durable AS g
-    (fsm, fsm_version, step, state, queue, priority, partition_key, eligible_at,
-     unique_key, unique_scope, unique_guard, parent_id)
+    (fsm, fsm_version, step, state, queue, priority, partition_key, partition_limit,
+     rate_limit, eligible_at, unique_key, unique_scope, unique_guard, parent_id)
 SELECT x.fsm, x.fsm_version, x.step, x.state, x.queue,
-       x.priority, x.partition_key,
+       x.priority, x.partition_key, x.partition_limit, x.rate_limit,
        coalesce(x.eligible_at, now() + make_interval(secs => coalesce(x.delay, 0))),
        x.unique_key, coalesce(x.unique_scope::{s}.durable_status[], '{}'),
        CASE WHEN 'runnable' = ANY (x.unique_scope::{s}.durable_status[])
@@ -120,12 +124,21 @@ def _insert(body: str) -> str:
 SELECT array_agg(id ORDER BY id) AS ids, (SELECT count(*) FROM nudge) AS nudged FROM ins"""
 
 
-_PARAMS = {"batch": "text", "channel": "text"}
+_PARAMS = {"batch": "text", "channel": "text", "trace": "text"}
+
+# Client inserts carry the caller's trace context (SPEC §25), one value for the whole
+# batch: one insert call runs in one trace. NULL when tracing is off.
+TRACED_BODY = BODY.replace("unique_guard, parent_id)", "unique_guard, parent_id, trace_context)")
+TRACED_BODY = TRACED_BODY.replace(
+    "       x.parent_id\nFROM", "       x.parent_id, %(trace)s::text\nFROM"
+)
+if TRACED_BODY.count("trace") != 2:
+    raise TypeError("the traced insert body no longer matches BODY")
 
 INSERT = Statement(
     "insert",
     "Insert any number of instances in one statement, keys in one global order",
-    _insert(f"{BODY}{SOURCE}\n{KEY_ORDER}\n{ON_CONFLICT}\n{RETURNING}"),
+    _insert(f"{TRACED_BODY}{SOURCE}\n{KEY_ORDER}\n{ON_CONFLICT}\n{RETURNING}"),
     _PARAMS,
     Inserted,
 )
@@ -137,7 +150,7 @@ INSERT = Statement(
 INSERT_UNKEYED = Statement(
     "insert_unkeyed",
     "Insert a batch that carries no unique key: no sort, no speculative insertion",
-    _insert(f"{BODY}{SOURCE}\n{RETURNING}"),
+    _insert(f"{TRACED_BODY}{SOURCE}\n{RETURNING}"),
     _PARAMS,
     Inserted,
 )

@@ -43,6 +43,7 @@ OUTCOME = Layout(
         ("keep", BOOL),
         ("timeout", OPT_FLOAT8),
         ("deadline", TIMESTAMPTZ),
+        ("rate_limit", OPT_TEXT),
         ("error_entry", TRAILING_JSON),
     ],
 )
@@ -171,6 +172,8 @@ WITH o AS (
         locked_by = CASE WHEN o.keep THEN g.locked_by END,
         lease_expires_at = CASE WHEN o.keep THEN g.lease_expires_at END,
         crash_count = 0,
+        rate_limit = CASE WHEN o.rate_limit IS NULL THEN g.rate_limit
+                          ELSE nullif(o.rate_limit, '') END,
         updated_at = now()
     FROM o
     WHERE g.id = o.id AND g.locked_by = o.token AND g.status = 'executing'

@@ -8,6 +8,7 @@ from ...machine import Child, Signal
 from .. import codec
 from ..statement import Statement
 from .common import CHILD_JSON, SIGNAL_JSON, clear_guard
+from .flow import BUCKETS, K_GUARD, SLOT
 
 PICK_WALK = 16
 """Priorities the pick visits one by one before it scans the rest of the queue at once."""
@@ -30,6 +31,13 @@ class Claim:
     childs_text: str | None
     token: str
     timed_out: bool = False
+    rate_limit: str | None = None
+    held: str | None = None
+    """Not a claim: the row's bucket was empty (``throttled``) or its rate limit is not
+    defined (``unknown``); it stays runnable, due in ``due`` seconds (SPEC §23)."""
+    due: float | None = None
+    trace_context: str | None = None
+    """The W3C trace context stored with the row (SPEC §25), None when untraced."""
 
     def signals(self) -> tuple[Signal, ...]:
         if not self.inbox_text:
@@ -48,15 +56,18 @@ class Claim:
 # pick a hashed SubPlan that reads *every* executing row on each pick (seen on a
 # million-row table). The second probe, of gen_durable_partition_queue, keeps a key's
 # later row from running while an earlier, eligible one is merely locked.
-_GUARD = """(g.partition_key IS NULL OR NOT EXISTS (
-                SELECT 1 FROM {s}.gen_durable e
+# K = 1 rows (every row, unless it asks for more) take the first branch of the CASE
+# only: the §9 probes, unchanged. K > 1 rows count instead (SPEC §23, K_GUARD).
+_GUARD = f"""(g.partition_key IS NULL OR CASE WHEN g.partition_limit = 1 THEN (NOT EXISTS (
+                SELECT 1 FROM {{s}}.gen_durable e
                 WHERE e.partition_key >= g.partition_key AND e.partition_key <= g.partition_key
                   AND e.status = 'executing')
               AND NOT EXISTS (
-                SELECT 1 FROM {s}.gen_durable h
+                SELECT 1 FROM {{s}}.gen_durable h
                 WHERE h.partition_key >= g.partition_key AND h.partition_key <= g.partition_key
                   AND h.status = 'runnable' AND h.eligible_at <= now()
-                  AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)))"""
+                  AND (h.priority, h.eligible_at, h.id) < (g.priority, g.eligible_at, g.id)))
+              ELSE {K_GUARD} END)"""
 
 PRIORITIES = f"""
     (SELECT g.priority, 1 AS depth FROM {{s}}.gen_durable g
@@ -84,8 +95,11 @@ first, at most PICK_WALK of them (shared by the pick and the timer's ``next_due`
 # single scan, never a probe per priority. UNION ALL runs its branches in order and
 # the outer LIMIT stops at the batch, so a less urgent priority is only visited when
 # the ones before it ran short.
-# `chosen` keeps the most urgent row per key; the others were only locked for this
-# statement and stay runnable. The UNIQUE index on executing keys is the cross-node
+# `chosen` keeps the most urgent K rows per key (K = the row's partition_limit, 1
+# unless asked); the others were only locked for this statement and stay runnable.
+# Rate-limited rows then go through the buckets (flow.BUCKETS): `served` is what is
+# claimed, `held` what waits for a token; an unlimited batch has no row in either
+# bucket CTE and reads no bucket. The UNIQUE index on executing keys is the cross-node
 # guard: a concurrent pick that slipped past the probe fails on it and is retried by
 # the caller.
 # The UPDATE finds the chosen rows through `id = ANY (ARRAY(...))`, a primary-key
@@ -97,10 +111,12 @@ PICK = Statement(
     "Claim up to `limit` runnable rows of one queue for one claim token",
     f"""
 WITH RECURSIVE prio AS ({PRIORITIES}), cand AS (
-    SELECT w.id, w.partition_key, w.priority, w.eligible_at FROM (
-        SELECT c.id, c.partition_key, c.priority, c.eligible_at
+    SELECT w.id, w.partition_key, w.partition_limit, w.rate_limit, w.priority, w.eligible_at
+    FROM (
+        SELECT c.id, c.partition_key, c.partition_limit, c.rate_limit, c.priority, c.eligible_at
         FROM prio p CROSS JOIN LATERAL (
-            SELECT g.id, g.partition_key, g.priority, g.eligible_at
+            SELECT g.id, g.partition_key, g.partition_limit, g.rate_limit, g.priority,
+                g.eligible_at
             FROM {{s}}.gen_durable g
             WHERE g.queue = %(queue)s AND g.priority = p.priority AND g.status = 'runnable'
               AND g.eligible_at <= now()
@@ -111,8 +127,10 @@ WITH RECURSIVE prio AS ({PRIORITIES}), cand AS (
         ) c
         WHERE p.priority IS NOT NULL
         UNION ALL
-        SELECT t.id, t.partition_key, t.priority, t.eligible_at FROM (
-            SELECT g.id, g.partition_key, g.priority, g.eligible_at
+        SELECT t.id, t.partition_key, t.partition_limit, t.rate_limit, t.priority, t.eligible_at
+        FROM (
+            SELECT g.id, g.partition_key, g.partition_limit, g.rate_limit, g.priority,
+                g.eligible_at
             FROM {{s}}.gen_durable g
             WHERE g.queue = %(queue)s AND g.status = 'runnable' AND g.eligible_at <= now()
               AND g.priority > (SELECT p.priority FROM prio p WHERE p.depth = {PICK_WALK})
@@ -124,24 +142,34 @@ WITH RECURSIVE prio AS ({PRIORITIES}), cand AS (
     ) w
     LIMIT %(limit)s
 ), chosen AS (
-    SELECT c.id FROM (
-        SELECT id, partition_key, row_number() OVER (
-            PARTITION BY partition_key ORDER BY priority, eligible_at, id) AS rn
+    SELECT c.id, c.partition_key, c.rate_limit, c.priority, c.eligible_at, c.rn FROM (
+        SELECT id, partition_key, partition_limit, rate_limit, priority, eligible_at,
+            row_number() OVER (
+                PARTITION BY partition_key ORDER BY priority, eligible_at, id) AS rn
         FROM cand) c
-    WHERE c.partition_key IS NULL OR c.rn = 1
+    WHERE c.partition_key IS NULL OR c.rn <= c.partition_limit
+), {BUCKETS}, claimed AS (
+    UPDATE {{s}}.gen_durable g
+    SET status = 'executing', {clear_guard("g", "'executing'")}, locked_by = %(token)s,
+        partition_slot = {SLOT},
+        lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
+    WHERE g.id = ANY (ARRAY(SELECT id FROM served))
+    RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.attempt,
+        g.awaits, g.priority, g.partition_key,
+        (SELECT json_agg({SIGNAL_JSON} ORDER BY s.id)::text
+           FROM {{s}}.signals s WHERE s.target_id = g.id) AS inbox_text,
+        (SELECT json_agg({CHILD_JSON} ORDER BY c.id)::text
+           FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
+        g.locked_by AS token,
+        g.awaits IS NOT NULL AND g.await_deadline IS NOT NULL AS timed_out,
+        g.rate_limit, NULL::text AS held, NULL::float8 AS due, g.trace_context
 )
-UPDATE {{s}}.gen_durable g
-SET status = 'executing', {clear_guard("g", "'executing'")}, locked_by = %(token)s,
-    lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
-WHERE g.id = ANY (ARRAY(SELECT id FROM chosen))
-RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.attempt,
-    g.awaits, g.priority, g.partition_key,
-    (SELECT json_agg({SIGNAL_JSON} ORDER BY s.id)::text
-       FROM {{s}}.signals s WHERE s.target_id = g.id) AS inbox_text,
-    (SELECT json_agg({CHILD_JSON} ORDER BY c.id)::text
-       FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
-    g.locked_by AS token,
-    g.awaits IS NOT NULL AND g.await_deadline IS NOT NULL AS timed_out
+SELECT * FROM claimed
+UNION ALL
+SELECT h.id, h.fsm, h.fsm_version, h.step, '' AS state_text, 0 AS attempt, NULL AS awaits,
+    h.priority, h.partition_key, NULL AS inbox_text, NULL AS childs_text, '' AS token,
+    false AS timed_out, h.rate_limit, h.held, h.due, NULL AS trace_context
+FROM held h
 """,
     {"queue": "text", "limit": "int8", "token": "text", "ttl": "float8"},
     Claim,

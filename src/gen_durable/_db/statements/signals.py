@@ -37,24 +37,33 @@ class Delivered:
 # and a row the timer already flipped is no longer parked, so it is not woken twice.
 # A redelivery whose dedup_key is already stored wakes nobody: the parked step has seen
 # that signal (§18.5), so waking it would only re-run it for nothing. `woke` is
-# recognised by the flip's own `updated_at = now()`.
+# recognised by the flip's own `updated_at = now()`. With `trace`, the waking sender's
+# trace context (SPEC §25) replaces the row's, so the woken step's span is parented on
+# the signal.
 _WAKES = "g.status = 'awaiting_signal' AND %(name)s = ANY (g.awaits) AND NOT d.dup"
 _WOKEN = f"CASE WHEN {_WAKES} THEN 'runnable'::{{s}}.durable_status ELSE g.status END"
 
 
-def delivery(target: str, recheck: str = "true", guard: str = "") -> str:
+_TRACED = f"""
+        trace_context = CASE WHEN {_WAKES} THEN coalesce(%(trace)s, g.trace_context)
+                             ELSE g.trace_context END,"""
+
+
+def delivery(target: str, recheck: str = "true", guard: str = "", *, trace: bool = False) -> str:
     """The CTEs of one delivery (``wake``, ``ins``, ``nudge``) to the id the CTE ``t``
     (SQL ``target``) yields, if any; ``recheck`` is evaluated again on the row version
     the lock waited for (SPEC §20: a key re-checked on the occupant), ``guard`` may
     prepend a CTE ``target`` reads (an effect's claim guard). Every delivery — by id,
-    by key, from an outcome — is this one text, so they cannot drift apart."""
+    by key, from an outcome — is this one text, so they cannot drift apart. ``trace``
+    adds the ``%(trace)s`` parameter: the sender's trace context for a woken row."""
+    traced = _TRACED if trace else ""
     return f"""
 WITH {guard}t AS ({target}), wake AS (
     UPDATE {{s}}.gen_durable g SET
         status = {_WOKEN},
         {clear_guard("g", _WOKEN)},
         eligible_at = CASE WHEN {_WAKES} THEN now() ELSE g.eligible_at END,
-        await_deadline = CASE WHEN {_WAKES} THEN NULL ELSE g.await_deadline END,
+        await_deadline = CASE WHEN {_WAKES} THEN NULL ELSE g.await_deadline END,{traced}
         updated_at = CASE WHEN {_WAKES} THEN now() ELSE g.updated_at END
     FROM t CROSS JOIN LATERAL (SELECT EXISTS (
             SELECT 1 FROM {{s}}.signals s
@@ -80,8 +89,15 @@ DELIVERED = """CASE WHEN w.woke THEN 'awaiting_signal' ELSE w.status::text END A
 SIGNAL = Statement(
     "signal",
     "Store a signal and wake its target if parked on that name, under the row lock",
-    delivery("SELECT %(id)s::int8 AS id") + f"\nSELECT {DELIVERED}\nFROM wake w\n",
-    {"id": "int8", "name": "text", "payload": "text", "dedup_key": "text", "channel": "text"},
+    delivery("SELECT %(id)s::int8 AS id", trace=True) + f"\nSELECT {DELIVERED}\nFROM wake w\n",
+    {
+        "id": "int8",
+        "name": "text",
+        "payload": "text",
+        "dedup_key": "text",
+        "channel": "text",
+        "trace": "text",
+    },
     Delivered,
 )
 
