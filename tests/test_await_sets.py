@@ -18,6 +18,7 @@ import pytest
 
 import gen_durable as gd
 from gen_durable._db.queries import Queries
+from gen_durable._db.statements.pick import Claim
 
 from .sqlhelp import (
     backend_pid,
@@ -44,7 +45,10 @@ def _seen(claim_row: tuple[Any, ...]) -> list[int]:
 
 
 def _timed_out(claim_row: tuple[Any, ...]) -> bool:
-    return bool(claim_row[-1])
+    return bool(claim_row[_CLAIM_FIELDS.index("timed_out")])
+
+
+_CLAIM_FIELDS = list(Claim.__dataclass_fields__)  # the pick's columns, in order
 
 
 async def _parked(conn: Any, q: Queries, names: Any, **bound: Any) -> int:

@@ -9,13 +9,16 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
+from gen_durable._db.statements.pick import Claim
+
 from .sqlhelp import claim, insert, run, scalar
 
 pytestmark = pytest.mark.asyncio
 
 
 def _ids(rows: list[tuple[Any, ...]], held: str | None = None) -> list[int]:
-    return [r[0] for r in rows if r[-2] == held]  # the pick's last columns: held, due
+    at = list(Claim.__dataclass_fields__).index("held")  # the pick's columns, in order
+    return [r[0] for r in rows if r[at] == held]
 
 
 async def _slots(conn, schema: str) -> list[tuple[str, int]]:
@@ -120,7 +123,9 @@ async def test_bucket_serves_burst_then_holds_the_rest_due_when_tokens_are(conn,
     due = [float(r[0]) for r in await cur.fetchall()]
     assert 0.3 < due[0] <= 0.6 and 0.8 < due[1] <= 1.1 and 1.3 < due[2] <= 1.6, due
     # The pick tells the scheduler when, so it can look again then.
-    told = sorted(r[-1] for r in got if r[-2] == "throttled")
+    fields = list(Claim.__dataclass_fields__)  # the pick's columns, in order
+    held, due_at = fields.index("held"), fields.index("due")
+    told = sorted(r[due_at] for r in got if r[held] == "throttled")
     assert told == pytest.approx(due, abs=0.05)
     assert await claim(conn, q, "n:2", limit=20) == []
     # Another part has a bucket of its own.

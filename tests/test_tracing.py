@@ -122,7 +122,7 @@ async def test_trace_column_migrates_with_instances_in_flight(dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(
                 f'INSERT INTO "{schema}".gen_durable (fsm, step, status, awaits) '
-                "VALUES (%s, 'start', 'awaiting_signal', 'go')",
+                "VALUES (%s, 'start', 'awaiting_signal', ARRAY['go'])",
                 (Waiter.__gd_name__,),
             )
         await gd.migrate(dsn, schema=schema, version=TRACE_VERSION)

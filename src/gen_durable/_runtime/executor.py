@@ -103,15 +103,7 @@ class Executor:
             span = None if _trace.TRACER is None else _trace.TRACER.start(claim, queue)
             run = await self._step(claim, machine, state, span)
             completion, state = run.completion, run.state
-            if (
-                completion.kind == "next"
-                and not completion.delay  # a sleep goes back to the queue, holding nothing
-                and chained < self._run_ahead
-                and claim.partition_key is None
-                and claim.rate_limit is None
-                and not completion.rate_limit
-                and may_keep(claim.priority)
-            ):
+            if chained < self._run_ahead and _may_chain(claim, completion, may_keep):
                 completion.keep = True
             try:
                 committed = await self._commit(claim, completion)
@@ -124,22 +116,7 @@ class Executor:
             if committed is None or committed[0] != "executing":
                 return None if committed is None else committed[0]
             chained += 1
-            claim = Claim(
-                id=claim.id,
-                fsm=claim.fsm,
-                fsm_version=claim.fsm_version,
-                step=completion.step or claim.step,
-                state_text=completion.state if completion.state is not None else claim.state_text,
-                attempt=0,
-                awaits=None,
-                priority=claim.priority,
-                partition_key=claim.partition_key,
-                inbox_text=committed[1],
-                childs_text=claim.childs_text,  # terminal children cannot change under a chain
-                token=claim.token,
-                rate_limit=claim.rate_limit,
-                trace_context=claim.trace_context,
-            )
+            claim = _chained(claim, completion, committed[1])
             # Reuse the validated model the step returned (no pydantic round trip);
             # otherwise — state kept, or a plain dict that must not alias the step's
             # own object — decode the stored text afresh.
@@ -355,3 +332,36 @@ def _awaited(claim: Claim, signals: tuple[Signal, ...]) -> tuple[Signal, ...]:
         return ()
     names = claim.awaits
     return tuple(s for s in signals if s.name in names)
+
+
+def _may_chain(claim: Claim, completion: Completion, may_keep: Callable[[int], bool]) -> bool:
+    """Whether a step's outcome may keep the claim and run the next step at once."""
+    return (
+        completion.kind == "next"
+        and not completion.delay  # a sleep goes back to the queue, holding nothing
+        and claim.partition_key is None
+        and claim.rate_limit is None
+        and not completion.rate_limit
+        and may_keep(claim.priority)
+    )
+
+
+def _chained(claim: Claim, completion: Completion, inbox_text: str | None) -> Claim:
+    """The claim the next step of a chain runs on: the committed step and state, the
+    inbox the commit returned."""
+    return Claim(
+        id=claim.id,
+        fsm=claim.fsm,
+        fsm_version=claim.fsm_version,
+        step=completion.step or claim.step,
+        state_text=completion.state if completion.state is not None else claim.state_text,
+        attempt=0,
+        awaits=None,
+        priority=claim.priority,
+        partition_key=claim.partition_key,
+        inbox_text=inbox_text,
+        childs_text=claim.childs_text,  # terminal children cannot change under a chain
+        token=claim.token,
+        rate_limit=claim.rate_limit,
+        trace_context=claim.trace_context,
+    )
