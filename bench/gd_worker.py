@@ -499,7 +499,7 @@ async def scenario_memory(dsn: str, n: int) -> dict[str, Any]:
     )
 
 
-RUNNERS = ("chain", "jobs", "signals", "fanout", "latency", "memory", "limits")
+RUNNERS = ("chain", "jobs", "signals", "keys", "timers", "fanout", "latency", "memory", "limits")
 
 LIMIT_RATE = 5000.0  # the rate-limited queue's bucket, starts per second
 LIMIT_BURST = 100.0

@@ -172,3 +172,11 @@ def test_bench_baseline_verdict(
     ratio, said = bench_run.verdict(ours, theirs, better, ("faster", "slower"))
     assert said == expected
     assert ratio == pytest.approx(ours[0] / theirs[0])
+
+
+def test_every_scenario_has_a_worker() -> None:
+    """Each scenario ``run.py`` offers is a command its worker accepts (a scenario added
+    to one list and not the other fails every run of it)."""
+    import gd_worker
+
+    assert set(bench_run.SCENARIOS) <= set(gd_worker.RUNNERS)
