@@ -91,6 +91,7 @@ class Row:
     children_pending: int
     partition_key: str | None
     updated_at: Any = None
+    detached: bool = False
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _load(dsn: str, schema: str) -> tuple[list[Row], list[tuple[int, str, str]],
             for r in conn.execute(
                 sql.SQL(
                     "SELECT id, fsm, step, status::text, state, result, last_error, parent_id,"
-                    " children_pending, partition_key, updated_at FROM {}.gen_durable"
+                    " children_pending, partition_key, updated_at, detached FROM {}.gen_durable"
                     " ORDER BY id"
                 ).format(s)
             )
@@ -321,6 +322,10 @@ def _check_parent(r: Row, kids: list[Row], rep: Report) -> None:
         bad(f"instance {r.id} (Parent): non-terminal children at the end")
     want = {"kids": n + 1, "done": n, "failed": 1, "sum": sum(range(n))}
     seen = {k: r.result.get(k) for k in want}
+    # A failed child retried after its parent was woken runs detached (SPEC §21): the
+    # parent's join may have seen it live again, so not counted as failed.
+    if any(k.detached for k in bad_kids) and seen == {**want, "failed": 0}:
+        seen = want
     if seen != want:
         bad(f"instance {r.id} (Parent): saw {seen} at the join, expected {want}")
     if sorted(k.state.get("i", -1) for k in ok_kids) != list(range(n)):
