@@ -63,10 +63,12 @@ REAP_LIMIT = 1000  # the engine's default reap_batch
 MODES = ("custom", "generic")
 TABLES = ("gen_durable", "signals", "rate_limits", "rate_buckets")
 # Statements on rows already known by id: the primary key, plus the per-row loads of
-# a row's children and inbox (run-ahead returns them like a pick does).
+# a row's children and inbox (run-ahead returns them like a pick does). An inbox is
+# read through signals_target or signals_dedup: both lead with target_id, and the
+# planner takes either once the inbox table is large (seen on the 1,000,000-row seed).
 PKEY = {
     "gen_durable": {"gen_durable_pkey", "gen_durable_parent"},
-    "signals": {"signals_pkey", "signals_target"},
+    "signals": {"signals_pkey", "signals_target", "signals_dedup"},
 }
 
 KEYED = {
