@@ -59,7 +59,7 @@ class Blocking(gd.FSM):
 
 class Leaf(gd.FSM):
     async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
-        await asyncio.sleep(120)
+        await asyncio.sleep(120)  # the behaviour under test: a step running when cancelled
         return gd.Done()
 
 

@@ -31,6 +31,8 @@ class Span(gd.Job):
 
     async def perform(self, args: dict[str, Any]) -> Any:
         started = time.time()
+        # The step's own duration is what the slot tests observe (a "hang" holds its
+        # slot until the worker is killed), not a wait for a condition.
         await asyncio.sleep(60 if LOG["hang"] else args.get("pause", 0.05))
         await record(args["tag"], started, time.time())
         return None
