@@ -131,6 +131,25 @@ def worker(dsn: str) -> gd.Engine:
     return gd.Engine(dsn, **ENGINE_SETTINGS)
 
 
+def engine_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker engine's options: the tuned set above, the Engine's own defaults
+    (``--defaults``), or either with ``--concurrency``/``--prefetch``/``--min-demand``
+    replacing its values (equal-settings comparisons)."""
+    settings: dict[str, Any] = {} if args.defaults else dict(ENGINE_SETTINGS)
+    if args.concurrency is not None:
+        settings["queues"] = {"default": args.concurrency}
+        if not args.defaults:
+            # The tuned prefetch/min_demand are sized for 500 slots; at another
+            # concurrency they follow it unless given.
+            settings["prefetch"] = args.concurrency
+            settings["min_demand"] = max(1, args.concurrency // 10)
+    if args.prefetch is not None:
+        settings["prefetch"] = args.prefetch
+    if args.min_demand is not None:
+        settings["min_demand"] = args.min_demand
+    return settings
+
+
 async def insert_batches(dsn: str, machine: type[gd.FSM] | type[gd.Job], n: int) -> float:
     """Enqueue ``n`` instances with ``insert_all`` in batches; returns the seconds."""
     async with client(dsn) as eng:
@@ -567,6 +586,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spacing", type=float, default=0.05, help="latency: seconds apart")
     parser.add_argument("--profile", default="", help="write a cProfile of the timed window")
     parser.add_argument(
+        "--defaults", action="store_true", help="the Engine's default options, not the tuned set"
+    )
+    parser.add_argument("--concurrency", type=int, help="steps in flight (the queue's concurrency)")
+    parser.add_argument("--prefetch", type=int, help="rows claimed beyond the running slots")
+    parser.add_argument("--min-demand", type=int, help="free slots needed before picking")
+    parser.add_argument(
         "--loop",
         choices=["uvloop", "asyncio"],
         default="uvloop",
@@ -576,8 +601,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> None:
-    global PROFILE_TO
+    global PROFILE_TO, ENGINE_SETTINGS
     PROFILE_TO = args.profile
+    ENGINE_SETTINGS = engine_settings(args)
     if args.scenario == "send-signals":
         await send_signals(args.dsn)
         return

@@ -107,6 +107,9 @@ RUN_TIMEOUT = 900
 BASELINE_PREFIX = "gen_durable@"
 # Two medians closer than this are one result, whatever the spreads say.
 NOISE = 0.05
+# --gd-args: extra worker options for every gen_durable system (this tree and a
+# baseline), e.g. "--defaults" or "--concurrency 10".
+GD_EXTRA: list[str] = []
 
 
 # -- environments -------------------------------------------------------------------
@@ -169,6 +172,7 @@ def command_for(
     ``bench`` is the ``bench/`` directory whose worker runs (a baseline's own)."""
     if is_gen_durable(system):
         cmd = [python, str(bench / "gd_worker.py"), scenario, "--dsn", dsn, "--loop", loop]
+        cmd += GD_EXTRA
     else:
         cmd = [python, str(bench / "peers" / f"{system}_bench.py"), scenario, "--dsn", dsn]
     for key, value in size.items():
@@ -989,6 +993,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a server where this role may CREATE DATABASE",
     )
     parser.add_argument("--quick", action="store_true", help="reduced sizes, one run")
+    parser.add_argument(
+        "--gd-args",
+        default="",
+        help='extra bench/gd_worker.py options for gen_durable runs, e.g. "--defaults"',
+    )
     parser.add_argument("--size", choices=list(SIZES), help="override the workload sizes")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3; 1 with --quick)")
     parser.add_argument("--scenarios", help=f"comma list of {', '.join(SCENARIOS)}")
@@ -1012,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare this tree with it",
     )
     args = parser.parse_args(argv)
+    GD_EXTRA[:] = shlex.split(args.gd_args)
 
     size_name = args.size or ("quick" if args.quick else "full")
     runs = args.runs or (1 if args.quick else 3)
