@@ -37,3 +37,14 @@ class Mailer(gd.Job, queue="mail"):
 
     def perform(self, args: dict[str, object]) -> str:
         return "sent"
+
+
+class Tick(gd.Job):
+    """The job of the schedules a worker is given with ``--schedules``."""
+
+    def perform(self, args: dict[str, object]) -> str:
+        return "tick"
+
+
+EVERY_SECOND = [gd.Schedule("cli-every-second", Tick, "* * * * * *")]
+NOT_SCHEDULES = ["nightly"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import signal
 
 import gen_durable as gd
 from gen_durable._db import runner
@@ -12,6 +13,7 @@ from gen_durable._db.queries import Queries
 from gen_durable._runtime.cron import ScheduleService
 
 from . import test_cli
+from .cluster.harness import wait_until
 from .test_cli import one_line_error
 from .test_engine_flow import Tick
 
@@ -84,3 +86,46 @@ def test_insert_takes_partition_limit_and_rate_limit(cli, on, db) -> None:
     )  # fmt: skip
     one_line_error(bad, 1, "partition_limit")
     assert db("SELECT count(*) FROM S.gen_durable") == [(1,)]
+
+
+def test_worker_runs_the_schedules_it_is_given(cli, on, db) -> None:
+    """``gen-durable worker --schedules MODULE:NAME``: the node inserts each due slot
+    under its cron key and runs it; the CLI lists the schedule it registered."""
+    worker = test_cli.start_worker(
+        "--app", test_cli.APP, "--schedules", "tests.cli_machines:EVERY_SECOND",
+        *test_cli.WORKER_FAST, *on,
+    )  # fmt: skip
+    log = test_cli.StderrLines(worker)
+
+    def ticks() -> list[tuple[str, str]]:
+        return db(
+            "SELECT convert_from(unique_key, 'UTF8'), status::text FROM S.gen_durable "
+            "WHERE fsm = 'tests.cli_machines.Tick' ORDER BY id"
+        )
+
+    try:
+        wait_until(lambda: sum(s == "done" for _, s in ticks()) >= 2, timeout=30)
+        listed = json.loads(cli("schedules", "--json", *on).out)
+    finally:
+        worker.send_signal(signal.SIGINT)
+        worker.wait(timeout=30)
+    err = log.close()
+    assert worker.returncode == 0, err
+    assert "schedules: cli-every-second (* * * * * *)" in err
+    keys = [key for key, _ in ticks()]
+    assert all(key.startswith("cron:cli-every-second:") for key in keys), keys
+    assert len(set(keys)) == len(keys)  # one instance per slot
+    assert [row["name"] for row in listed] == ["cli-every-second"]
+
+
+def test_worker_refuses_schedules_that_are_not_schedules(cli, on) -> None:
+    for spec, needle in (
+        ("tests.cli_machines", "MODULE:NAME"),
+        ("tests.cli_machines:NOT_SCHEDULES", "not gd.Schedule"),
+        ("tests.cli_machines:MISSING", "has no 'MISSING'"),
+        ("tests.cli_machines:Tick", "expected a gd.Schedule"),
+    ):
+        res = cli("worker", "--app", test_cli.APP, "--schedules", spec, *on)
+        assert res.code == 2 and needle in res.err, (spec, res)
+    res = cli("worker", "--schedules", "tests.no_such_module:X", *on)
+    assert res.code == 1 and "cannot import 'tests.no_such_module'" in res.err, res

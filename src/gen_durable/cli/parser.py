@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory added to sys.path before importing (repeatable; '.' is always there)",
     )
     p.add_argument(
+        "--schedules",
+        action="append",
+        default=[],
+        metavar="MODULE:NAME",
+        help="a gd.Schedule or a list of them to run on this node, e.g. "
+        "myapp.jobs:SCHEDULES (repeatable; give every worker the same list)",
+    )
+    p.add_argument(
         "--queue",
         action="append",
         type=queue_arg,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -13,7 +14,8 @@ from .._runtime.config import cli_options
 from ..engine import Engine
 from ..errors import ConfigurationError, GenDurableError, SchemaError
 from ..machine import Machine
-from ..registry import REGISTRY
+from ..registry import REGISTRY, attribute_path
+from ..schedule import Schedule
 from .common import (
     DEFAULT_CONCURRENCY,
     CannotConnect,
@@ -31,6 +33,7 @@ from .common import (
 
 def cmd_worker(args: argparse.Namespace) -> int:
     apps = import_apps(args.path, args.app)
+    schedules = [s for spec in args.schedules for s in load_schedules(spec)]
     queues = _queues(dict(args.queue), list(REGISTRY))
     dsn = dsn_of(args)
     knobs: dict[str, Any] = {
@@ -39,16 +42,44 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.node_id:
         knobs["node_id"] = args.node_id
     try:
-        engine = Engine(dsn, queues=queues, schema=schema_of(args), **knobs)
+        engine = Engine(dsn, queues=queues, schema=schema_of(args), schedules=schedules, **knobs)
     except ConfigurationError as exc:
         raise UsageError(str(exc)) from None
     if not apps:
         log.warning("no --app given: only machines importable by their dotted name will run")
     machines = sorted(m.describe() for m in REGISTRY)
     log.info("machines: %s", ", ".join(machines) or "(none registered yet)")
+    if schedules:
+        log.info("schedules: %s", ", ".join(f"{s.name} ({s.cron})" for s in schedules))
     if args.metrics_port is not None:
         _serve_metrics(dsn, schema_of(args), args.metrics_host, args.metrics_port)
     return _event_loop_runner(args.loop)(_run_worker(engine, args.startup_timeout))
+
+
+def load_schedules(spec: str) -> list[Schedule]:
+    """``--schedules MODULE:NAME``: a ``gd.Schedule``, or an iterable of them, at
+    ``NAME`` in ``MODULE`` (SPEC §23). Every node started with the same list inserts
+    each slot's instance at most once cluster-wide, so each worker may be given it."""
+    module_name, sep, attrs = spec.partition(":")
+    if not sep or not module_name or not attrs:
+        raise UsageError(f"--schedules wants MODULE:NAME, e.g. myapp.jobs:SCHEDULES; got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(
+            f"cannot import {module_name!r} for --schedules {spec!r}: {exc}"
+        ) from exc
+    obj = attribute_path(module, attrs.split("."))
+    if obj is None:
+        raise UsageError(f"--schedules {spec!r}: {module_name} has no {attrs!r}")
+    items = [obj] if isinstance(obj, Schedule) else obj
+    if isinstance(items, str | bytes) or not hasattr(items, "__iter__"):
+        raise UsageError(f"--schedules {spec!r}: expected a gd.Schedule or a list of them")
+    found = list(items)
+    wrong = [item for item in found if not isinstance(item, Schedule)]
+    if wrong:
+        raise UsageError(f"--schedules {spec!r}: not gd.Schedule: {wrong[0]!r}")
+    return found
 
 
 def _serve_metrics(dsn: str, schema: str, host: str, port: int) -> None:
