@@ -10,12 +10,19 @@ statement (``insert``/``insert_unkeyed``, what every batch used before) and COPY
 timings include encoding the batch (``build_insert``). A last section splits one COPY
 call into its phases: encoding in Python, the id reservation, the COPY itself and the
 commit, with the client's CPU time beside the wall clock.
+
+With ``--cpu``, each form instead runs ``--calls`` calls per size on a two-connection
+pool, and the CPU both processes spent is reported per call: this client's
+(``process_time``) and its PostgreSQL backend's (``/proc/<pid>/stat``, so the server
+must run on this machine). CPU does not depend on what else the machine runs, where
+wall-clock time does: it is what picks ``COPY_MIN_ROWS`` on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -116,6 +123,48 @@ async def phases(dsn: str, schema: str, n: int, runs: int) -> None:
     await _clear(dsn, schema)
 
 
+def _backend_cpu(pids: list[int]) -> float:
+    """Seconds of CPU (user + system) local PostgreSQL backends have used."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu(dsn: str, schema: str, sizes: list[int], calls: int) -> None:
+    forms = {"statement": _statement, "copy": _copy}
+    async with gd.Engine(dsn, queues={}, schema=schema, pool_size=2) as eng:
+        pool = eng._require_pool()
+        async with pool.connection() as one, pool.connection() as two:
+            pid = [one.info.backend_pid, two.info.backend_pid]
+        await _copy(eng, 10)
+        await _statement(eng, 10)
+        for n in sizes:
+            used: dict[str, list[float]] = {k: [0.0, 0.0, 0.0] for k in forms}
+            for _ in range(calls):
+                for name, form in forms.items():
+                    if n * calls > 200_000:
+                        await _clear(dsn, schema)
+                    c0, s0, t0 = time.process_time(), _backend_cpu(pid), time.perf_counter()
+                    await form(eng, n)
+                    acc = used[name]
+                    acc[0] += time.process_time() - c0
+                    acc[1] += _backend_cpu(pid) - s0
+                    acc[2] += time.perf_counter() - t0
+            line = [f"n={n:>7,}"]
+            for name, (client, server, wall) in used.items():
+                per_row = (client + server) / calls / n * 1e6
+                line.append(
+                    f"{name}: client {client / calls * 1000:7.2f} ms + server "
+                    f"{server / calls * 1000:7.2f} ms CPU/call ({per_row:5.2f} µs/row; "
+                    f"wall {wall / calls * 1000:7.1f} ms)"
+                )
+            print("  ".join(line), flush=True)
+            await _clear(dsn, schema)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dsn", required=True)
@@ -123,9 +172,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,100,300,1000,3000,10000,100000")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--phases", type=int, default=100_000, help="rows of the phase split (0: none)")
+    ap.add_argument("--cpu", action="store_true", help="CPU per call instead of wall clock")
+    ap.add_argument("--calls", type=int, default=50, help="calls per form and size (--cpu)")
     args = ap.parse_args()
     gd.migrate_sync(args.dsn, schema=args.schema)
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.cpu:
+        asyncio.run(cpu(args.dsn, args.schema, sizes, args.calls))
+        return
     asyncio.run(compare(args.dsn, args.schema, sizes, args.runs))
     if args.phases:
         asyncio.run(phases(args.dsn, args.schema, args.phases, args.runs))
