@@ -280,7 +280,7 @@ async def test_a_call_cancelled_mid_copy_leaves_nothing(dsn, schema, conn, make_
     _poison(dsn, schema, "PERFORM pg_advisory_xact_lock(4242);")
     engine = make_engine(queues={})
     await engine.start()
-    size = 200 * N  # far more than the socket buffers hold: the writer blocks too
+    size = 200_000  # far more than the socket buffers hold: the writer blocks too
     batch: list[object] = [Plain] * size
     batch[100] = gd.Spec(Plain, state={"poison": True})
     async with await connect(dsn) as holder:
