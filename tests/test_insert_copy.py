@@ -354,6 +354,18 @@ async def test_an_aborted_callers_transaction_is_reported_as_by_the_statement(
         await mine.rollback()
 
 
+async def test_a_callers_connection_in_pipeline_mode_gets_the_statement(
+    dsn, schema, conn, make_engine, copied
+) -> None:
+    """COPY cannot run in pipeline mode: the batch goes through the statement there."""
+    engine = make_engine(queues={})
+    await engine.start()
+    async with await connect(dsn) as mine, mine.pipeline(), mine.transaction():
+        ids = await engine.insert_all([Plain] * N, conn=mine)
+    assert len(ids) == N and copied == []
+    assert await count(conn, schema, "gen_durable") == N
+
+
 # -- notifications ---------------------------------------------------------------------
 
 
