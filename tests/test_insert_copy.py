@@ -8,7 +8,9 @@ notifications, the errors — and to being one unit: all rows or none.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,13 +18,15 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
+from pydantic import BaseModel, Field
 
 import gen_durable as gd
 from gen_durable import _trace
 from gen_durable._db import bulk, runner
 from gen_durable._db.queries import Queries
 from gen_durable._db.statement import channel_of
-from gen_durable._inputs import build_insert
+from gen_durable._db.statements.inserts import InsertRows
+from gen_durable._inputs import _machine_of, add_insert, build_insert
 
 from .conftest import wait_for
 from .sqlhelp import connect, count, wait_lock_waiters
@@ -221,6 +225,33 @@ def test_bad_input_raises_before_anything_is_written(dsn, schema, copied) -> Non
     with psycopg.connect(dsn) as c:
         query = sql.SQL("SELECT count(*) FROM {}.gen_durable").format(sql.Identifier(schema))
         assert c.execute(query).fetchone() == (0,)
+
+
+class Stamped(gd.Job, name="copy.stamped"):
+    class State(BaseModel):
+        token: str = Field(default_factory=lambda: uuid.uuid4().hex)
+
+    async def perform(self, args: Any) -> None:
+        return None
+
+
+def test_a_repeated_item_is_encoded_as_each_one_on_its_own() -> None:
+    """``[item] * n`` is encoded once and repeated, except for a machine whose state
+    model may give every instance a value of its own."""
+    spec = gd.Spec(Plain, queue="q", priority=3, schedule_in=5, state={"a": [1]})
+    items: list[object] = [Plain] * 3 + [spec] * 2 + [Plain, spec, Stamped, Stamped, Stamped]
+    got = build_insert(items)
+    one_by_one = InsertRows.empty()
+    for item in items:
+        add_insert(one_by_one, *_machine_of(item))
+    for name in (f.name for f in dataclasses.fields(InsertRows)):
+        mine, theirs = getattr(got, name), getattr(one_by_one, name)
+        if name == "state":
+            assert mine[:7] == theirs[:7]
+            assert len({*mine[7:], *theirs[7:]}) == 6  # a fresh token per instance
+        else:
+            assert mine == theirs, name
+    assert got.queue[:7] == ["default"] * 3 + ["q", "q", "default", "q"]
 
 
 # -- one unit: all rows or none ------------------------------------------------------
