@@ -29,9 +29,9 @@ COPY_MIN_ROWS = 2_000
 reservation, the transaction's BEGIN/COMMIT) and about 1.5 ms more client CPU (the
 transaction, the COPY's setup); its per-row cost is lower, on the server above all
 (no JSON to unpack, no select list). On two shared cores, CPU per call, client and
-server (``bench/insert_copy.py --cpu``): even at about 1,500 rows, COPY ahead by 10%
-at 2,000 (10.1 against 11.2 µs a row, wall clock 38 against 42 ms), by 25% at 10,000
-and 27% at 100,000."""
+server (``bench/insert_copy.py --cpu``): about even at 1,500 rows; at 2,000 COPY
+takes 10% less (10.1 against 11.2 µs a row, wall clock 38 against 42 ms), at 10,000
+and 100,000 about 27% less."""
 
 
 def copyable(rows: InsertRows, target: object = None) -> bool:
