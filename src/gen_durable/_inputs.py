@@ -9,8 +9,10 @@ keys and scopes are normalised, times become UTC. The result is an
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 from typing import Any, Generic
 
 from typing_extensions import TypedDict, TypeVar
@@ -219,12 +221,37 @@ def _initial_step(machine: type[Machine], value: Any) -> str:
 
 
 def build_insert(items: Iterable[object], parent_id: int | None = None) -> InsertRows:
-    """Encode a batch of ``Spec``s / classes into insert arrays."""
+    """Encode a batch of ``Spec``s / classes into insert arrays.
+
+    The same item repeated (``[Noop] * n``, ``[spec] * n``) is validated and encoded
+    once and its row repeated, when its machine has no state model: its row is then
+    a function of the item alone. A model may fill fields from a ``default_factory``
+    (a fresh id, a timestamp), so each of its rows is built on its own."""
     rows = InsertRows.empty()
+    last: object = None  # the previous item, when its row may be repeated
+    repeats = 0
     for item in items:
+        if item is last:
+            repeats += 1
+            continue
+        if repeats:
+            _repeat_last(rows, repeats)
+            repeats = 0
         machine, options = _machine_of(item)
         add_insert(rows, machine, options, parent_id)
+        last = item if machine.__gd_state__ is None else None
+    if repeats:
+        _repeat_last(rows, repeats)
     return rows
+
+
+_COLUMNS = tuple(f.name for f in dataclasses.fields(InsertRows))
+
+
+def _repeat_last(rows: InsertRows, n: int) -> None:
+    for name in _COLUMNS:
+        column: list[Any] = getattr(rows, name)
+        column.extend(repeat(column[-1], n))
 
 
 def build_one(machine: object, options: dict[str, Any]) -> InsertRows:

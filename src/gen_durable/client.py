@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import psycopg
 from typing_extensions import Unpack
 
-from ._db import codec, runner
+from ._db import bulk, codec, runner
 from ._db.queries import TERMINAL, InsertRows, Queries, Stmt
 from ._db.statements.inserts import Inserted
 from ._db.statements.signals import Delivered
@@ -178,7 +178,7 @@ class SyncClient:
         rows = build_insert(specs)
         if not len(rows):
             return []
-        return inserted_ids(self._one(conn, self._queries.insert(rows)))
+        return bulk.insert_all_sync(self._connection(conn), self._queries, rows)
 
     def signal(
         self,

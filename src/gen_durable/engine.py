@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from typing_extensions import Unpack
 
 from ._control import Control
-from ._db import runner
+from ._db import bulk, runner
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
@@ -282,16 +282,17 @@ class Engine(Control, Limits):
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> list[int]:
-        """Insert a batch (``gd.Spec`` items or bare classes) in one statement.
+        """Insert a batch (``gd.Spec`` items or bare classes) as one unit: all or none.
 
         Duplicates, against stored rows and within the batch, are dropped; returns the
-        ids actually inserted (ascending).
+        ids actually inserted (ascending). A large batch without unique keys is
+        written by COPY (``_db/bulk.py``), anything else by one statement.
         """
         rows = build_insert(specs)
         if not len(rows):
             return []
-        inserted = await self._one(self.queries.insert(rows), conn)
-        return inserted_ids(inserted)
+        target = conn if conn is not None else self._require_pool()
+        return await bulk.insert_all(target, self.queries, rows)
 
     async def signal(
         self,

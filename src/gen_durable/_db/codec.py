@@ -12,6 +12,9 @@ import json
 import re
 from typing import Any
 
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from pydantic import BaseModel
 
 from ..errors import EncodingError
@@ -97,3 +100,16 @@ def key_bytes(value: bytes | str | None) -> bytes | None:
         except UnicodeEncodeError as exc:
             raise EncodingError("unique_key is not valid UTF-8 (lone surrogate)") from exc
     raise EncodingError(f"unique_key must be bytes or str, not {type(value).__name__}")
+
+
+class JsonTextBinary(Dumper):
+    """JSON text (already encoded by :func:`dumps`) as a binary ``jsonb`` value: the
+    format's version byte, then the text — spliced as it is, never encoded twice.
+    Registered by oid only (``register_dumper(None, …)``), so it serves a COPY's
+    ``set_types(["jsonb", …])`` and nothing else."""
+
+    format = Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return b"\x01" + obj.encode()

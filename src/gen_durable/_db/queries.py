@@ -19,6 +19,7 @@ from .._trace import capture
 from ..flow import RateLimit
 from ..instance import Instance
 from ..machine import Child, Signal
+from .schema import quote_ident
 from .statement import Stmt, channel_of
 from .statements.common import ERROR_HISTORY, NON_TERMINAL, STATUSES, TERMINAL
 from .statements.effects import SEND, SPAWN, Sent, Spawned
@@ -32,7 +33,14 @@ from .statements.flow import (
     Deleted,
     ScheduleRow,
 )
-from .statements.inserts import INSERT, INSERT_UNKEYED, Inserted, InsertRows
+from .statements.inserts import (
+    INSERT,
+    INSERT_UNKEYED,
+    RESERVE_IDS,
+    Inserted,
+    InsertRows,
+    Reserved,
+)
 from .statements.keys import (
     CHILDREN_KEY,
     GET_KEY,
@@ -83,6 +91,16 @@ class Queries:
         params["trace"] = capture()
         keyed = any(k is not None for k in rows.unique_key)
         return (INSERT if keyed else INSERT_UNKEYED).bind(self.schema, params)
+
+    def reserve_ids(self, n: int, queues: Sequence[str]) -> Stmt[Reserved]:
+        """Reserve ``n`` ids for a batch COPY; notify ``queues`` when it commits."""
+        params = {
+            "table": f"{quote_ident(self.schema)}.gen_durable",
+            "channel": self.channel,
+            "queues": list(queues),
+            "n": n,
+        }
+        return RESERVE_IDS.bind(self.schema, params)
 
     def pick(self, queue: str, limit: int, token: str, ttl: float) -> Stmt[Claim]:
         """Claim up to ``limit`` runnable rows of one queue for ``token``."""

@@ -5,6 +5,8 @@
   decoded by column name into the statement's result type.
 * :func:`fetch_together` runs several statements pipelined in one transaction on one
   pooled connection: one round trip (the completer's flush).
+* :func:`copy_after` runs one statement, then a binary COPY of rows made from its
+  result, as one unit (``insert_all`` of a large batch without keys).
 * :func:`connect` opens a connection; :func:`run_script` runs DDL (migrations).
 * :class:`Boundary` translates, for a block that runs several of these.
 
@@ -21,14 +23,17 @@ translation are shared, not copied.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from .statement import Stmt
+from .codec import JsonTextBinary
+from .statement import CopyIn, Stmt
 from .translate import DRIVER_ERRORS, server_of, translate, unreachable
 
 R = TypeVar("R")
@@ -122,6 +127,58 @@ async def _together(pool: AsyncConnectionPool[Any], stmts: Sequence[Stmt[Any]]) 
             ]
 
 
+Rows = Callable[[R], Iterable[Sequence[Any]]]
+"""The rows a COPY writes, made from the result row of the statement before it."""
+
+
+async def copy_after(
+    target: AsyncTarget, first: Stmt[R], copy: CopyIn, schema: str, rows: Rows[R]
+) -> R:
+    """Run ``first`` (one result row), then COPY ``rows(that row)`` into ``copy``'s
+    table, as one unit (see :func:`_unit`); the row. Errors are translated (the
+    COPY's included: a row the server refuses raises the same typed errors as a
+    statement would), and a failure anywhere leaves nothing written."""
+    with Boundary(copy.name, target):
+        if isinstance(target, AsyncConnectionPool):
+            async with target.connection() as conn:
+                return await _copy_after(conn, first, copy, schema, rows)
+        return await _copy_after(target, first, copy, schema, rows)
+
+
+def _unit(conn: Any) -> Any:
+    """The transaction a statement-then-COPY runs in. An autocommit connection outside
+    any transaction (a pooled one, or a caller's) gets one of its own, committed at
+    the end; otherwise the caller's transaction — open, or opened implicitly by the
+    first statement on a non-autocommit connection — is the unit, and the caller
+    commits or rolls it back, exactly as with a single statement (``conn=``, SPEC §11).
+    No savepoint: a failure aborts the caller's transaction, as a failed statement does."""
+    if conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE:
+        return conn.transaction()
+    return nullcontext()
+
+
+async def _copy_after(
+    conn: psycopg.AsyncConnection[Any], first: Stmt[R], copy: CopyIn, schema: str, rows: Rows[R]
+) -> R:
+    unit: AbstractAsyncContextManager[Any] = _unit(conn)
+    async with unit:
+        (head,) = await _rows(conn, first)
+        await copy_rows(conn, copy, schema, rows(head))
+    return head
+
+
+async def copy_rows(
+    conn: psycopg.AsyncConnection[Any], copy: CopyIn, schema: str, rows: Iterable[Sequence[Any]]
+) -> None:
+    """The COPY alone, raw errors, in whatever transaction ``conn`` is in."""
+    cur = conn.cursor()
+    cur.adapters.register_dumper(None, JsonTextBinary)
+    async with cur.copy(copy.text(schema)) as out:
+        out.set_types(copy.types)
+        for row in rows:
+            await out.write_row(row)
+
+
 async def connect(dsn: str, *, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
     """A new autocommit connection; ``DatabaseUnavailable`` when it cannot be opened
     (``ConfigurationError`` for a malformed DSN)."""
@@ -159,6 +216,23 @@ def _rows_sync(conn: psycopg.Connection[Any], stmt: Stmt[R]) -> list[R]:
     cur = conn.cursor(row_factory=stmt.statement.row_factory)
     cur.execute(stmt.query, stmt.params)
     return cur.fetchall() if stmt.statement.result is not None else []
+
+
+def copy_after_sync(
+    conn: psycopg.Connection[Any], first: Stmt[R], copy: CopyIn, schema: str, rows: Rows[R]
+) -> R:
+    """:func:`copy_after` on a sync connection."""
+    with Boundary(copy.name, conn):
+        unit: AbstractContextManager[Any] = _unit(conn)
+        with unit:
+            (head,) = _rows_sync(conn, first)
+            cur = conn.cursor()
+            cur.adapters.register_dumper(None, JsonTextBinary)
+            with cur.copy(copy.text(schema)) as out:
+                out.set_types(copy.types)
+                for row in rows(head):
+                    out.write_row(row)
+        return head
 
 
 def connect_sync(dsn: str) -> psycopg.Connection[Any]:

@@ -174,3 +174,25 @@ class Registry:
 
 REGISTRY = Registry()
 """Every statement of the package, once :mod:`._db.statements` is imported."""
+
+
+@dataclass(frozen=True, eq=False)
+class CopyIn:
+    """One binary ``COPY … FROM STDIN`` into a table: its columns with the PostgreSQL
+    type each value is sent as (``psycopg``'s ``set_types``). Not a :class:`Statement`:
+    a COPY cannot be prepared, and it returns nothing but its row count."""
+
+    name: str
+    why: str
+    table: str
+    """The table, with ``{s}`` for the quoted schema."""
+    columns: tuple[tuple[str, str], ...]
+
+    @property
+    def types(self) -> list[str]:
+        return [t for _, t in self.columns]
+
+    def text(self, schema: str) -> str:
+        names = ", ".join(n for n, _ in self.columns)
+        table = self.table.replace("{s}", quote_ident(schema))
+        return f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
