@@ -202,8 +202,11 @@ class QueueScheduler(Service):
         """Wait for a wake-up or ``timeout``; True when woken."""
         if self._stopping:
             return True
+        # asyncio.timeout, not wait_for: no task per wait (the feeder waits once or
+        # twice per refill), and a wake that is already set returns without yielding.
         try:
-            await asyncio.wait_for(self.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
             woken = True
         except TimeoutError:
             woken = False
