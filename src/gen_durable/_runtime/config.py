@@ -127,11 +127,11 @@ class Config:
         30.0, "seconds between expired-lease sweeps", unit=SECONDS, low=0, cli=True
     )
     prefetch: int | None = opt(
-        None, "rows claimed beyond the running slots (None: the queue's concurrency)",
+        None, "rows claimed beyond the running slots (unset: the queue's concurrency)",
         unit=COUNT, low=0, strict=False, cli=True,
     )  # fmt: skip
     min_demand: int | None = opt(
-        None, "free slots needed before picking (None: a tenth of concurrency + prefetch)",
+        None, "free slots needed before picking (unset: a tenth of concurrency + prefetch)",
         unit=COUNT, low=1, strict=False, cli=True,
     )  # fmt: skip
     drain_timeout: float = opt(
