@@ -420,9 +420,16 @@ async def test_a_lost_connection_sets_outcomes_aside_and_retries_them(
         await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
         completer = Completer(pool, Queries(schema), Stats(), retry_for=retry_for)
         items = [Completion(i, f"n:{i}", "done", result="1") for i in ids]
-        results = await asyncio.wait_for(
-            asyncio.gather(*(completer.commit(c) for c in items), return_exceptions=True), 20
-        )
+        # The first outcome's flush goes out alone (on the dead connection); the other
+        # two are submitted while it is in flight.
+        first = asyncio.ensure_future(completer.commit(items[0]))
+
+        async def sent() -> bool:  # in flight, or already failed
+            return first.done() or (completer._active == 1 and not completer._pending)
+
+        await wait_for(sent, timeout=5, interval=0.0)
+        rest = [completer.commit(c) for c in items[1:]]
+        results = await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 20)
     finally:
         await pool.close()
     statuses = [await _status(conn, schema, i) for i in ids]

@@ -1,9 +1,11 @@
 """Group commit of step outcomes (SPEC §4, §17).
 
-Steps that finish close together share one transaction and one round trip: the first
-outcome to arrive is flushed at once, and everything that arrives while a flush is in
-flight rides the next one — batching comes from load, never from a timer, so an idle
-engine adds no latency. Each submitter awaits the commit of its own outcome before the
+Steps that finish close together share one transaction and one round trip: on an idle
+completer the first outcome is flushed one turn of the event loop later, with every
+outcome the steps already runnable produce in that turn (steps a commit or a pick
+released together), and everything that arrives while a flush is in flight rides the
+next one — batching comes from load, never from a timer, so an idle engine adds no
+latency. Each submitter awaits the commit of its own outcome before the
 step counts as done (the one guarantee, SPEC §0).
 
 A flush is one ``complete`` statement for all Next/Replay/Await/Done/Stop outcomes
@@ -123,6 +125,7 @@ class Completer:
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._soon = False  # a flush is scheduled for the next turn of the loop
         self._tasks: set[asyncio.Task[None]] = set()
         # Items set aside until a timer puts them back in `_pending`.
         self._timers: dict[asyncio.TimerHandle, Completion] = {}
@@ -132,10 +135,26 @@ class Completer:
 
         Raises :class:`OutcomeRefused` when the database refuses the outcome itself.
         """
-        item.future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        item.future = loop.create_future()
         self._pending.append(item)
-        self._kick()
+        self._idle.clear()
+        if self._active:
+            self._kick()  # it rides the flush after the one in flight (or a second one)
+        elif not self._soon:
+            # Nothing in flight: flush after the steps already runnable on the loop had
+            # their turn. Steps that a commit (or a pick) released together end in the
+            # same turn of the loop, so their outcomes share this flush instead of the
+            # first one going alone and the rest waiting for it.
+            self._soon = True
+            loop.call_soon(self._kick_soon)
         return await item.future
+
+    def _kick_soon(self) -> None:
+        self._soon = False
+        self._kick()
+        if not self._pending and not self._active:
+            self._idle.set()
 
     def _kick(self) -> None:
         # One flush in flight is the norm: while it runs, the next batch grows, and

@@ -126,12 +126,14 @@ class Config:
     reap_interval: float = opt(
         30.0, "seconds between expired-lease sweeps", unit=SECONDS, low=0, cli=True
     )
-    prefetch: int = opt(
-        0, "rows claimed beyond the running slots", unit=COUNT, low=0, strict=False, cli=True
-    )
-    min_demand: int = opt(
-        1, "free slots needed before picking", unit=COUNT, low=1, strict=False, cli=True
-    )
+    prefetch: int | None = opt(
+        None, "rows claimed beyond the running slots (unset: the queue's concurrency)",
+        unit=COUNT, low=0, strict=False, cli=True,
+    )  # fmt: skip
+    min_demand: int | None = opt(
+        None, "free slots needed before picking (unset: a tenth of concurrency + prefetch)",
+        unit=COUNT, low=1, strict=False, cli=True,
+    )  # fmt: skip
     drain_timeout: float = opt(
         5.0,
         "seconds running steps get to finish on stop",
@@ -167,6 +169,20 @@ class Config:
         60.0, "seconds between retention sweeps", unit=SECONDS, low=0, cli=True
     )
     gc: bool = opt(True, "run the retention sweep on this node")
+
+    def prefetch_for(self, concurrency: int) -> int:
+        """The buffer of a queue of ``concurrency`` slots: by default as many rows as
+        slots, so the steps that replace a finished batch are already claimed while
+        that batch's outcomes commit, and the next pick overlaps the next commit."""
+        return concurrency if self.prefetch is None else self.prefetch
+
+    def min_demand_for(self, concurrency: int) -> int:
+        """Free slots a queue waits for before it picks: by default a tenth of what it
+        may hold, so a busy queue claims in batches rather than a row per finished
+        step (an idle queue picks at once whatever this says)."""
+        if self.min_demand is not None:
+            return self.min_demand
+        return max(1, (concurrency + self.prefetch_for(concurrency)) // 10)
 
 
 def options() -> list[dataclasses.Field[Any]]:
@@ -260,9 +276,10 @@ def build_config(dsn: str, queues: Mapping[str, int] | None, **opts: Any) -> Con
             f"({cfg.poll_interval}s)"
         )
     for name, conc in cfg.queues.items():
-        if cfg.min_demand > conc + cfg.prefetch:
+        room = conc + cfg.prefetch_for(conc)
+        if cfg.min_demand_for(conc) > room:
             raise ConfigurationError(
                 f"min_demand ({cfg.min_demand}) exceeds queue {name!r}'s concurrency + prefetch "
-                f"({conc + cfg.prefetch}); it would never pick"
+                f"({room}); it would never pick"
             )
     return cfg

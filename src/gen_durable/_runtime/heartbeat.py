@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,12 +78,16 @@ class Heartbeat(Service):
         stmt = self._queries.heartbeat(
             [c.id for c in held], [c.token for c in held], self._config.lease_ttl
         )
+        sent = time.monotonic()
         try:
             extended = {row.id for row in await self._fetch(stmt)}
             self._stats.add(statements=1, commits=1, heartbeats=1)
         except self._db_errors as exc:
             log.warning("heartbeat for %d rows failed: %s", len(held), exc)
             return
+        # The database set each lease from its clock after `sent`: they last at least
+        # this long, which is what a scheduler checks before it starts a buffered row.
+        self._holdings.renewed(extended, sent + self._config.lease_ttl)
         if len(extended) == len(held):
             return
         # Still held now (not finished while the statement ran) yet not extended:

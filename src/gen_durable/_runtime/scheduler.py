@@ -3,7 +3,11 @@
 One scheduler serves exactly one queue. It keeps at most ``concurrency`` steps running
 and at most ``concurrency + prefetch`` rows claimed (running + buffered), and picks
 only when at least ``min_demand`` of those slots are free — unless it is fully idle.
-A finished step sets ``wake`` so the next pick happens at once: throughput is bounded
+By default the buffer is as large as the concurrency (``Config.prefetch_for``): a slot
+stays taken until its outcome commits, so without a buffer every commit would be
+followed by a pick before the slot could work again; with one, a finished step's task
+starts the next buffered claim itself, and the refill pick runs beside the next commit.
+A finished step sets ``wake`` so the refill happens at once: throughput is bounded
 by concurrency and step time, not by the poll interval. An empty pick doubles the idle
 wait up to ``max_poll_interval``; any claimed work snaps it back. A LISTEN nudge (an
 insert or a wake-up in this queue) also sets ``wake``; polling stays the source of
@@ -19,7 +23,6 @@ extends.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import re
 import time
@@ -32,8 +35,8 @@ from psycopg import errors as pg_errors
 
 from .. import telemetry
 from .._db.queries import Queries, Stmt
-from ..machine import Machine
 from ..registry import Registry, resolve
+from .buffer import ClaimBuffer
 from .claims import Holdings
 from .config import Config
 from .executor import Claim, Executor
@@ -74,18 +77,19 @@ class QueueScheduler(Service):
         self._cfg = wiring.config
         self.queue = queue
         self.concurrency = concurrency
+        self.prefetch = wiring.config.prefetch_for(concurrency)
+        self.min_demand = wiring.config.min_demand_for(concurrency)
         self.wake = asyncio.Event()
         self.running: dict[int, Claim] = {}
-        # Heap of (priority, seq, claim, machine): the machine is resolved once, at pick.
-        self._buffer: list[tuple[int, int, Claim, type[Machine]]] = []
-        self._seq = 0
+        self._buffer = ClaimBuffer()  # the machine is resolved once, at pick
+        self._releases: set[asyncio.Task[int]] = set()
         self._due: float | None = None  # monotonic time a held row is due (§23)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[int, asyncio.Task[None]] = {}
         self._loop_done = asyncio.Event()
         self._loop_done.set()  # until the supervisor runs it
-        wiring.holdings.register(self.name, self.held)
+        wiring.holdings.register(self.name, self.held, self._buffer.renewed)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -99,7 +103,7 @@ class QueueScheduler(Service):
 
     def held(self) -> list[Claim]:
         """Every row this scheduler holds a claim on: running and buffered."""
-        return [*self.running.values(), *(entry[2] for entry in self._buffer)]
+        return [*self.running.values(), *self._buffer.claims()]
 
     async def drain(self, deadline: float, cancel_loop: Callable[[], Awaitable[None]]) -> None:
         """Stop picking, hand buffered rows back at once, give running steps until
@@ -114,8 +118,7 @@ class QueueScheduler(Service):
             await asyncio.wait_for(self._loop_done.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             await cancel_loop()
-        buffered = [entry[2] for entry in self._buffer]
-        self._buffer.clear()
+        buffered = self._buffer.take_all()
         released = await self._w.release(buffered) if buffered else 0
         if telemetry.listening("scheduler.drain"):
             telemetry.emit(
@@ -152,9 +155,9 @@ class QueueScheduler(Service):
         while not self._stopping:
             self._start_buffered()
             held = len(self.running) + len(self._buffer)
-            capacity = self.concurrency + cfg.prefetch - held
+            capacity = self.concurrency + self.prefetch - held
             idle = held == 0
-            if capacity <= 0 or (capacity < cfg.min_demand and not idle):
+            if capacity <= 0 or (capacity < self.min_demand and not idle):
                 await self._wait(cfg.poll_interval)
                 continue
             try:
@@ -199,8 +202,11 @@ class QueueScheduler(Service):
         """Wait for a wake-up or ``timeout``; True when woken."""
         if self._stopping:
             return True
+        # asyncio.timeout, not wait_for: no task per wait (the feeder waits once or
+        # twice per refill), and a wake that is already set returns without yielding.
         try:
-            await asyncio.wait_for(self.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
             woken = True
         except TimeoutError:
             woken = False
@@ -211,6 +217,7 @@ class QueueScheduler(Service):
         w = self._w
         token = w.next_token()
         started = time.perf_counter()
+        lease_until = time.monotonic() + self._cfg.lease_ttl  # before the database's now()
         stmt = w.queries.pick(self.queue, limit, token, self._cfg.lease_ttl)
         for attempt in range(3):
             try:
@@ -249,23 +256,25 @@ class QueueScheduler(Service):
             if machine is None:
                 unknown.append(claim)
                 continue
-            self._seq += 1
-            heapq.heappush(self._buffer, (claim.priority, self._seq, claim, machine))
+            self._buffer.push(claim, machine, lease_until)
         if unknown:
             # Not failed, not lost: another node (with the code) can run it (SPEC §13).
             await w.unknown.hand_back(unknown)
         if telemetry.listening("scheduler.saturation"):
-            telemetry.emit(
-                "scheduler.saturation",
-                {
-                    "in_flight": len(self.running),
-                    "buffer": len(self._buffer),
-                    "concurrency": self.concurrency,
-                    "prefetch": self._cfg.prefetch,
-                },
-                {"queue": self.queue},
-            )
+            self._saturation()
         return len(rows)
+
+    def _saturation(self) -> None:
+        telemetry.emit(
+            "scheduler.saturation",
+            {
+                "in_flight": len(self.running),
+                "buffer": len(self._buffer),
+                "concurrency": self.concurrency,
+                "prefetch": self.prefetch,
+            },
+            {"queue": self.queue},
+        )
 
     def _held(self, rows: list[Claim]) -> list[Claim]:
         """Report the rows the pick held back for their rate limit; return the claims."""
@@ -302,8 +311,13 @@ class QueueScheduler(Service):
         return (rows[0].id, rows[0].fsm) if rows else (None, None)
 
     def _start_buffered(self) -> None:
+        lapsed: list[Claim] = []
+        now = time.monotonic()
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:
-            _, _, claim, machine = heapq.heappop(self._buffer)
+            claim, machine, leased = self._buffer.pop(now)
+            if not leased:
+                lapsed.append(claim)
+                continue
             self.running[claim.id] = claim
             task = asyncio.create_task(
                 self._run(claim, machine), name=f"gen_durable.step.{claim.id}"
@@ -311,12 +325,34 @@ class QueueScheduler(Service):
             self._tasks.add(task)
             self._task_of[claim.id] = task
             task.add_done_callback(self._tasks.discard)
+        if lapsed:
+            self._hand_back_lapsed(lapsed)
+
+    def _hand_back_lapsed(self, claims: list[Claim]) -> None:
+        """Buffered claims whose lease may have run out unextended (the loop stalled —
+        a frozen process, a long outage — past a lease) are not started: the reaper
+        may have given the row to another worker already. Releasing them is guarded
+        by their token, so a row that is still ours goes back to the queue and one
+        that is not is left alone."""
+        log.warning(
+            "queue %s: %d buffered claim(s) outlived their lease unextended; handing them "
+            "back instead of starting them",
+            self.queue,
+            len(claims),
+        )
+        task = asyncio.create_task(self._release(claims), name="gen_durable.release")
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, claims: list[Claim]) -> int:
+        return await self._w.release(claims)
 
     def _may_keep(self, priority: int) -> bool:
         """Run-ahead may continue a claim unless draining, or unless a buffered row is
         more urgent (it must not wait behind a chain); equal urgency may wait, for at
         most ``run_ahead`` steps."""
-        return not self._stopping and (not self._buffer or self._buffer[0][0] >= priority)
+        urgent = self._buffer.most_urgent()
+        return not self._stopping and (urgent is None or urgent >= priority)
 
     async def _run(self, claim: Claim, machine: Any) -> None:
         try:
@@ -332,6 +368,9 @@ class QueueScheduler(Service):
                 del self.running[claim.id]
             if self._task_of.get(claim.id) is asyncio.current_task():
                 del self._task_of[claim.id]
+            # The freed slot takes the next buffered claim now, not a loop turn later;
+            # the feeder is woken to refill the buffer.
+            self._start_buffered()
             self.wake.set()
 
     def abandon(self, instance_id: int) -> bool:
@@ -340,10 +379,7 @@ class QueueScheduler(Service):
         step's thread runs to its end. Either way the outcome is stale — the claim
         token is gone — and the completer's guard drops it. True when something was
         held."""
-        before = len(self._buffer)
-        self._buffer = [e for e in self._buffer if e[2].id != instance_id]
-        if len(self._buffer) != before:
-            heapq.heapify(self._buffer)
+        if self._buffer.remove(instance_id):
             return True
         task = self._task_of.get(instance_id)
         if task is None or task.done():

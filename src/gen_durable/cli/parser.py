@@ -117,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     # the engine's own defaults (shown in --help).
     for option in cli_options():
         kind = kind_of(option)
+        # A None default is sized per queue, and its help says how.
+        default = "" if option.default is None else f" (default {option.default:g})"
         p.add_argument(
             "--" + option.name.replace("_", "-"),
             type=kind,
             metavar="N" if kind is int else "SECONDS",
-            help=f"{option.metadata['help']} (default {option.default:g})",
+            help=f"{option.metadata['help']}{default}",
         )
     p.add_argument("--node-id", help="node identity in locked_by (default host:pid:random)")
     p.add_argument(

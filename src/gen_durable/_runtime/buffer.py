@@ -1,0 +1,65 @@
+"""A queue scheduler's claimed-but-not-started rows (SPEC §8).
+
+A heap by priority (ties in pick order), each entry with the machine resolved at the
+pick and the ``time.monotonic()`` until which its lease surely lasts: set from the
+moment the pick was sent (the database set the lease from its own clock after that),
+moved on by every heartbeat that extended it. A claim past that time may have been
+reaped — the node stood still longer than a lease — and must not be started.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from ..machine import Machine
+from .executor import Claim
+
+
+class ClaimBuffer:
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Claim, type[Machine]]] = []
+        self._seq = itertools.count()
+        self._lease_until: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def claims(self) -> list[Claim]:
+        return [entry[2] for entry in self._heap]
+
+    def push(self, claim: Claim, machine: type[Machine], lease_until: float) -> None:
+        heapq.heappush(self._heap, (claim.priority, next(self._seq), claim, machine))
+        self._lease_until[claim.id] = lease_until
+
+    def pop(self, now: float) -> tuple[Claim, type[Machine], bool]:
+        """The most urgent claim, its machine, and whether its lease still holds."""
+        _, _, claim, machine = heapq.heappop(self._heap)
+        return claim, machine, self._lease_until.pop(claim.id, now) >= now
+
+    def most_urgent(self) -> int | None:
+        """The priority of the next claim to start (None: empty)."""
+        return self._heap[0][0] if self._heap else None
+
+    def renewed(self, ids: set[int], until: float) -> None:
+        """The heartbeat extended these rows' leases: they hold at least ``until``."""
+        leases = self._lease_until
+        for iid in ids:
+            if iid in leases:
+                leases[iid] = until
+
+    def remove(self, instance_id: int) -> bool:
+        """Drop the claim on ``instance_id``; True when there was one."""
+        if instance_id not in self._lease_until:
+            return False
+        self._heap = [e for e in self._heap if e[2].id != instance_id]
+        heapq.heapify(self._heap)
+        del self._lease_until[instance_id]
+        return True
+
+    def take_all(self) -> list[Claim]:
+        """Empty the buffer; the claims it held."""
+        claims = self.claims()
+        self._heap.clear()
+        self._lease_until.clear()
+        return claims
