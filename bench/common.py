@@ -37,6 +37,19 @@ from psycopg import conninfo, sql
 RESULT_MARK = "BENCH_RESULT "
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PEER_CHAIN_LENGTH = 3  # the job queues: 3 chained jobs; DBOS: a workflow of 3 steps
+# Every scenario of bench/run.py, in report order; bench/gd_worker.py runs each.
+SCENARIOS = (
+    "chain",
+    "jobs",
+    "enqueue",
+    "signals",
+    "keys",
+    "timers",
+    "fanout",
+    "latency",
+    "memory",
+    "limits",
+)
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -240,16 +253,38 @@ def peer_rates(
     return rates(window, pg, total, "job" if scenario == "jobs" else "step", **extra)
 
 
-def peer_main(run: Callable[[str, str, int], dict[str, Any]], settings: dict[str, Any]) -> None:
-    """Command line of a peer script: ``{jobs,chain} --dsn DSN --n N``."""
+def enqueue_rates(window: Window, pg: dict[str, Any], n: int, **extra: Any) -> dict[str, Any]:
+    """The ``enqueue`` scenario's figures: one batch call of ``n`` rows."""
+    return rates(window, pg, n, "row", **extra)
+
+
+PeerRun = Callable[[str, str, int, dict[str, Any]], dict[str, Any]]
+
+
+def peer_main(
+    run: PeerRun,
+    configure: Callable[[bool, int | None], dict[str, Any]],
+    scenarios: tuple[str, ...] = ("jobs", "chain", "enqueue"),
+) -> None:
+    """Command line of a peer script:
+    ``{jobs,chain,enqueue} --dsn DSN --n N [--defaults] [--concurrency N]``.
+
+    ``configure(defaults, concurrency)`` gives the peer's settings: its tuned ones
+    (neither flag), its library defaults (``--defaults``), or ``concurrency`` jobs in
+    flight with what that needs (``--concurrency`` wins over ``--defaults``)."""
     import argparse
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["jobs", "chain"])
+    parser.add_argument("scenario", choices=scenarios)
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--defaults", action="store_true", help="the library's defaults")
+    parser.add_argument("--concurrency", type=int, help="jobs/steps in flight")
     args = parser.parse_args()
-    result = run(args.scenario, args.dsn, args.n)
+    if args.concurrency is not None and args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    settings = configure(args.defaults, args.concurrency)
+    result = run(args.scenario, args.dsn, args.n, settings)
     result["settings"] = settings
     emit(result)
 

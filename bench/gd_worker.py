@@ -32,7 +32,16 @@ import psycopg
 import gen_durable as gd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import PgMeter, Window, emit, parse_result, peak_rss_mb, percentile, rates
+from common import (
+    SCENARIOS,
+    PgMeter,
+    Window,
+    emit,
+    parse_result,
+    peak_rss_mb,
+    percentile,
+    rates,
+)
 
 # The engine settings every scenario runs with (stated in docs/performance.md):
 # 500 concurrent steps (the steps are no-op `async def`, so a slot costs only a
@@ -518,7 +527,24 @@ async def scenario_memory(dsn: str, n: int) -> dict[str, Any]:
     )
 
 
-RUNNERS = ("chain", "jobs", "signals", "keys", "timers", "fanout", "latency", "memory", "limits")
+async def scenario_enqueue(dsn: str, n: int) -> dict[str, Any]:
+    """One ``insert_all`` of ``n`` no-op jobs without unique keys, timed, into a queue
+    nobody serves (the peers' batch enqueue runs the same shape)."""
+    specs = [gd.Spec(Noop, queue="parked")] * n
+    async with client(dsn) as eng:
+        await eng.insert(Noop, queue="warm")  # untimed: the pool's sessions are open
+        meter = PgMeter(dsn)
+        meter.start(quiet=False)
+        window = Window()
+        await eng.insert_all(specs)
+        window.close()
+        meter.stop_cpu()
+    pg = meter.finish()
+    check(dsn, "queue = 'parked'", n)
+    return rates(window, pg, n, "row", api="Engine.insert_all")
+
+
+RUNNERS = SCENARIOS
 
 LIMIT_RATE = 5000.0  # the rate-limited queue's bucket, starts per second
 LIMIT_BURST = 100.0
@@ -614,6 +640,7 @@ async def main(args: argparse.Namespace) -> None:
     runners: dict[str, Callable[[], Any]] = {
         "chain": lambda: scenario_chain(args.dsn, args.n),
         "jobs": lambda: scenario_jobs(args.dsn, args.n, args.single),
+        "enqueue": lambda: scenario_enqueue(args.dsn, args.n),
         "signals": lambda: scenario_signals(args.dsn, args.n),
         "keys": lambda: scenario_keys(args.dsn, args.n),
         "timers": lambda: scenario_timers(args.dsn, args.n),

@@ -56,15 +56,20 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from common import DEFAULT_DSN, fresh_database, median, parse_result  # noqa: E402
+import matrix  # noqa: E402
+from common import DEFAULT_DSN, SCENARIOS, fresh_database, median, parse_result  # noqa: E402
 
 PEERS: dict[str, list[str]] = {
     "pgqueuer": ["pgqueuer[asyncpg]==1.6.0", "psycopg[binary]>=3.2"],
     "procrastinate": ["procrastinate==3.10.0", "psycopg[binary]>=3.2"],
     "dbos": ["dbos==3.4.0", "psycopg[binary]>=3.2"],
 }
-PEER_SCENARIOS = ("chain", "jobs")
-SCENARIOS = ("chain", "jobs", "signals", "keys", "timers", "fanout", "latency", "memory", "limits")
+# The scenarios each peer runs (DBOS has no batch enqueue for `enqueue`).
+PEER_SCENARIOS: dict[str, tuple[str, ...]] = {
+    "pgqueuer": ("chain", "jobs", "enqueue"),
+    "procrastinate": ("chain", "jobs", "enqueue"),
+    "dbos": ("chain", "jobs"),
+}
 
 # Workload sizes. "full" is the definition in docs/performance.md; "quick" keeps
 # `make bench-quick` near two minutes with the peers; "tiny" only proves the script runs.
@@ -72,6 +77,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "chain": {"n": 2000},
         "jobs": {"n": 10_000, "single": 2000},
+        "enqueue": {"n": 100_000},
         "signals": {"n": 2000},
         "keys": {"n": 2000},
         "timers": {"n": 10_000},
@@ -83,6 +89,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "chain": {"n": 500},
         "jobs": {"n": 2000, "single": 300},
+        "enqueue": {"n": 20_000},
         "signals": {"n": 500},
         "keys": {"n": 500},
         "timers": {"n": 2000},
@@ -94,6 +101,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "chain": {"n": 50},
         "jobs": {"n": 200, "single": 50},
+        "enqueue": {"n": 1000},
         "signals": {"n": 50},
         "keys": {"n": 50},
         "timers": {"n": 100},
@@ -108,7 +116,7 @@ BASELINE_PREFIX = "gen_durable@"
 # Two medians closer than this are one result, whatever the spreads say.
 NOISE = 0.05
 # --gd-args: extra worker options for every gen_durable system (this tree and a
-# baseline), e.g. "--defaults" or "--concurrency 10".
+# baseline), e.g. "--prefetch 0", given after (so on top of) each setting's own.
 GD_EXTRA: list[str] = []
 
 
@@ -167,18 +175,68 @@ def command_for(
     python: str,
     loop: str,
     bench: Path = HERE,
+    setting: str = "best",
 ) -> list[str]:
     """The command of one run; ``loop`` is gen_durable's event loop (``--loop``);
-    ``bench`` is the ``bench/`` directory whose worker runs (a baseline's own)."""
+    ``bench`` is the ``bench/`` directory whose worker runs (a baseline's own);
+    ``setting`` one of ``matrix.SETTINGS``."""
     if is_gen_durable(system):
         cmd = [python, str(bench / "gd_worker.py"), scenario, "--dsn", dsn, "--loop", loop]
-        cmd += GD_EXTRA
+        cmd += matrix.setting_args(setting, gen_durable=True) + GD_EXTRA
     else:
         cmd = [python, str(bench / "peers" / f"{system}_bench.py"), scenario, "--dsn", dsn]
+        cmd += matrix.setting_args(setting, gen_durable=False)
     for key, value in size.items():
         if is_gen_durable(system) or key == "n":
             cmd += [f"--{key}", str(value)]
     return cmd
+
+
+class Plan:
+    """The runs of one invocation, in their interleaved order: per scenario, per
+    setting (``matrix.settings_for``), every system that runs the scenario."""
+
+    def __init__(
+        self,
+        size_name: str,
+        scenarios: list[str],
+        chosen: list[str],
+        peers: list[str],
+        baseline: str | None,
+        loop: str,
+    ) -> None:
+        self.size_name, self.scenarios, self.chosen = size_name, scenarios, chosen
+        self.peers, self.baseline, self.loop = peers, baseline, loop
+        # (scenario, setting) pairs the baseline's worker refuses: skipped for it.
+        self.refused: set[tuple[str, str]] = set()
+
+    def groups(self) -> Iterator[tuple[str, str]]:
+        for scenario in self.scenarios:
+            for setting in matrix.settings_for(scenario, self.chosen):
+                yield scenario, setting
+
+    def runs(self) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+        """(scenario, setting, system, size) of every run of one round."""
+        for scenario, setting in self.groups():
+            systems = ["gen_durable"]
+            if self.baseline and (scenario, setting) not in self.refused:
+                systems.append(self.baseline)
+            systems += [p for p in self.peers if scenario in PEER_SCENARIOS[p]]
+            base = SIZES[self.size_name][scenario]
+            for system in systems:
+                size = matrix.sized(self.size_name, scenario, setting, system, base)
+                yield scenario, setting, system, size
+
+    def baseline_lines(self) -> dict[tuple[str, str], list[list[str]]]:
+        """Per group, the command line the baseline's worker will get (after the
+        interpreter and the script), for ``probe_baseline``."""
+        assert self.baseline is not None
+        out = {}
+        for scenario, setting in self.groups():
+            size = SIZES[self.size_name][scenario]
+            cmd = command_for(self.baseline, scenario, "DSN", size, "", self.loop, setting=setting)
+            out[(scenario, setting)] = [cmd[2:]]
+        return out
 
 
 def run_one(
@@ -189,6 +247,7 @@ def run_one(
     python: str,
     loop: str,
     checkout: Path | None = None,
+    setting: str = "best",
 ) -> dict[str, Any]:
     """One scenario run in its own process; ``checkout``: a baseline's, whose own
     worker and package run instead of this tree's."""
@@ -196,7 +255,7 @@ def run_one(
     with fresh_database(dsn, f"{system[:8]}_{scenario}") as db:
         started = time.monotonic()
         done = subprocess.run(
-            command_for(system, scenario, db, size, python, loop, bench),
+            command_for(system, scenario, db, size, python, loop, bench, setting),
             capture_output=True,
             text=True,
             timeout=RUN_TIMEOUT,
@@ -380,6 +439,34 @@ def check_baseline(checkout: Path, commands: list[list[str]]) -> str:
     return origin
 
 
+def probe_baseline(
+    checkout: Path, plan: dict[tuple[str, str], list[list[str]]]
+) -> tuple[str, dict[tuple[str, str], str]]:
+    """``check_baseline`` per (scenario, setting) of ``plan``: where the baseline's
+    package is, and the groups its worker refuses, each with the reason (an older
+    worker lacks newer scenarios and options: those runs are skipped for it, said so
+    in the report). A failure that is not a refusal, or refusing everything, stops."""
+    every = [line for lines in plan.values() for line in lines]
+    try:
+        return check_baseline(checkout, every), {}
+    except SystemExit as exc:
+        if "refuses `" not in str(exc):
+            raise
+    package, skipped = "", {}
+    for group, lines in plan.items():
+        try:
+            package = check_baseline(checkout, lines)
+        except SystemExit as exc:
+            if "refuses `" not in str(exc):
+                raise
+            skipped[group] = str(exc).split(": ", 2)[-1].split(" (run that")[0]
+    if not package:
+        raise SystemExit(
+            f"--baseline: its worker refuses every run: {next(iter(skipped.values()))}"
+        )
+    return package, skipped
+
+
 # Per scenario, the figures compared with a baseline; the first is its headline.
 # Rates (``*_per_s``) are better higher, every other figure (costs, latencies) lower.
 COMPARED: dict[str, list[str]] = {
@@ -391,6 +478,7 @@ COMPARED: dict[str, list[str]] = {
         "commits_per_step",
         "statements_per_step",
     ],
+    "enqueue": ["rows_per_s", "worker_cpu_ms_per_row", "pg_cpu_ms_per_row"],
     "jobs": [
         "jobs_per_s",
         "insert_all_one_call_rows_per_s",
@@ -601,6 +689,7 @@ GD_ROWS = [
     ("jobs", "insert_all_one_call_rows_per_s", "`insert_all`, one call: rows/s"),
     ("jobs", "insert_all_batched_rows_per_s", "`insert_all`, batches of 1,000: rows/s"),
     ("jobs", "insert_single_rows_per_s", "`insert`, one at a time: rows/s"),
+    ("enqueue", "rows_per_s", "`insert_all`, one call of `n` rows: rows/s"),
     ("signals", "wakeups_per_s_from_first_signal", "wake-ups/s (first signal → last wake)"),
     ("signals", "sender_signals_per_s", "signals/s sent (second process)"),
     ("signals", "p50_ms", "`signal` returned → woken step started, p50 ms"),
@@ -632,11 +721,14 @@ LABELS: dict[tuple[str, str], str] = {
     ("signals", "worker_cpu_ms_per_wakeup"): "worker CPU ms / wake-up",
     ("fanout", "worker_cpu_ms_per_step"): "worker CPU ms / step",
     ("memory", "jobs_per_s"): "jobs/s drained (all `n` queued first)",
+    ("enqueue", "worker_cpu_ms_per_row"): "worker CPU ms / row",
+    ("enqueue", "pg_cpu_ms_per_row"): "PostgreSQL CPU ms / row",
 }
 
 COST_UNIT = {
     "chain": "step",
     "jobs": "job",
+    "enqueue": "row",
     "signals": "wakeup",
     "keys": "signal",
     "timers": "wakeup",
@@ -676,13 +768,18 @@ def render_baseline(report: dict[str, Any], w: Any) -> None:
     if base.get("settings_differ"):
         w(f"The baseline's `Engine(...)` settings differ from this tree's: `{base['settings']}`.")
         w("")
-    if not base["comparison"]:
+    # The best settings first (as the side-by-side table), then each other setting.
+    compared = [(scenario, rows) for scenario, rows in base["comparison"].items()]
+    for setting, comparison in (base.get("comparison_at") or {}).items():
+        compared += [(f"{scenario} at {setting}", rows) for scenario, rows in comparison.items()]
+    if not compared:
         w("No scenario has figures from both (see the failed runs).")
         w("")
         return
-    for scenario, rows in base["comparison"].items():
+    for scenario, rows in compared:
+        scenario_name = scenario.split(" at ")[0]
         head = rows[0]
-        label = LABELS.get((scenario, head["figure"]), head["figure"])
+        label = LABELS.get((scenario_name, head["figure"]), head["figure"])
         r = f", {head['ratio']:.2f}×" if head["ratio"] is not None else ""
         if head["verdict"] == "within noise":
             w(f"- **{scenario}**: within noise of {name} ({label}{r}).")
@@ -691,9 +788,9 @@ def render_baseline(report: dict[str, Any], w: Any) -> None:
     w("")
     w(f"| scenario | figure | {here} | {name} | this tree / baseline | verdict |")
     w("|---|---|---|---|---|---|")
-    for scenario, rows in base["comparison"].items():
+    for scenario, rows in compared:
         for row in rows:
-            label = LABELS.get((scenario, row["figure"]), row["figure"])
+            label = LABELS.get((scenario.split(" at ")[0], row["figure"]), row["figure"])
             r = f"{row['ratio']:.2f}×" if row["ratio"] is not None else "—"
             w(
                 f"| {scenario} | {label} ({row['better']} is better) | {spread(row['current'])} "
@@ -702,11 +799,45 @@ def render_baseline(report: dict[str, Any], w: Any) -> None:
     w("")
 
 
+def render_howto(w: Any) -> None:
+    """How to run each part of this report (the top of the generated page)."""
+    w("## Running it")
+    w("")
+    w("- Everything, full sizes, 3 runs, peers included: `make bench` (about half an hour).")
+    w(
+        "- A short check of the whole report: `make bench-quick` (reduced sizes, 1 run), or "
+        "`python bench/run.py --quick --size tiny --peers none` (seconds)."
+    )
+    w(
+        "- The settings matrix (defaults, equal concurrency 10/32/500, best) and the cost "
+        "per step and per job: `python bench/run.py --scenarios chain,jobs` — "
+        "`--settings defaults,c10,c32,c500,best` picks the rows (all by default; every "
+        "other scenario runs at `best` only)."
+    )
+    w(
+        "- The enqueue comparison (one batch call of 100,000 rows): "
+        "`python bench/run.py --scenarios enqueue`."
+    )
+    w(
+        "- One system or scenario: `--peers none` or `--peers pgqueuer`, `--scenarios "
+        "latency`; extra gen_durable worker options on top of every setting: "
+        '`--gd-args "--prefetch 0"`.'
+    )
+    w(
+        "- Against an earlier revision: `--baseline REV` (see *How it is measured*); a "
+        "revision whose worker lacks a scenario or an option skips those runs and says so."
+    )
+    w("")
+
+
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     res: dict[str, dict[str, list[dict[str, Any]]]] = report["results"]
     gd = res.get("gen_durable", {})
-    peers = [p for p in PEERS if p in res]
+    ran = [res, *report.get("matrix", {}).values()]
+    peers = [p for p in PEERS if any(p in table for table in ran)]
+    base = (report.get("baseline") or {}).get("system")
+    systems = ["gen_durable", *([base] if base else []), *peers]
     quick = report["mode"] != "full"
     out: list[str] = []
     w = out.append
@@ -728,10 +859,11 @@ def render(report: dict[str, Any]) -> str:
         "on the same server, in interleaved runs."
     )
     w("")
+    render_howto(w)
     if report.get("baseline"):
         render_baseline(report, w)
-    if peers:
-        w("## Side by side")
+    if peers and any(res.get(p) for p in peers):
+        w("## Side by side, each at its best settings")
         w("")
         header = "| scenario | figure | gen_durable | " + " | ".join(peers)
         header += " | " + " | ".join(f"gen_durable / {p}" for p in peers) + " |"
@@ -739,10 +871,11 @@ def render(report: dict[str, Any]) -> str:
         w("|" + "---|" * (2 + 1 + 2 * len(peers)))
         for scenario, key, label, better in SIDE_ROWS:
             ours = gd.get(scenario, [])
-            if not ours and not any(res[p].get(scenario) for p in peers):
+            if not ours and not any(res.get(p, {}).get(scenario) for p in peers):
                 continue
-            cells = [cell(ours, key)] + [cell(res[p].get(scenario, []), key) for p in peers]
-            ratios = [ratio(ours, res[p].get(scenario, []), key) for p in peers]
+            theirs = [res.get(p, {}).get(scenario, []) for p in peers]
+            cells = [cell(ours, key)] + [cell(t, key) for t in theirs]
+            ratios = [ratio(ours, t, key) for t in theirs]
             w(f"| {scenario} | {label} ({better} is better) | " + " | ".join(cells + ratios) + " |")
         w("")
         w(
@@ -751,6 +884,9 @@ def render(report: dict[str, Any]) -> str:
             "DBOS has no batch call, so `DBOSClient.enqueue` once per workflow from 8 threads."
         )
         w("")
+    matrix.render_matrix(report, systems, peers, w)
+    matrix.render_costs(report, systems, w)
+    matrix.render_enqueue(report, systems, w)
     if gd:
         w("## gen_durable scenarios")
         w("")
@@ -829,6 +965,12 @@ def render(report: dict[str, Any]) -> str:
         "- **jobs** — `n` no-op jobs enqueued in one batch call, then drained. Afterwards, "
         "on the same database, `insert_all` in batches of 1,000 (`n` rows) and `single` "
         "sequential `insert` calls, into a queue nobody serves."
+    )
+    w(
+        "- **enqueue** — one batch call of `n` no-op jobs without unique keys into a queue "
+        "nobody serves, the client's connection opened before the timed call: gen_durable "
+        "`insert_all`, PgQueuer `Queries.enqueue` with lists, Procrastinate "
+        "`batch_defer_async` (DBOS has none). The rows are counted in SQL afterwards."
     )
     w(
         '- **signals** — `n` instances park on `Await("go")`; once all are parked, a second '
@@ -1001,6 +1143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=list(SIZES), help="override the workload sizes")
     parser.add_argument("--runs", type=int, help="runs per scenario (default 3; 1 with --quick)")
     parser.add_argument("--scenarios", help=f"comma list of {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--settings",
+        default=",".join(matrix.SETTINGS),
+        help=f"comma list of {', '.join(matrix.SETTINGS)}: the settings chain and jobs run "
+        "at (every other scenario runs at best only)",
+    )
     parser.add_argument("--peers", default=",".join(PEERS), help="comma list, or 'none'")
     parser.add_argument("--memory", action="store_true", help="add the memory scenario")
     parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
@@ -1032,6 +1180,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory and "memory" not in scenarios:
         scenarios.append("memory")
     peers = [] if args.peers == "none" else parse_list(args.peers, PEERS, "peer")
+    chosen = parse_list(args.settings, matrix.SETTINGS, "setting")
+    if not chosen:
+        raise SystemExit("--settings: name at least one setting")
     baseline: dict[str, Any] = {}
     if args.baseline:
         commit, short = resolve_baseline(args.baseline)
@@ -1054,7 +1205,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         versions[peer] = peer_version(pythons[peer], peer)
 
+    plan = Plan(size_name, scenarios, chosen, peers, baseline.get("system"), args.loop)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    table: dict[str, Any] = {"results": results, "matrix": {}, "matrix_settings": {}}
     settings: dict[str, Any] = {}
     gd_failed = False
     if baseline:
@@ -1062,38 +1215,43 @@ def main(argv: list[str] | None = None) -> int:
     with baseline_checkout(baseline["commit"]) if baseline else nullcontext() as checkout:
         if checkout is not None:
             log(f"baseline {baseline['system']}: checking its worker")
-            lines = []
-            for scenario in scenarios:
-                size = SIZES[size_name][scenario]
-                cmd = command_for(baseline["system"], scenario, "DSN", size, "", args.loop)
-                lines.append(cmd[2:])  # what follows the interpreter and the script
-            baseline["package"] = check_baseline(checkout, lines)
+            baseline["package"], refused = probe_baseline(checkout, plan.baseline_lines())
+            plan.refused = set(refused)
+            baseline["skipped"] = [
+                {"what": f"{scenario} at {setting}", "reason": reason}
+                for (scenario, setting), reason in refused.items()
+            ]
+            for skip in baseline["skipped"]:
+                log(f"baseline skips {skip['what']}: {skip['reason']}")
         for run in range(1, runs + 1):
-            for scenario in scenarios:
-                systems = ["gen_durable"] + ([baseline["system"]] if baseline else [])
-                systems += [p for p in peers if scenario in PEER_SCENARIOS]
-                for system in systems:
-                    size = SIZES[size_name][scenario]
-                    log(f"run {run}/{runs}: {system} {scenario} {size}")
-                    try:
-                        result = run_one(
-                            system,
-                            scenario,
-                            args.dsn,
-                            size,
-                            pythons[system],
-                            args.loop,
-                            checkout if system.startswith(BASELINE_PREFIX) else None,
-                        )
-                    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                        failures.append(f"run {run}, {system} {scenario}: {exc}")
-                        log(f"FAILED: {exc}")
-                        gd_failed = gd_failed or is_gen_durable(system)
-                        continue
-                    settings[system] = result.pop("settings", {})
-                    results.setdefault(system, {}).setdefault(scenario, []).append(result)
-                    brief = {k: v for k, v in result.items() if k.endswith(("_per_s", "_ms"))}
-                    log(f"  {brief}")
+            for scenario, setting, system, size in plan.runs():
+                log(f"run {run}/{runs}: {system} {scenario} at {setting} {size}")
+                try:
+                    result = run_one(
+                        system,
+                        scenario,
+                        args.dsn,
+                        size,
+                        pythons[system],
+                        args.loop,
+                        checkout if system.startswith(BASELINE_PREFIX) else None,
+                        setting,
+                    )
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
+                    failures.append(f"run {run}, {system} {scenario} at {setting}: {exc}")
+                    log(f"FAILED: {exc}")
+                    gd_failed = gd_failed or is_gen_durable(system)
+                    continue
+                used = result.pop("settings", {})
+                table["matrix_settings"].setdefault(setting, {})[system] = used
+                if setting == "best":
+                    settings[system] = used
+                    where = results
+                else:
+                    where = table["matrix"].setdefault(setting, {})
+                where.setdefault(system, {}).setdefault(scenario, []).append(result)
+                brief = {k: v for k, v in result.items() if k.endswith(("_per_s", "_ms"))}
+                log(f"  {brief}")
 
     profile: list[dict[str, Any]] = []
     if args.profile:
@@ -1111,6 +1269,11 @@ def main(argv: list[str] | None = None) -> int:
             k: v for k, v in ours.items() if k not in drop
         }
         baseline["comparison"] = compare_baseline(results, system)
+        baseline["comparison_at"] = {
+            setting: compare_baseline(table["matrix"].get(setting, {}), system)
+            for setting in chosen
+            if setting != "best"
+        }
     shown = list(argv if argv is not None else sys.argv[1:])
     for i, arg in enumerate(shown[:-1]):
         if arg == "--dsn":
@@ -1128,6 +1291,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions,
         "settings": settings,
         "results": results,
+        "settings_run": chosen,
+        "matrix": table["matrix"],
+        "matrix_settings": table["matrix_settings"],
         "failures": failures,
         "profile": profile,
         "baseline": baseline or None,
