@@ -48,6 +48,11 @@ log = logging.getLogger("gen_durable")
 # slot is a number, so the key is everything before the last ", ".
 _KEY_RE = re.compile(r"Key \(partition_key, partition_slot\)=\((.*), -?\d+\) already exists")
 
+LIMITED_HOLD = 5.0
+"""Seconds a queue keeps the full pick (buckets, K slots) after it last met a rate-limited
+or K > 1 row; otherwise it picks with the plain statement, which costs what a pick
+cost before flow control (SPEC §23)."""
+
 
 @dataclass(frozen=True, slots=True)
 class QueueWiring:
@@ -80,6 +85,7 @@ class QueueScheduler(Service):
         self._buffer: list[tuple[int, int, Claim, type[Machine]]] = []
         self._seq = 0
         self._due: float | None = None  # monotonic time a held row is due (§23)
+        self._full_until = 0.0  # monotonic time until which the full pick is used (§23)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[int, asyncio.Task[None]] = {}
@@ -207,11 +213,13 @@ class QueueScheduler(Service):
         self.wake.clear()
         return woken
 
-    async def _pick(self, limit: int) -> int:
+    async def _pick(self, limit: int, full: bool = False) -> int:
         w = self._w
         token = w.next_token()
         started = time.perf_counter()
-        stmt = w.queries.pick(self.queue, limit, token, self._cfg.lease_ttl)
+        full = full or time.monotonic() < self._full_until
+        pick = w.queries.pick if full else w.queries.pick_plain
+        stmt = pick(self.queue, limit, token, self._cfg.lease_ttl)
         for attempt in range(3):
             try:
                 rows = await w.fetch(stmt)
@@ -239,10 +247,20 @@ class QueueScheduler(Service):
             )
         if not rows:
             return 0
+        limited = rows[-1].held == "limited"  # the plain pick left rate-limited rows
+        if full and any(r.rate_limit is not None or r.held is not None for r in rows):
+            self._full_until = time.monotonic() + LIMITED_HOLD
         if rows[-1].held is not None:  # held rows come last (SPEC §23)
             rows = self._held(rows)
-            if not rows:
-                return 0
+        got = await self._buffered(rows) if rows else 0
+        if limited:  # the rows it left go through the full pick, at once
+            self._full_until = time.monotonic() + LIMITED_HOLD
+            got += await self._pick(limit - got, full=True)
+        return got
+
+    async def _buffered(self, rows: list[Claim]) -> int:
+        """Put a pick's claims into the buffer (or hand back those of unknown machines)."""
+        w = self._w
         unknown: list[Claim] = []
         for claim in rows:
             machine = resolve(w.registry, claim.fsm, claim.fsm_version)
