@@ -242,3 +242,31 @@ async def test_a_held_row_is_picked_when_its_token_is_due_not_at_the_next_poll(
         await finished(engine, iid, timeout=30)
     starts = sorted(STARTS["due"])
     assert 1.7 <= starts[-1] - starts[0] < 3.5, starts
+
+
+async def test_a_claim_taken_ahead_starts_when_its_token_is_due(make_engine) -> None:
+    """20/s with burst 1: one pick claims the row with the token there is and the five
+    whose tokens are due within RESERVE_AHEAD (0.25 s); none waits for a later pick,
+    and each starts no earlier than its token, 0.05 s after the one before."""
+    STARTS.clear()
+    engine = make_engine(queues={"default": 10}, fsms=[Tick])
+    throttled: list[int] = []
+
+    def on_throttled(event: str, m: Any, meta: Any) -> None:
+        throttled.append(m["count"])
+
+    await engine.start()
+    await engine.set_rate_limit("ahead", 20, burst=1)
+    gd.telemetry.attach("rate_limit.throttled", on_throttled)
+    try:
+        ids = await engine.insert_all(
+            [gd.Spec(Tick, state={"tag": "ahead"}, rate_limit="ahead")] * 6
+        )
+        for iid in ids:
+            await finished(engine, iid, timeout=30)
+    finally:
+        gd.telemetry.detach("rate_limit.throttled", on_throttled)
+    assert throttled == []  # nothing was held for a later pick
+    starts = sorted(STARTS["ahead"])
+    for k, t in enumerate(starts):
+        assert t - starts[0] >= k * 0.05 - 0.005, (k, [s - starts[0] for s in starts])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
+from gen_durable._db.statements.flow import RESERVE_AHEAD
 from gen_durable._db.statements.pick import Claim
 
 from .sqlhelp import claim, insert, run, scalar
@@ -169,3 +171,37 @@ async def test_concurrent_picks_share_one_bucket(dsn, conn, q, schema) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_tokens_due_soon_are_claimed_ahead_with_their_due(conn, q, schema) -> None:
+    """A pick takes the tokens there are and those due within RESERVE_AHEAD: the
+    claims say when each token is due, the bucket goes below zero by what it promised,
+    and only rows beyond the horizon are held. A late next pick therefore loses no
+    token to the burst cap, and the starts still follow the token sequence."""
+    assert RESERVE_AHEAD == 0.25
+    await _limit(conn, q, "api", 20.0, 1.0, 2.0)  # a token every 0.05 s
+    limited = await insert(conn, q, *({"rate_limit": "api"} for _ in range(10)))
+    got = await claim(conn, q, "n:1", limit=20)
+    fields = list(Claim.__dataclass_fields__)  # the pick's columns, in order
+    held_at, due_at = fields.index("held"), fields.index("due")
+    claims = {r[0]: r[due_at] for r in got if r[held_at] is None}
+    # 2 tokens now, 5 more due within 0.25 s: the 3rd..7th rows, 0.05 s apart.
+    assert sorted(claims) == limited[:7]
+    assert [claims[i] for i in limited[:2]] == [None, None]
+    assert [claims[i] for i in limited[2:7]] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.25])
+    assert sorted(_ids(got, "throttled")) == limited[7:]
+    tokens = await scalar(conn, f'SELECT tokens FROM "{schema}".rate_buckets')
+    assert tokens == pytest.approx(-5.0, abs=0.1)  # promised ahead
+    # The held rows are due after the promised tokens, one token apart.
+    cur = await conn.execute(
+        f'SELECT extract(epoch FROM eligible_at - now()) FROM "{schema}".gen_durable '
+        "WHERE id = ANY(%s) ORDER BY eligible_at",
+        (limited[7:],),
+    )
+    due = [float(r[0]) for r in await cur.fetchall()]  # seen a little after the pick
+    assert 0.2 < due[0] <= 0.3 and [b - a for a, b in itertools.pairwise(due)] == pytest.approx(
+        [0.05, 0.05], abs=0.001
+    )
+    # A bucket in debt gives nothing now (never a negative count): a new row is held.
+    (late,) = await insert(conn, q, {"rate_limit": "api"})
+    assert _ids(await claim(conn, q, "n:2"), "throttled") == [late]

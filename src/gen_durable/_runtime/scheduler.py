@@ -50,8 +50,7 @@ _KEY_RE = re.compile(r"Key \(partition_key, partition_slot\)=\((.*), -?\d+\) alr
 
 LIMITED_HOLD = 5.0
 """Seconds a queue keeps the full pick (buckets, K slots) after it last met a rate-limited
-or K > 1 row; otherwise it picks with the plain statement, which costs what a pick
-cost before flow control (SPEC §23)."""
+or K > 1 row; else it picks with the plain one, as cheap as before flow control (§23)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +82,9 @@ class QueueScheduler(Service):
         self.running: dict[int, Claim] = {}
         # Heap of (priority, seq, claim, machine): the machine is resolved once, at pick.
         self._buffer: list[tuple[int, int, Claim, type[Machine]]] = []
+        # Claims whose rate-limit token is due later (SPEC §23), by monotonic due time;
+        # a timer moves each into the buffer when its token is due.
+        self._waiting: list[tuple[float, int, Claim, type[Machine]]] = []
         self._seq = 0
         self._due: float | None = None  # monotonic time a held row is due (§23)
         self._full_until = 0.0  # monotonic time until which the full pick is used (§23)
@@ -104,8 +106,8 @@ class QueueScheduler(Service):
             self._loop_done.set()
 
     def held(self) -> list[Claim]:
-        """Every row this scheduler holds a claim on: running and buffered."""
-        return [*self.running.values(), *(entry[2] for entry in self._buffer)]
+        """Every row this scheduler holds a claim on: running, buffered, waiting."""
+        return [*self.running.values(), *(e[2] for e in (*self._buffer, *self._waiting))]
 
     async def drain(self, deadline: float, cancel_loop: Callable[[], Awaitable[None]]) -> None:
         """Stop picking, hand buffered rows back at once, give running steps until
@@ -120,8 +122,9 @@ class QueueScheduler(Service):
             await asyncio.wait_for(self._loop_done.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             await cancel_loop()
-        buffered = [entry[2] for entry in self._buffer]
+        buffered = [entry[2] for entry in (*self._buffer, *self._waiting)]
         self._buffer.clear()
+        self._waiting.clear()
         released = await self._w.release(buffered) if buffered else 0
         if telemetry.listening("scheduler.drain"):
             telemetry.emit(
@@ -157,7 +160,7 @@ class QueueScheduler(Service):
         error_delay = 0.1
         while not self._stopping:
             self._start_buffered()
-            held = len(self.running) + len(self._buffer)
+            held = len(self.running) + len(self._buffer) + len(self._waiting)
             capacity = self.concurrency + cfg.prefetch - held
             idle = held == 0
             if capacity <= 0 or (capacity < cfg.min_demand and not idle):
@@ -268,6 +271,11 @@ class QueueScheduler(Service):
                 unknown.append(claim)
                 continue
             self._seq += 1
+            if claim.due:  # its token is due later: it starts then (§23)
+                at = time.monotonic() + claim.due
+                heapq.heappush(self._waiting, (at, self._seq, claim, machine))
+                asyncio.get_running_loop().call_later(claim.due, self._token_due)
+                continue
             heapq.heappush(self._buffer, (claim.priority, self._seq, claim, machine))
         if unknown:
             # Not failed, not lost: another node (with the code) can run it (SPEC §13).
@@ -319,7 +327,20 @@ class QueueScheduler(Service):
             return None, None
         return (rows[0].id, rows[0].fsm) if rows else (None, None)
 
+    def _token_due(self) -> None:
+        """A waiting claim's timer: start what is due (a timer may fire a hair early:
+        then look again when the first one is)."""
+        self._start_buffered()
+        if self._waiting and not self._stopping:
+            left = self._waiting[0][0] - time.monotonic()
+            if left > 0:
+                asyncio.get_running_loop().call_later(left, self._token_due)
+
     def _start_buffered(self) -> None:
+        now = time.monotonic()
+        while self._waiting and self._waiting[0][0] <= now:
+            _, seq, claim, machine = heapq.heappop(self._waiting)
+            heapq.heappush(self._buffer, (claim.priority, seq, claim, machine))
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:
             _, _, claim, machine = heapq.heappop(self._buffer)
             self.running[claim.id] = claim
@@ -358,10 +379,12 @@ class QueueScheduler(Service):
         step's thread runs to its end. Either way the outcome is stale — the claim
         token is gone — and the completer's guard drops it. True when something was
         held."""
-        before = len(self._buffer)
+        before = len(self._buffer) + len(self._waiting)
         self._buffer = [e for e in self._buffer if e[2].id != instance_id]
-        if len(self._buffer) != before:
+        self._waiting = [e for e in self._waiting if e[2].id != instance_id]
+        if len(self._buffer) + len(self._waiting) != before:
             heapq.heapify(self._buffer)
+            heapq.heapify(self._waiting)
             return True
         task = self._task_of.get(instance_id)
         if task is None or task.done():

@@ -37,6 +37,8 @@ class Claim:
     defined (``unknown``); it stays runnable, due in ``due`` seconds (SPEC §23).
     ``limited``: the plain pick met a rate-limited row and left it (``PICK_PLAIN``)."""
     due: float | None = None
+    """A claim whose rate-limit token is not due yet (SPEC §23): its step starts in
+    ``due`` seconds. A held row: it is due again in ``due`` seconds."""
     trace_context: str | None = None
     """The W3C trace context stored with the row (SPEC §25), None when untraced."""
 
@@ -152,20 +154,21 @@ WITH RECURSIVE prio AS ({PRIORITIES}), cand AS (
 )"""
 
 
-def _claimed(ids: str, slot: str) -> str:
+def _claimed(ids: str, slot: str, due: str = "NULL::float8", join: str = "") -> str:
     """The CTE that claims the rows ``ids`` (a query of ids) selects, each taking the
-    partition slot ``slot``.
+    partition slot ``slot``; ``due`` says when each may start (``join`` names what it
+    reads from).
 
     The UPDATE finds them through `id = ANY (ARRAY(...))`, a primary-key lookup
-    whatever the planner guesses of the batch size (a join became a hash join over the
-    whole table in a generic plan). Inbox and children ride along in RETURNING (§17:
-    no extra round trip)."""
+    whatever the planner guesses of the batch size (a join alone became a hash join
+    over the whole table in a generic plan). Inbox and children ride along in
+    RETURNING (§17: no extra round trip)."""
     return f"""claimed AS (
     UPDATE {{s}}.gen_durable g
     SET status = 'executing', {clear_guard("g", "'executing'")}, locked_by = %(token)s,
         partition_slot = {slot},
         lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
-    WHERE g.id = ANY (ARRAY({ids}))
+    {join} WHERE g.id = ANY (ARRAY({ids})){" AND sv.id = g.id" if join else ""}
     RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.attempt,
         g.awaits, g.priority, g.partition_key,
         (SELECT json_agg({SIGNAL_JSON} ORDER BY s.id)::text
@@ -174,7 +177,7 @@ def _claimed(ids: str, slot: str) -> str:
            FROM {{s}}.gen_durable c WHERE c.parent_id = g.id) AS childs_text,
         g.locked_by AS token,
         g.awaits IS NOT NULL AND g.await_deadline IS NOT NULL AS timed_out,
-        g.rate_limit, NULL::text AS held, NULL::float8 AS due, g.trace_context
+        g.rate_limit, NULL::text AS held, {due} AS due, g.trace_context
 )"""
 
 
@@ -183,11 +186,13 @@ _NOT_A_CLAIM = """'' AS state_text, 0 AS attempt, NULL AS awaits, {row}.priority
     false AS timed_out, {row}.rate_limit"""
 
 # The full pick: rate-limited rows go through the buckets (flow.BUCKETS): `served` is
-# what is claimed, `held` what waits for a token, returned after the claims.
+# what is claimed (a claim whose token is due later says when, in `due`), `held` what
+# waits for a token, returned after the claims.
+_CLAIM_SERVED = _claimed("SELECT id FROM served", SLOT, "sv.due", "FROM served sv")
 PICK = Statement(
     "pick",
     "Claim up to `limit` runnable rows of one queue for one claim token",
-    f"""{_chosen(_GUARD)}, {BUCKETS}, {_claimed("SELECT id FROM served", SLOT)}
+    f"""{_chosen(_GUARD)}, {BUCKETS}, {_CLAIM_SERVED}
 SELECT * FROM claimed
 UNION ALL
 SELECT h.id, h.fsm, h.fsm_version, h.step, {_NOT_A_CLAIM.format(row="h")}, h.held, h.due,
