@@ -247,7 +247,7 @@ async def test_a_held_row_is_picked_when_its_token_is_due_not_at_the_next_poll(
 async def test_a_claim_taken_ahead_starts_when_its_token_is_due(make_engine) -> None:
     """20/s with burst 1: one pick claims the row with the token there is and the five
     whose tokens are due within RESERVE_AHEAD (0.25 s); none waits for a later pick,
-    and each starts no earlier than its token, 0.05 s after the one before."""
+    and each starts when its token is due, 0.05 s after the one before."""
     STARTS.clear()
     engine = make_engine(queues={"default": 10}, fsms=[Tick])
     throttled: list[int] = []
@@ -268,5 +268,8 @@ async def test_a_claim_taken_ahead_starts_when_its_token_is_due(make_engine) -> 
         gd.telemetry.detach("rate_limit.throttled", on_throttled)
     assert throttled == []  # nothing was held for a later pick
     starts = sorted(STARTS["ahead"])
-    for k, t in enumerate(starts):
-        assert t - starts[0] >= k * 0.05 - 0.005, (k, [s - starts[0] for s in starts])
+    for i, a in enumerate(starts):
+        for j in range(i, len(starts)):
+            # burst + rate x window; 0.03 s slack: start times are taken in the step.
+            assert j - i + 1 <= 1 + 20 * (starts[j] - a + 0.03), [s - starts[0] for s in starts]
+    assert starts[-1] - starts[0] >= 5 * 0.05 * 0.8  # the tokens set the pace

@@ -154,21 +154,20 @@ WITH RECURSIVE prio AS ({PRIORITIES}), cand AS (
 )"""
 
 
-def _claimed(ids: str, slot: str, due: str = "NULL::float8", join: str = "") -> str:
+def _claimed(ids: str, slot: str, due: str = "NULL::float8") -> str:
     """The CTE that claims the rows ``ids`` (a query of ids) selects, each taking the
-    partition slot ``slot``; ``due`` says when each may start (``join`` names what it
-    reads from).
+    partition slot ``slot``; ``due`` says when each may start.
 
     The UPDATE finds them through `id = ANY (ARRAY(...))`, a primary-key lookup
-    whatever the planner guesses of the batch size (a join alone became a hash join
-    over the whole table in a generic plan). Inbox and children ride along in
-    RETURNING (§17: no extra round trip)."""
+    whatever the planner guesses of the batch size (a join became a hash join over the
+    whole table in a generic plan, or a nested loop comparing every pair). Inbox and
+    children ride along in RETURNING (§17: no extra round trip)."""
     return f"""claimed AS (
     UPDATE {{s}}.gen_durable g
     SET status = 'executing', {clear_guard("g", "'executing'")}, locked_by = %(token)s,
         partition_slot = {slot},
         lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
-    {join} WHERE g.id = ANY (ARRAY({ids})){" AND sv.id = g.id" if join else ""}
+    WHERE g.id = ANY (ARRAY({ids}))
     RETURNING g.id, g.fsm, g.fsm_version, g.step, g.state::text AS state_text, g.attempt,
         g.awaits, g.priority, g.partition_key,
         (SELECT json_agg({SIGNAL_JSON} ORDER BY s.id)::text
@@ -188,7 +187,12 @@ _NOT_A_CLAIM = """'' AS state_text, 0 AS attempt, NULL AS awaits, {row}.priority
 # The full pick: rate-limited rows go through the buckets (flow.BUCKETS): `served` is
 # what is claimed (a claim whose token is due later says when, in `due`), `held` what
 # waits for a token, returned after the claims.
-_CLAIM_SERVED = _claimed("SELECT id FROM served", SLOT, "sv.due", "FROM served sv")
+# A claim's `due` comes from one object of id -> due built once per pick (an InitPlan)
+# out of the claims taken ahead, read by key (a binary search) for rate-limited rows.
+_DUE = """CASE WHEN g.rate_limit IS NOT NULL THEN ((
+        SELECT jsonb_object_agg(r.id::text, r.due) FROM served r WHERE r.due IS NOT NULL)
+        ->> g.id::text)::float8 END"""
+_CLAIM_SERVED = _claimed("SELECT id FROM served", SLOT, _DUE)
 PICK = Statement(
     "pick",
     "Claim up to `limit` runnable rows of one queue for one claim token",
