@@ -68,7 +68,8 @@ _DEBIT = f"""SELECT v.give, v.refill - v.give, greatest(b.stamp, now())
 # row of a bucket with `refill` tokens gets the k-th token, due (k - refill) x gap
 # from now (now, when that is not positive), and the bucket's tokens go below zero
 # by what it promised. A claim whose token is not due yet comes back with `due` set
-# and the scheduler starts it then: the debits, on any node, are one token sequence
+# (seconds from the end of the statement, so that the time the statement took is not
+# added to it) and the scheduler starts it then: the debits, on any node, are one token sequence
 # at the rate however late the next pick comes, where a pick that could only take
 # the tokens already there lost every one the burst cap cut off while it was late.
 # `taken` carries the count out (RETURNING sees only new values). Being part of the
@@ -95,7 +96,7 @@ BUCKETS = f"""lim AS (
         FROM {{s}}.rate_limits l WHERE l.name = w.name OFFSET 0) x
     ORDER BY w.name, w.part
     ON CONFLICT (name, part) DO UPDATE SET (taken, tokens, stamp) = ({_DEBIT})
-    RETURNING b.name, b.part, b.taken, b.tokens,
+    RETURNING b.name, b.part, b.taken, b.tokens, b.stamp,
         (SELECT l.per / l.rate FROM {{s}}.rate_limits l WHERE l.name = b.name) AS gap
 ), held AS (
     UPDATE {{s}}.gen_durable g SET
@@ -110,7 +111,8 @@ BUCKETS = f"""lim AS (
 ), served AS (
     SELECT id, NULL::float8 AS due FROM chosen WHERE rate_limit IS NULL
     UNION ALL
-    SELECT l.id, CASE WHEN l.rn > d.taken + d.tokens THEN (l.rn - d.taken - d.tokens) * d.gap END
+    SELECT l.id, CASE WHEN l.rn > d.taken + d.tokens
+        THEN extract(epoch FROM d.stamp) + (l.rn - d.taken - d.tokens) * d.gap END
     FROM lim l JOIN debit d ON d.name = l.name AND d.part = l.part
     WHERE l.rn <= d.taken
 )"""

@@ -187,11 +187,14 @@ _NOT_A_CLAIM = """'' AS state_text, 0 AS attempt, NULL AS awaits, {row}.priority
 # The full pick: rate-limited rows go through the buckets (flow.BUCKETS): `served` is
 # what is claimed (a claim whose token is due later says when, in `due`), `held` what
 # waits for a token, returned after the claims.
-# A claim's `due` comes from one object of id -> due built once per pick (an InitPlan)
-# out of the claims taken ahead, read by key (a binary search) for rate-limited rows.
-_DUE = """CASE WHEN g.rate_limit IS NOT NULL THEN ((
+# A claim's `due` comes from one object of id -> token time (epoch seconds) built once
+# per pick (an InitPlan) out of the claims taken ahead, read by key (a binary search)
+# for rate-limited rows, and counted from clock_timestamp(): from the end of the
+# statement rather than its start, so a slow pick does not delay the whole run of
+# tokens it took ahead (which would crowd them against the next pick's).
+_DUE = """CASE WHEN g.rate_limit IS NOT NULL THEN nullif(greatest(((
         SELECT jsonb_object_agg(r.id::text, r.due) FROM served r WHERE r.due IS NOT NULL)
-        ->> g.id::text)::float8 END"""
+        ->> g.id::text)::float8 - extract(epoch FROM clock_timestamp()), 0), 0) END"""
 _CLAIM_SERVED = _claimed("SELECT id FROM served", SLOT, _DUE)
 PICK = Statement(
     "pick",
