@@ -495,8 +495,10 @@ def cases(batch: int) -> list[Case]:
         Case(
             "pick",
             f"pick (batch {b}, queue `default`)",
-            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
-            "The scan walks `gen_durable_pick`, which holds runnable rows only (terminal"
+            lambda s: (s.q.pick_plain("default", b, TOKEN, TTL), b),
+            "The pick of a queue without rate-limited or K > 1 rows (`pick_plain`; the"
+            " scheduler takes the full pick only while its queue has such rows, §23)."
+            " The scan walks `gen_durable_pick`, which holds runnable rows only (terminal"
             " rows are in no hot index). The queue's priorities come from one index probe"
             " each, most urgent first (`prio`, a recursive CTE); for each, `queue` and"
             " `priority` are compared by equality, so the index order *is* `eligible_at`"
@@ -512,9 +514,17 @@ def cases(batch: int) -> list[Case]:
             " and `gen_durable_parent` (§17: no extra round trip).",
         ),
         Case(
+            "pick.full",
+            f"full pick (buckets and K slots) of the same batch (batch {b})",
+            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            "The pick a queue with rate-limited or K > 1 rows runs, here on plain rows:"
+            " the same scan and claim as `pick`; the bucket CTEs run over the batch's"
+            " rate-limited rows only, none here, so no bucket is read.",
+        ),
+        Case(
             "pick.delayed",
             f"pick behind {DELAYED_PER_BATCH * b:,} delayed rows (batch {b})",
-            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            lambda s: (s.q.pick_plain("default", b, TOKEN, TTL), b),
             "The same pick after rows scheduled for tomorrow were added at the most"
             " urgent priority. The pick visits the queue's priorities one index probe at"
             " a time and scans each with the priority fixed, so `eligible_at <= now()`"
@@ -527,7 +537,7 @@ def cases(batch: int) -> list[Case]:
             "pick.spread",
             f"pick behind {DELAYED_PER_BATCH * b:,} delayed rows at"
             f" {SPREAD_PRIORITIES:,} priorities (batch {b})",
-            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            lambda s: (s.q.pick_plain("default", b, TOKEN, TTL), b),
             f"Delayed rows spread over {SPREAD_PRIORITIES:,} distinct priorities, all"
             " more urgent than the work at hand. The pick visits at most"
             f" {PICK_WALK} priorities one by one (`prio`), then takes the rest of the"
@@ -541,7 +551,7 @@ def cases(batch: int) -> list[Case]:
             "pick.sleeping",
             f"pick with {SLEEPING_PER_BATCH * b:,} rows sleeping at the same priority as"
             f" due work (batch {b})",
-            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            lambda s: (s.q.pick_plain("default", b, TOKEN, TTL), b),
             "Durable sleep (a delayed `Next`, §19) leaves the sleepers runnable with a future"
             " `eligible_at`, at the priority of the work that is due. With `queue` and"
             " `priority` fixed, the index order is `eligible_at` order, so the due rows"
@@ -553,7 +563,7 @@ def cases(batch: int) -> list[Case]:
         Case(
             "pick.deadlines",
             f"pick with {PARKED_PER_BATCH * b:,} instances parked with deadlines (batch {b})",
-            lambda s: (s.q.pick("default", b, TOKEN, TTL), b),
+            lambda s: (s.q.pick_plain("default", b, TOKEN, TTL), b),
             "Parked rows are not runnable, so they are in no entry of `gen_durable_pick`:"
             " a million waits with deadlines cost the pick nothing.",
             around=lambda s: _parked_with_deadlines(s, b),
@@ -838,6 +848,7 @@ def check(case: str, explain: Plan, expected: int, batch: int) -> list[Check]:
         return _deadline_checks(case, explain, expected, batch)
     if case in (
         "pick",
+        "pick.full",
         "pick.delayed",
         "pick.spread",
         "pick.sleeping",
@@ -1112,7 +1123,7 @@ def measure_pick(dsn: str, schema: str, rows: int, batch: int, repeat: int) -> l
     s = Session(dsn, schema)
     out: list[Scale] = []
     try:
-        stmt = s.q.pick("default", batch, TOKEN, TTL)
+        stmt = s.q.pick_plain("default", batch, TOKEN, TTL)
         execute = s.execute_sql(stmt)
         for mode in MODES:
             times, bufs, seen, lat = [], [], [], []

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import gen_durable as gd
+from gen_durable._runtime import scheduler
 
 from .conftest import wait_for
 from .test_engine_basics import finished
@@ -60,6 +61,59 @@ async def test_k_three_on_one_key_never_more_than_three(make_engine) -> None:
         assert (await finished(engines[0], iid, timeout=60)).status == "done"
     assert len(SPANS) == 24
     assert peak(SPANS) == 3  # reached, never exceeded
+
+
+def _count_picks(engine: gd.Engine) -> dict[str, int]:
+    """Count the engine's picks by statement (the full one and the plain one)."""
+    calls = {"pick": 0, "pick_plain": 0}
+    for name in calls:
+        real = getattr(engine.queries, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _real(*args)
+
+        setattr(engine.queries, name, counted)
+    return calls
+
+
+async def test_a_queue_without_flow_control_never_runs_the_full_pick(make_engine) -> None:
+    """SPEC §23: a feature nobody uses costs the hot path nothing; the bucket CTEs are
+    not even planned. K = 1 keys are not flow control: the plain pick guards them."""
+    engine = make_engine(queues={"default": 4}, fsms=[Tick])
+    calls = _count_picks(engine)
+    await engine.start()
+    ids = await engine.insert_all(
+        [gd.Spec(Tick, state={"tag": "plain"}, partition_key=f"k{i % 3}") for i in range(30)]
+    )
+    for iid in ids:
+        await finished(engine, iid, timeout=30)
+    assert calls["pick"] == 0 and calls["pick_plain"] > 0, calls
+
+
+async def test_flow_control_rows_hand_the_queue_over_to_the_full_pick(
+    make_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no hold at all, every pick starts plain, meets the K > 1 or rate-limited
+    rows it must not claim, and hands them to the full pick at once: the limits hold
+    and everything runs (the path a queue takes when such rows first appear)."""
+    monkeypatch.setattr(scheduler, "LIMITED_HOLD", 0.0)
+    SPANS.clear()
+    STARTS.clear()
+    engine = make_engine(queues={"default": 6}, fsms=[Slow, Tick])
+    calls = _count_picks(engine)
+    await engine.start()
+    await engine.set_rate_limit("api", 50, burst=2)
+    ids = await engine.insert_all(
+        [gd.Spec(Slow, partition_key="t", partition_limit=3)] * 12
+        + [gd.Spec(Tick, state={"tag": "lim"}, rate_limit="api")] * 10
+    )
+    for iid in ids:
+        assert (await finished(engine, iid, timeout=60)).status == "done"
+    assert peak(SPANS) == 3 and len(STARTS["lim"]) == 10
+    starts = sorted(STARTS["lim"])
+    assert starts[-1] - starts[0] >= (10 - 2) / 50 * 0.8  # the bucket set the pace
+    assert calls["pick"] > 0 and calls["pick_plain"] > 0, calls
 
 
 async def test_bad_flow_options_are_refused_before_anything_is_written(make_engine) -> None:
@@ -188,3 +242,34 @@ async def test_a_held_row_is_picked_when_its_token_is_due_not_at_the_next_poll(
         await finished(engine, iid, timeout=30)
     starts = sorted(STARTS["due"])
     assert 1.7 <= starts[-1] - starts[0] < 3.5, starts
+
+
+async def test_a_claim_taken_ahead_starts_when_its_token_is_due(make_engine) -> None:
+    """20/s with burst 1: one pick claims the row with the token there is and the five
+    whose tokens are due within RESERVE_AHEAD (0.25 s); none waits for a later pick,
+    and each starts when its token is due, 0.05 s after the one before."""
+    STARTS.clear()
+    engine = make_engine(queues={"default": 10}, fsms=[Tick])
+    throttled: list[int] = []
+
+    def on_throttled(event: str, m: Any, meta: Any) -> None:
+        throttled.append(m["count"])
+
+    await engine.start()
+    await engine.set_rate_limit("ahead", 20, burst=1)
+    gd.telemetry.attach("rate_limit.throttled", on_throttled)
+    try:
+        ids = await engine.insert_all(
+            [gd.Spec(Tick, state={"tag": "ahead"}, rate_limit="ahead")] * 6
+        )
+        for iid in ids:
+            await finished(engine, iid, timeout=30)
+    finally:
+        gd.telemetry.detach("rate_limit.throttled", on_throttled)
+    assert throttled == []  # nothing was held for a later pick
+    starts = sorted(STARTS["ahead"])
+    for i, a in enumerate(starts):
+        for j in range(i, len(starts)):
+            # burst + rate x window; 0.03 s slack: start times are taken in the step.
+            assert j - i + 1 <= 1 + 20 * (starts[j] - a + 0.03), [s - starts[0] for s in starts]
+    assert starts[-1] - starts[0] >= 5 * 0.05 * 0.8  # the tokens set the pace

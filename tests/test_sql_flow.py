@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
+from gen_durable._db.statements.flow import RESERVE_AHEAD
 from gen_durable._db.statements.pick import Claim
 
 from .sqlhelp import claim, insert, run, scalar
@@ -169,3 +171,36 @@ async def test_concurrent_picks_share_one_bucket(dsn, conn, q, schema) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_tokens_due_soon_are_claimed_ahead_with_their_due(conn, q, schema) -> None:
+    """A pick takes the tokens there are and those due within RESERVE_AHEAD: the
+    claims say when each token is due, the bucket goes below zero by what it promised,
+    and only rows beyond the horizon are held. A late next pick therefore loses no
+    token to the burst cap, and the starts still follow the token sequence."""
+    assert RESERVE_AHEAD == 0.25
+    await _limit(conn, q, "api", 20.0, 1.0, 2.0)  # a token every 0.05 s
+    limited = await insert(conn, q, *({"rate_limit": "api"} for _ in range(10)))
+    got = await claim(conn, q, "n:1", limit=20)
+    fields = list(Claim.__dataclass_fields__)  # the pick's columns, in order
+    held_at, due_at = fields.index("held"), fields.index("due")
+    claims = {r[0]: r[due_at] for r in got if r[held_at] is None}
+    # 2 tokens now, 5 more due within 0.25 s: the 3rd..7th rows, 0.05 s apart.
+    assert sorted(claims) == limited[:7]
+    assert [claims[i] for i in limited[:2]] == [None, None]
+    # Counted from the end of the statement: a little under 0.05 s for the first.
+    ahead = [claims[i] for i in limited[2:7]]
+    assert 0 < ahead[0] <= 0.05, ahead
+    assert [b - a for a, b in itertools.pairwise(ahead)] == pytest.approx([0.05] * 4, abs=1e-4)
+    assert sorted(_ids(got, "throttled")) == limited[7:]
+    tokens = await scalar(conn, f'SELECT tokens FROM "{schema}".rate_buckets')
+    assert tokens == pytest.approx(-5.0, abs=0.1)  # promised ahead
+    # The held rows are due after the promised tokens, one token apart (as the pick
+    # computed it: the statement's own clock, whatever time has passed since).
+    held_due = sorted(r[due_at] for r in got if r[held_at] == "throttled")
+    assert held_due == pytest.approx([0.3, 0.35, 0.4], abs=0.001)
+    # A bucket in debt gives nothing (never a negative count): with the rate cut to
+    # next to nothing, the promised tokens stay owed and a new row is held.
+    await _limit(conn, q, "api", 0.001, 1.0, 2.0)
+    (late,) = await insert(conn, q, {"rate_limit": "api"})
+    assert _ids(await claim(conn, q, "n:2"), "throttled") == [late]

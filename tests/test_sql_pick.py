@@ -9,7 +9,7 @@ import json
 import psycopg
 import pytest
 
-from gen_durable._db.queries import PICK_WALK
+from gen_durable._db.queries import PICK_WALK, Queries
 
 from .sqlhelp import (
     backend_pid,
@@ -23,6 +23,16 @@ from .sqlhelp import (
     signal,
     wait_blocked,
 )
+
+
+@pytest.fixture(params=["pick", "pick_plain"])
+def q(request: pytest.FixtureRequest, schema: str) -> Queries:
+    """Every test here runs with the full pick and with the plain one: for rows without
+    a rate limit or K > 1 they must claim exactly the same (SPEC §23)."""
+    queries = Queries(schema)
+    if request.param == "pick_plain":
+        queries.pick = queries.pick_plain  # type: ignore[method-assign]
+    return queries
 
 
 def _ago(seconds: float) -> dt.datetime:

@@ -9,9 +9,24 @@ from typing import Any, TypeVar
 import psycopg
 
 from ._db.queries import Queries, Stmt
+from ._db.statements.flow import Deleted
 from .flow import RateLimit, bucket, limit_name
 
 R = TypeVar("R")
+
+
+def set_limit(
+    queries: Queries, name: str, rate: float, per: float, burst: float | None
+) -> Stmt[RateLimit]:
+    """The checked statement of ``set_rate_limit``, for both clients: bad input raises
+    ``ConfigurationError`` before anything runs."""
+    r, p, b = bucket(rate, per, burst)
+    return queries.set_rate_limit(limit_name(name), r, p, b)
+
+
+def delete_limit(queries: Queries, name: str) -> Stmt[Deleted]:
+    """The checked statement of ``delete_rate_limit``, for both clients."""
+    return queries.delete_rate_limit(limit_name(name))
 
 
 class Limits:
@@ -31,13 +46,12 @@ class Limits:
         """Create or change the token bucket ``name`` that every node enforces (SPEC §23):
         ``rate`` starts per ``per`` seconds, up to ``burst`` at once (default: the
         rate). Rows opt in with ``rate_limit="name"`` or ``"name:part"``."""
-        r, p, b = bucket(rate, per, burst)
-        stmt = self.queries.set_rate_limit(limit_name(name), r, p, b)
+        stmt = set_limit(self.queries, name, rate, per, burst)
         return typing.cast(RateLimit, await self._one(stmt, None))
 
     async def delete_rate_limit(self, name: str) -> bool:
         """Delete a rate limit (True if it existed); its rows are held until it is set."""
-        return await self._one(self.queries.delete_rate_limit(limit_name(name)), None) is not None
+        return await self._one(delete_limit(self.queries, name), None) is not None
 
     async def rate_limits(self) -> list[RateLimit]:
         """Every configured rate limit, by name."""

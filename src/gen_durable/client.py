@@ -29,7 +29,9 @@ from ._db.statements.signals import Delivered
 from ._dsn import resolve_dsn
 from ._inputs import INSERT_OPTIONS, InsertOptions, build_insert, build_one
 from ._keys import Delivery, SignalByKey, Target, check_target
+from ._limits import delete_limit, set_limit
 from .errors import ConfigurationError, Duplicate, EncodingError, NoSuchInstance
+from .flow import RateLimit
 from .instance import Instance as Instance  # re-exported: gen_durable.client.Instance
 from .machine import Child, Machine, Signal
 from .outcomes import Spec
@@ -136,7 +138,8 @@ def delivery(row: Delivered | None, target_id: int | bytes) -> Delivery:
 
 class SyncClient:
     """The synchronous client: ``insert``, ``insert_all``, ``signal``, ``get``, ``wait``,
-    ``inbox``, ``children``.
+    ``inbox``, ``children``, and the rate limits (``set_rate_limit``,
+    ``delete_rate_limit``, ``rate_limits``).
 
     Each call takes ``conn=`` to run inside the caller's own open psycopg transaction
     (transactional enqueue). Without it, calls run on the client's own autocommit
@@ -239,6 +242,23 @@ class SyncClient:
             if done is not None:
                 return done
             time.sleep(interval)
+
+    def set_rate_limit(
+        self, name: str, rate: float, *, per: float = 1.0, burst: float | None = None
+    ) -> RateLimit:
+        """Create or change the token bucket ``name`` that every node enforces (SPEC §23),
+        as :meth:`Engine.set_rate_limit <gen_durable.Engine.set_rate_limit>`."""
+        got = self._one(None, set_limit(self._queries, name, rate, per, burst))
+        assert got is not None  # the upsert returns its row
+        return got
+
+    def delete_rate_limit(self, name: str) -> bool:
+        """Delete a rate limit (True if it existed); its rows are held until it is set."""
+        return self._one(None, delete_limit(self._queries, name)) is not None
+
+    def rate_limits(self) -> list[RateLimit]:
+        """Every configured rate limit, by name."""
+        return self._all(self._queries.rate_limits())
 
     def close(self) -> None:
         if self._conn is not None:

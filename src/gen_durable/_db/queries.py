@@ -59,7 +59,7 @@ from .statements.outcomes import (
     Completed,
     Scheduled,
 )
-from .statements.pick import NEXT_FOR_KEY, PICK, PICK_WALK, Claim, KeyHead
+from .statements.pick import NEXT_FOR_KEY, PICK, PICK_PLAIN, PICK_WALK, Claim, KeyHead
 from .statements.reads import CHILDREN, GET, INBOX
 from .statements.signals import LISTEN, SIGNAL, Delivered
 from .statements.timers import FIRE_TIMERS, NEXT_DUE, Due, Fired
@@ -105,6 +105,12 @@ class Queries:
     def pick(self, queue: str, limit: int, token: str, ttl: float) -> Stmt[Claim]:
         """Claim up to ``limit`` runnable rows of one queue for ``token``."""
         return PICK.bind(self.schema, {"queue": queue, "limit": limit, "token": token, "ttl": ttl})
+
+    def pick_plain(self, queue: str, limit: int, token: str, ttl: float) -> Stmt[Claim]:
+        """The pick without the rate-limit buckets: it leaves rate-limited rows alone
+        and says so with one row held as ``limited`` (then :meth:`pick` is needed)."""
+        params = {"queue": queue, "limit": limit, "token": token, "ttl": ttl}
+        return PICK_PLAIN.bind(self.schema, params)
 
     def heartbeat(self, ids: list[int], tokens: list[str], ttl: float) -> Stmt[Touched]:
         """Extend the lease of every (id, token) still held."""

@@ -23,6 +23,7 @@ extends.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import re
 import time
@@ -35,6 +36,7 @@ from psycopg import errors as pg_errors
 
 from .. import telemetry
 from .._db.queries import Queries, Stmt
+from ..machine import Machine
 from ..registry import Registry, resolve
 from .buffer import ClaimBuffer
 from .claims import Holdings
@@ -50,6 +52,10 @@ log = logging.getLogger("gen_durable")
 # The index is on (partition_key, partition_slot) since flow control (SPEC §23); the
 # slot is a number, so the key is everything before the last ", ".
 _KEY_RE = re.compile(r"Key \(partition_key, partition_slot\)=\((.*), -?\d+\) already exists")
+
+LIMITED_HOLD = 5.0
+"""Seconds a queue keeps the full pick (buckets, K slots) after it last met a rate-limited
+or K > 1 row; else it picks with the plain one, as cheap as before flow control (§23)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +89,13 @@ class QueueScheduler(Service):
         self.running: dict[int, Claim] = {}
         self._buffer = ClaimBuffer()  # the machine is resolved once, at pick
         self._releases: set[asyncio.Task[int]] = set()
+        # Claims whose rate-limit token is due later (SPEC §23): (monotonic due time,
+        # seq, claim, machine, lease_until); a timer moves each into the buffer when
+        # its token is due.
+        self._waiting: list[tuple[float, int, Claim, type[Machine], float]] = []
+        self._seq = 0
         self._due: float | None = None  # monotonic time a held row is due (§23)
+        self._full_until = 0.0  # monotonic time until which the full pick is used (§23)
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[int, asyncio.Task[None]] = {}
@@ -102,8 +114,9 @@ class QueueScheduler(Service):
             self._loop_done.set()
 
     def held(self) -> list[Claim]:
-        """Every row this scheduler holds a claim on: running and buffered."""
-        return [*self.running.values(), *self._buffer.claims()]
+        """Every row this scheduler holds a claim on: running, buffered, waiting."""
+        waiting = (e[2] for e in self._waiting)
+        return [*self.running.values(), *self._buffer.claims(), *waiting]
 
     async def drain(self, deadline: float, cancel_loop: Callable[[], Awaitable[None]]) -> None:
         """Stop picking, hand buffered rows back at once, give running steps until
@@ -118,7 +131,8 @@ class QueueScheduler(Service):
             await asyncio.wait_for(self._loop_done.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             await cancel_loop()
-        buffered = self._buffer.take_all()
+        buffered = [*self._buffer.take_all(), *(e[2] for e in self._waiting)]
+        self._waiting.clear()
         released = await self._w.release(buffered) if buffered else 0
         if telemetry.listening("scheduler.drain"):
             telemetry.emit(
@@ -154,7 +168,7 @@ class QueueScheduler(Service):
         error_delay = 0.1
         while not self._stopping:
             self._start_buffered()
-            held = len(self.running) + len(self._buffer)
+            held = len(self.running) + len(self._buffer) + len(self._waiting)
             capacity = self.concurrency + self.prefetch - held
             idle = held == 0
             if capacity <= 0 or (capacity < self.min_demand and not idle):
@@ -213,12 +227,14 @@ class QueueScheduler(Service):
         self.wake.clear()
         return woken
 
-    async def _pick(self, limit: int) -> int:
+    async def _pick(self, limit: int, full: bool = False) -> int:
         w = self._w
         token = w.next_token()
         started = time.perf_counter()
         lease_until = time.monotonic() + self._cfg.lease_ttl  # before the database's now()
-        stmt = w.queries.pick(self.queue, limit, token, self._cfg.lease_ttl)
+        full = full or time.monotonic() < self._full_until
+        pick = w.queries.pick if full else w.queries.pick_plain
+        stmt = pick(self.queue, limit, token, self._cfg.lease_ttl)
         for attempt in range(3):
             try:
                 rows = await w.fetch(stmt)
@@ -246,15 +262,32 @@ class QueueScheduler(Service):
             )
         if not rows:
             return 0
+        limited = rows[-1].held == "limited"  # the plain pick left rate-limited rows
+        if full and any(r.rate_limit is not None or r.held is not None for r in rows):
+            self._full_until = time.monotonic() + LIMITED_HOLD
         if rows[-1].held is not None:  # held rows come last (SPEC §23)
             rows = self._held(rows)
-            if not rows:
-                return 0
+        got = await self._buffered(rows, lease_until) if rows else 0
+        if limited:  # the rows it left go through the full pick, at once
+            self._full_until = time.monotonic() + LIMITED_HOLD
+            got += await self._pick(limit - got, full=True)
+        return got
+
+    async def _buffered(self, rows: list[Claim], lease_until: float) -> int:
+        """Put a pick's claims into the buffer (or hand back those of unknown machines);
+        ``lease_until``: the monotonic time their leases surely last."""
+        w = self._w
         unknown: list[Claim] = []
         for claim in rows:
             machine = resolve(w.registry, claim.fsm, claim.fsm_version)
             if machine is None:
                 unknown.append(claim)
+                continue
+            if claim.due:  # its token is due later: it starts then (§23)
+                self._seq += 1
+                at = time.monotonic() + claim.due
+                heapq.heappush(self._waiting, (at, self._seq, claim, machine, lease_until))
+                asyncio.get_running_loop().call_later(claim.due, self._token_due)
                 continue
             self._buffer.push(claim, machine, lease_until)
         if unknown:
@@ -310,9 +343,21 @@ class QueueScheduler(Service):
             return None, None
         return (rows[0].id, rows[0].fsm) if rows else (None, None)
 
+    def _token_due(self) -> None:
+        """A waiting claim's timer: start what is due (a timer may fire a hair early:
+        then look again when the first one is)."""
+        self._start_buffered()
+        if self._waiting and not self._stopping:
+            left = self._waiting[0][0] - time.monotonic()
+            if left > 0:
+                asyncio.get_running_loop().call_later(left, self._token_due)
+
     def _start_buffered(self) -> None:
         lapsed: list[Claim] = []
         now = time.monotonic()
+        while self._waiting and self._waiting[0][0] <= now:
+            _, _, claim, machine, lease_until = heapq.heappop(self._waiting)
+            self._buffer.push(claim, machine, lease_until)
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:
             claim, machine, leased = self._buffer.pop(now)
             if not leased:
@@ -379,6 +424,11 @@ class QueueScheduler(Service):
         step's thread runs to its end. Either way the outcome is stale — the claim
         token is gone — and the completer's guard drops it. True when something was
         held."""
+        before = len(self._waiting)
+        self._waiting = [e for e in self._waiting if e[2].id != instance_id]
+        if len(self._waiting) != before:
+            heapq.heapify(self._waiting)
+            return True
         if self._buffer.remove(instance_id):
             return True
         task = self._task_of.get(instance_id)

@@ -43,25 +43,44 @@ SLOT = """CASE WHEN g.partition_limit = 1 THEN 0 ELSE coalesce((
         ORDER BY f.n
         OFFSET (SELECT c.rn - 1 FROM chosen c WHERE c.id = g.id) LIMIT 1), 0) END"""
 
-# Tokens in a bucket `b` now: refilled since its stamp, capped at the burst.
-_REFILL = """(SELECT least(l.burst, b.tokens
-                + extract(epoch FROM greatest(now() - b.stamp, interval '0')) * l.rate / l.per)
-             FROM {s}.rate_limits l WHERE l.name = b.name)"""
+RESERVE_AHEAD = 0.25
+"""Seconds ahead a pick may take a token not due yet: the row is claimed now and its
+step starts when the token is due (SPEC §23). Short beside a lease; at a slow rate
+(a token further apart than this) a pick takes only the tokens already there."""
+
+# Tokens in a bucket `b` now, refilled since its stamp and capped at the burst, and
+# the tokens a pick gives: the batch's rows of the bucket (EXCLUDED.taken), at most
+# those due within RESERVE_AHEAD, never a negative count. One probe of the limit.
+_DEBIT = f"""SELECT v.give, v.refill - v.give, greatest(b.stamp, now())
+        FROM (SELECT r.refill, greatest(least(EXCLUDED.taken,
+                         floor(r.refill + l.rate / l.per * {RESERVE_AHEAD})), 0) AS give
+              FROM {{s}}.rate_limits l CROSS JOIN LATERAL (
+                  SELECT least(l.burst, b.tokens + extract(epoch FROM
+                      greatest(now() - b.stamp, interval '0')) * l.rate / l.per) AS refill) r
+              WHERE l.name = b.name) v"""
 
 # `lim`: the batch's rate-limited rows, ranked per bucket. `debit` takes what each
 # bucket can give in one upsert per bucket: ON CONFLICT DO UPDATE locks the bucket
 # row and computes from its latest committed version, so concurrent picks on any
 # node serialise on the bucket and never take the same token twice; buckets are
 # taken in (name, part) order so two picks cannot deadlock. A new bucket starts
-# full. `taken` carries the count out (RETURNING sees only new values). Being part
-# of the claim's statement, a pick that fails takes nothing. A name without a
-# configured limit gets no `debit` row. The limits are read by correlated subqueries
-# (never a join): they run once per bucket of the batch, so a batch without
-# rate-limited rows never reads `rate_limits` at all, whatever it holds.
-# `held`: rows the bucket could not serve are not claimed; each becomes eligible
-# when its token is due (the k-th one after k tokens), so it neither occupies later
-# picks' slots nor bounces; rows naming an unknown limit look again after
-# UNKNOWN_HOLD. Both come back as rows with `held` set, for telemetry.
+# full. It gives the tokens there are and those due within RESERVE_AHEAD: the k-th
+# row of a bucket with `refill` tokens gets the k-th token, due (k - refill) x gap
+# from now (now, when that is not positive), and the bucket's tokens go below zero
+# by what it promised. A claim whose token is not due yet comes back with `due` set
+# (seconds from the end of the statement, so that the time the statement took is not
+# added to it) and the scheduler starts it then: the debits, on any node, are one token sequence
+# at the rate however late the next pick comes, where a pick that could only take
+# the tokens already there lost every one the burst cap cut off while it was late.
+# `taken` carries the count out (RETURNING sees only new values). Being part of the
+# claim's statement, a pick that fails takes nothing. A name without a configured
+# limit gets no `debit` row. The limits are read by correlated subqueries (never a
+# join): they run once per bucket of the batch, so a batch without rate-limited rows
+# never reads `rate_limits` at all, whatever it holds.
+# `held`: rows the bucket cannot serve within RESERVE_AHEAD are not claimed; each
+# becomes eligible when its token is due (the k-th one after k tokens), so it
+# neither occupies later picks' slots nor bounces; rows naming an unknown limit look
+# again after UNKNOWN_HOLD. Both come back as rows with `held` set, for telemetry.
 BUCKETS = f"""lim AS (
     SELECT c.id, split_part(c.rate_limit, ':', 1) AS name,
            substr(c.rate_limit, length(split_part(c.rate_limit, ':', 1)) + 2) AS part,
@@ -70,18 +89,14 @@ BUCKETS = f"""lim AS (
     FROM chosen c WHERE c.rate_limit IS NOT NULL
 ), debit AS (
     INSERT INTO {{s}}.rate_buckets AS b (name, part, tokens, taken, stamp)
-    SELECT w.name, w.part, w.burst - least(w.n, floor(w.burst)), least(w.n, floor(w.burst)),
-           now()
-    FROM (SELECT name, part, count(*) AS n,
-                 (SELECT l.burst FROM {{s}}.rate_limits l WHERE l.name = lim.name) AS burst
-          FROM lim GROUP BY name, part) w
-    WHERE w.burst IS NOT NULL
+    SELECT w.name, w.part, x.burst - x.give, x.give, now()
+    FROM (SELECT name, part, count(*) AS n FROM lim GROUP BY name, part) w
+    CROSS JOIN LATERAL (
+        SELECT l.burst, least(w.n, floor(l.burst + l.rate / l.per * {RESERVE_AHEAD})) AS give
+        FROM {{s}}.rate_limits l WHERE l.name = w.name OFFSET 0) x
     ORDER BY w.name, w.part
-    ON CONFLICT (name, part) DO UPDATE SET
-        taken = least(EXCLUDED.taken, floor({_REFILL})),
-        tokens = {_REFILL} - least(EXCLUDED.taken, floor({_REFILL})),
-        stamp = greatest(b.stamp, now())
-    RETURNING b.name, b.part, b.taken, b.tokens,
+    ON CONFLICT (name, part) DO UPDATE SET (taken, tokens, stamp) = ({_DEBIT})
+    RETURNING b.name, b.part, b.taken, b.tokens, b.stamp,
         (SELECT l.per / l.rate FROM {{s}}.rate_limits l WHERE l.name = b.name) AS gap
 ), held AS (
     UPDATE {{s}}.gen_durable g SET
@@ -94,9 +109,11 @@ BUCKETS = f"""lim AS (
         CASE WHEN d.name IS NULL THEN 'unknown' ELSE 'throttled' END AS held,
         extract(epoch FROM g.eligible_at - now())::float8 AS due
 ), served AS (
-    SELECT id FROM chosen WHERE rate_limit IS NULL
+    SELECT id, NULL::float8 AS due FROM chosen WHERE rate_limit IS NULL
     UNION ALL
-    SELECT l.id FROM lim l JOIN debit d ON d.name = l.name AND d.part = l.part
+    SELECT l.id, CASE WHEN l.rn > d.taken + d.tokens
+        THEN extract(epoch FROM d.stamp) + (l.rn - d.taken - d.tokens) * d.gap END
+    FROM lim l JOIN debit d ON d.name = l.name AND d.part = l.part
     WHERE l.rn <= d.taken
 )"""
 
