@@ -63,3 +63,44 @@ class ClaimBuffer:
         self._heap.clear()
         self._lease_until.clear()
         return claims
+
+
+class TokenWaits:
+    """Claims a pick took ahead of their rate-limit token (SPEC §23): each starts when
+    its token is due, ordered by that time; held (heartbeated, released) all along."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Claim, type[Machine], float]] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def claims(self) -> list[Claim]:
+        return [entry[2] for entry in self._heap]
+
+    def push(self, at: float, claim: Claim, machine: type[Machine], lease_until: float) -> None:
+        heapq.heappush(self._heap, (at, next(self._seq), claim, machine, lease_until))
+
+    def first(self) -> float | None:
+        """When the earliest token is due (``time.monotonic()``), None when empty."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[tuple[Claim, type[Machine], float]]:
+        """The claims whose token is due by ``now``, with their machine and lease."""
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            _, _, claim, machine, lease_until = heapq.heappop(self._heap)
+            due.append((claim, machine, lease_until))
+        return due
+
+    def remove(self, instance_id: int) -> bool:
+        before = len(self._heap)
+        self._heap = [e for e in self._heap if e[2].id != instance_id]
+        heapq.heapify(self._heap)
+        return len(self._heap) != before
+
+    def take_all(self) -> list[Claim]:
+        claims = self.claims()
+        self._heap.clear()
+        return claims

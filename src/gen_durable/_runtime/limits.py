@@ -9,6 +9,7 @@ Telemetry fires on every hold; the WARNING line is rate-limited per name.
 from __future__ import annotations
 
 import logging
+import re
 
 from .. import telemetry
 from .executor import Claim
@@ -43,3 +44,37 @@ class UnknownLimits:
                 {"count": 1},
                 {"queue": queue, "id": row.id, "fsm": row.fsm, "rate_limit": ref},
             )
+
+
+def report_held(
+    rows: list[Claim], queue: str, unknown: UnknownLimits
+) -> tuple[list[Claim], float | None]:
+    """Report the rows a pick held back for their rate limit (SPEC §23): the claims it
+    made, and the seconds until the soonest held row is due (None: none says)."""
+    claims = [r for r in rows if r.held is None]
+    soonest = min((r.due for r in rows if r.due is not None), default=None)
+    throttled: dict[str, int] = {}
+    for row in rows:
+        if row.held == "throttled":
+            throttled[row.rate_limit or ""] = throttled.get(row.rate_limit or "", 0) + 1
+        elif row.held == "unknown":
+            unknown.report(queue, row)
+    if throttled and telemetry.listening("rate_limit.throttled"):
+        for ref, count in throttled.items():
+            telemetry.emit(
+                "rate_limit.throttled", {"count": count}, {"queue": queue, "rate_limit": ref}
+            )
+    return claims, soonest
+
+
+# The index is on (partition_key, partition_slot) since flow control (SPEC §23); the
+# slot is a number, so the key is everything before the last ", ".
+_KEY_RE = re.compile(r"Key \(partition_key, partition_slot\)=\((.*), -?\d+\) already exists")
+
+
+def contended_key(exc: BaseException) -> str | None:
+    """The partition key of a pick the executing-slot index refused (SPEC §9)."""
+    diag = getattr(exc, "diag", None)
+    detail = getattr(diag, "message_detail", None) or ""
+    m = _KEY_RE.search(detail)
+    return m.group(1) if m else None

@@ -1,31 +1,24 @@
 """The per-queue feeder (SPEC §8, §9).
 
-One scheduler serves exactly one queue. It keeps at most ``concurrency`` steps running
-and at most ``concurrency + prefetch`` rows claimed (running + buffered), and picks
-only when at least ``min_demand`` of those slots are free — unless it is fully idle.
-By default the buffer is as large as the concurrency (``Config.prefetch_for``): a slot
-stays taken until its outcome commits, so without a buffer every commit would be
-followed by a pick before the slot could work again; with one, a finished step's task
-starts the next buffered claim itself, and the refill pick runs beside the next commit.
-A finished step sets ``wake`` so the refill happens at once: throughput is bounded
-by concurrency and step time, not by the poll interval. An empty pick doubles the idle
-wait up to ``max_poll_interval``; any claimed work snaps it back. A LISTEN nudge (an
-insert or a wake-up in this queue) also sets ``wake``; polling stays the source of
-truth, so a lost notification only costs latency.
+One scheduler serves one queue: at most ``concurrency`` steps running, at most
+``concurrency + prefetch`` rows claimed (running + buffered, plus claims waiting for a
+rate-limit token), and a pick only when ``min_demand`` of those slots are free, unless
+fully idle. The buffer defaults to the concurrency (``Config.prefetch_for``): a slot is
+taken until its outcome commits, so a finished step's task starts the next buffered
+claim itself and the refill pick runs beside the next commit. A finished step sets
+``wake`` so the refill happens at once; an empty pick doubles the idle wait up to
+``max_poll_interval``; a LISTEN nudge also sets ``wake`` (polling stays the truth).
 
-A scheduler is a service of its node (``service.py``): the supervisor runs its loop
-and restarts it if it raises. Its wiring is explicit — the statements, the database,
-the executor, the registry — rather than the whole node; what it holds it registers
-with the node's :class:`~gen_durable._runtime.claims.Holdings`, which the heartbeat
-extends.
+A scheduler is a service of its node (``service.py``): the supervisor runs its loop and
+restarts it if it raises. Its wiring is explicit (statements, database, executor,
+registry); what it holds it registers with the node's ``Holdings``, which the
+heartbeat extends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,22 +29,17 @@ from psycopg import errors as pg_errors
 
 from .. import telemetry
 from .._db.queries import Queries, Stmt
-from ..machine import Machine
 from ..registry import Registry, resolve
-from .buffer import ClaimBuffer
+from .buffer import ClaimBuffer, TokenWaits
 from .claims import Holdings
 from .config import Config
 from .executor import Claim, Executor
 from .handback import UnknownMachines
-from .limits import UnknownLimits
+from .limits import UnknownLimits, contended_key, report_held
 from .service import Service
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
-
-# The index is on (partition_key, partition_slot) since flow control (SPEC §23); the
-# slot is a number, so the key is everything before the last ", ".
-_KEY_RE = re.compile(r"Key \(partition_key, partition_slot\)=\((.*), -?\d+\) already exists")
 
 LIMITED_HOLD = 5.0
 """Seconds a queue keeps the full pick (buckets, K slots) after it last met a rate-limited
@@ -89,11 +77,7 @@ class QueueScheduler(Service):
         self.running: dict[int, Claim] = {}
         self._buffer = ClaimBuffer()  # the machine is resolved once, at pick
         self._releases: set[asyncio.Task[int]] = set()
-        # Claims whose rate-limit token is due later (SPEC §23): (monotonic due time,
-        # seq, claim, machine, lease_until); a timer moves each into the buffer when
-        # its token is due.
-        self._waiting: list[tuple[float, int, Claim, type[Machine], float]] = []
-        self._seq = 0
+        self._waiting = TokenWaits()  # a timer moves each into the buffer when due (§23)
         self._due: float | None = None  # monotonic time a held row is due (§23)
         self._full_until = 0.0  # monotonic time until which the full pick is used (§23)
         self._stopping = False
@@ -115,8 +99,7 @@ class QueueScheduler(Service):
 
     def held(self) -> list[Claim]:
         """Every row this scheduler holds a claim on: running, buffered, waiting."""
-        waiting = (e[2] for e in self._waiting)
-        return [*self.running.values(), *self._buffer.claims(), *waiting]
+        return [*self.running.values(), *self._buffer.claims(), *self._waiting.claims()]
 
     async def drain(self, deadline: float, cancel_loop: Callable[[], Awaitable[None]]) -> None:
         """Stop picking, hand buffered rows back at once, give running steps until
@@ -131,8 +114,7 @@ class QueueScheduler(Service):
             await asyncio.wait_for(self._loop_done.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             await cancel_loop()
-        buffered = [*self._buffer.take_all(), *(e[2] for e in self._waiting)]
-        self._waiting.clear()
+        buffered = [*self._buffer.take_all(), *self._waiting.take_all()]
         released = await self._w.release(buffered) if buffered else 0
         if telemetry.listening("scheduler.drain"):
             telemetry.emit(
@@ -242,7 +224,7 @@ class QueueScheduler(Service):
             except pg_errors.UniqueViolation as exc:
                 # Two picks raced past the executing-key probe; the unique index on
                 # executing keys refused the second (SPEC §9). Nothing was claimed.
-                key = _contended_key(exc)
+                key = contended_key(exc)
                 log.debug("queue %s: partition key %r contended; re-picking", self.queue, key)
                 if telemetry.listening("partition.contended"):
                     iid, fsm = await self._contended_row(key)
@@ -284,9 +266,7 @@ class QueueScheduler(Service):
                 unknown.append(claim)
                 continue
             if claim.due:  # its token is due later: it starts then (§23)
-                self._seq += 1
-                at = time.monotonic() + claim.due
-                heapq.heappush(self._waiting, (at, self._seq, claim, machine, lease_until))
+                self._waiting.push(time.monotonic() + claim.due, claim, machine, lease_until)
                 asyncio.get_running_loop().call_later(claim.due, self._token_due)
                 continue
             self._buffer.push(claim, machine, lease_until)
@@ -311,24 +291,10 @@ class QueueScheduler(Service):
 
     def _held(self, rows: list[Claim]) -> list[Claim]:
         """Report the rows the pick held back for their rate limit; return the claims."""
-        claims = [r for r in rows if r.held is None]
-        throttled: dict[str, int] = {}
-        soonest = min((r.due for r in rows if r.due is not None), default=None)
+        claims, soonest = report_held(rows, self.queue, self._w.unknown_limits)
         if soonest is not None:
             at = time.monotonic() + soonest
             self._due = at if self._due is None else min(self._due, at)
-        for row in rows:
-            if row.held == "throttled":
-                throttled[row.rate_limit or ""] = throttled.get(row.rate_limit or "", 0) + 1
-            elif row.held == "unknown":
-                self._w.unknown_limits.report(self.queue, row)
-        if throttled and telemetry.listening("rate_limit.throttled"):
-            for ref, count in throttled.items():
-                telemetry.emit(
-                    "rate_limit.throttled",
-                    {"count": count},
-                    {"queue": self.queue, "rate_limit": ref},
-                )
         return claims
 
     async def _contended_row(self, key: str | None) -> tuple[int | None, str | None]:
@@ -347,16 +313,16 @@ class QueueScheduler(Service):
         """A waiting claim's timer: start what is due (a timer may fire a hair early:
         then look again when the first one is)."""
         self._start_buffered()
-        if self._waiting and not self._stopping:
-            left = self._waiting[0][0] - time.monotonic()
+        first = self._waiting.first()
+        if first is not None and not self._stopping:
+            left = first - time.monotonic()
             if left > 0:
                 asyncio.get_running_loop().call_later(left, self._token_due)
 
     def _start_buffered(self) -> None:
         lapsed: list[Claim] = []
         now = time.monotonic()
-        while self._waiting and self._waiting[0][0] <= now:
-            _, _, claim, machine, lease_until = heapq.heappop(self._waiting)
+        for claim, machine, lease_until in self._waiting.pop_due(now):
             self._buffer.push(claim, machine, lease_until)
         while self._buffer and len(self.running) < self.concurrency and not self._stopping:
             claim, machine, leased = self._buffer.pop(now)
@@ -424,22 +390,10 @@ class QueueScheduler(Service):
         step's thread runs to its end. Either way the outcome is stale — the claim
         token is gone — and the completer's guard drops it. True when something was
         held."""
-        before = len(self._waiting)
-        self._waiting = [e for e in self._waiting if e[2].id != instance_id]
-        if len(self._waiting) != before:
-            heapq.heapify(self._waiting)
-            return True
-        if self._buffer.remove(instance_id):
+        if self._waiting.remove(instance_id) or self._buffer.remove(instance_id):
             return True
         task = self._task_of.get(instance_id)
         if task is None or task.done():
             return False
         task.cancel()
         return True
-
-
-def _contended_key(exc: BaseException) -> str | None:
-    diag = getattr(exc, "diag", None)
-    detail = getattr(diag, "message_detail", None) or ""
-    m = _KEY_RE.search(detail)
-    return m.group(1) if m else None
