@@ -73,10 +73,11 @@ async def test_the_default_buffer_holds_as_many_rows_as_slots(make_engine, conn,
     async with make_engine(queues={"default": 2}) as engine:
         ids = await engine.insert_all([gd.Spec(Gated, state={"gate": "buffer"})] * 7)
 
-        async def four_claimed() -> bool:
-            return await _executing(conn, schema) == 4
+        async def four_claimed_two_started() -> bool:
+            # The started steps' tasks may not have run their first line yet.
+            return await _executing(conn, schema) == 4 and len(RUNS) == 2
 
-        await wait_for(four_claimed, timeout=10)
+        await wait_for(four_claimed_two_started, timeout=10)
         sched = engine._node.schedulers["default"]  # type: ignore[union-attr]
         assert len(sched.running) == 2 and len(sched.held()) == 4
         assert len(RUNS) == 2  # the buffered two are claimed, not started
