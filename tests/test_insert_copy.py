@@ -424,7 +424,11 @@ async def test_listeners_are_nudged_once_per_queue_on_commit_only(
             batch = [gd.Spec(Plain, queue=("qa", "qb", "qc")[i % 3]) for i in range(N)]
             await engine.insert_all(batch)
             await engine.insert_all([gd.Spec(Plain, queue="last")] * N)
-            await wait_for(lambda: asyncio.sleep(0, "last" in seen))
+
+            async def last_announced() -> bool:
+                return "last" in seen
+
+            await wait_for(last_announced)
         finally:
             reader.cancel()
     assert copied == [N + 1, N, N]

@@ -288,18 +288,22 @@ def import_apps(paths: Sequence[str], apps: Sequence[str]) -> list[str]:
     return imported
 
 
+def import_attribute(spec: str, what: str) -> object | None:
+    """``module:attr.path`` imported (None when the attribute is missing); ``what``
+    names the option in the error when the module cannot be imported."""
+    module_name, _, attrs = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CommandError(f"cannot import {module_name!r} for {what}: {exc}") from exc
+    return attribute_path(module, attrs.split("."))
+
+
 def resolve_machine(spec: str) -> type[Machine]:
     """A machine from a registered name, ``pkg.module.Class`` or ``module:Class``."""
     obj: Any = None
     if ":" in spec:
-        module_name, _, attrs = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise CommandError(
-                f"cannot import {module_name!r} for machine {spec!r}: {exc}"
-            ) from exc
-        obj = attribute_path(module, attrs.split("."))
+        obj = import_attribute(spec, f"machine {spec!r}")
     else:
         named = [m for m in REGISTRY if m.__gd_name__ == spec]
         if named:

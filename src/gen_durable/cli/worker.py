@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -14,7 +13,7 @@ from .._runtime.config import cli_options
 from ..engine import Engine
 from ..errors import ConfigurationError, GenDurableError, SchemaError
 from ..machine import Machine
-from ..registry import REGISTRY, attribute_path
+from ..registry import REGISTRY
 from ..schedule import Schedule
 from .common import (
     DEFAULT_CONCURRENCY,
@@ -25,6 +24,7 @@ from .common import (
     describe,
     dsn_of,
     import_apps,
+    import_attribute,
     log,
     require_schema,
     schema_of,
@@ -63,13 +63,7 @@ def load_schedules(spec: str) -> list[Schedule]:
     module_name, sep, attrs = spec.partition(":")
     if not sep or not module_name or not attrs:
         raise UsageError(f"--schedules wants MODULE:NAME, e.g. myapp.jobs:SCHEDULES; got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CommandError(
-            f"cannot import {module_name!r} for --schedules {spec!r}: {exc}"
-        ) from exc
-    obj = attribute_path(module, attrs.split("."))
+    obj = import_attribute(spec, f"--schedules {spec!r}")
     if obj is None:
         raise UsageError(f"--schedules {spec!r}: {module_name} has no {attrs!r}")
     items = [obj] if isinstance(obj, Schedule) else obj
