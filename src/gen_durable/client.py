@@ -23,8 +23,8 @@ import psycopg
 from typing_extensions import Unpack
 
 from ._db import bulk, codec, runner
+from ._db.bulk import inserted_ids
 from ._db.queries import TERMINAL, InsertRows, Queries, Stmt
-from ._db.statements.inserts import Inserted
 from ._db.statements.signals import Delivered
 from ._dsn import resolve_dsn
 from ._inputs import INSERT_OPTIONS, InsertOptions, build_insert, build_one
@@ -49,10 +49,6 @@ __all__ = [
     "build_one",
     "check_target",
 ]
-
-
-def inserted_ids(row: Inserted | None) -> list[int]:
-    return list(row.ids or []) if row else []
 
 
 def check_single(ids: list[int], rows: InsertRows) -> int:

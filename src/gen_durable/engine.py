@@ -30,6 +30,7 @@ from typing_extensions import Unpack
 
 from ._control import Control
 from ._db import bulk, runner
+from ._db.bulk import inserted_ids
 from ._db.queries import Queries, Stmt
 from ._db.translate import DRIVER_ERRORS, server_of, unreachable
 from ._dsn import resolve_dsn
@@ -50,7 +51,6 @@ from .client import (
     delivery,
     get_stmt,
     inbox_stmt,
-    inserted_ids,
     signal_params,
     wait_verdict,
 )

@@ -22,7 +22,7 @@ import psycopg
 from .._trace import capture
 from . import runner
 from .queries import Queries
-from .statements.inserts import NEW_ROWS_COPY, InsertRows, Reserved
+from .statements.inserts import NEW_ROWS_COPY, Inserted, InsertRows, Reserved
 
 COPY_MIN_ROWS = 2_000
 """The smallest batch written by COPY. Its fixed cost is two more round trips (the id
@@ -32,6 +32,11 @@ transaction, the COPY's setup); its per-row cost is lower, on the server above a
 server (``bench/insert_copy.py --cpu``): about even at 1,500 rows; at 2,000 COPY
 takes 10% less (10.1 against 11.2 µs a row, wall clock 38 against 42 ms), at 10,000
 and 100,000 about 27% less."""
+
+
+def inserted_ids(row: Inserted | None) -> list[int]:
+    """The ids an insert statement returned (none when every row was a duplicate)."""
+    return list(row.ids or []) if row else []
 
 
 def copyable(rows: InsertRows, target: object = None) -> bool:
@@ -106,7 +111,7 @@ async def insert_all(target: runner.AsyncTarget, queries: Queries, rows: InsertR
     inserted, ascending."""
     if not copyable(rows, target):
         inserted = await runner.fetch_one(target, queries.insert(rows))
-        return list(inserted.ids or []) if inserted else []
+        return inserted_ids(inserted)
     first, make = _plan(queries, rows)
     reserved = await runner.copy_after(target, first, NEW_ROWS_COPY, queries.schema, make)
     return sorted(reserved.ids)
@@ -116,7 +121,7 @@ def insert_all_sync(conn: psycopg.Connection[Any], queries: Queries, rows: Inser
     """:func:`insert_all` on a sync connection."""
     if not copyable(rows, conn):
         inserted = runner.fetch_one_sync(conn, queries.insert(rows))
-        return list(inserted.ids or []) if inserted else []
+        return inserted_ids(inserted)
     first, make = _plan(queries, rows)
     reserved = runner.copy_after_sync(conn, first, NEW_ROWS_COPY, queries.schema, make)
     return sorted(reserved.ids)
