@@ -109,7 +109,11 @@ async def test_a_stale_outcome_spawns_and_sends_nothing(make_engine, conn, schem
     gd.telemetry.attach("outcome.stale", lambda e, m, md: stale.append(md))
     try:
         async with make_engine(
-            queues={"default": 1}, lease_ttl=60, heartbeat_interval=20, reap_interval=30
+            queues={"default": 1},
+            prefetch=0,  # nothing buffered: the reaped row must be free for the other node
+            lease_ttl=60,
+            heartbeat_interval=20,
+            reap_interval=30,
         ) as engine:
             a = await engine.insert(Target)
             fan = await engine.insert(
