@@ -53,6 +53,11 @@ from .stats import Stats
 
 log = logging.getLogger("gen_durable")
 
+DEFER_BELOW = 64
+"""An idle completer waits one turn of the loop for more outcomes only while its last
+flush held fewer than this many: at low load the wait turns several commits into one;
+at high load starting at once pipelines the commit with the steps still computing."""
+
 STALE = None
 """Result of an outcome whose claim guard matched nothing (§18.2)."""
 
@@ -126,6 +131,7 @@ class Completer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._soon = False  # a flush is scheduled for the next turn of the loop
+        self._last = 0  # outcomes in the last flush started: the load it saw
         self._tasks: set[asyncio.Task[None]] = set()
         # Items set aside until a timer puts them back in `_pending`.
         self._timers: dict[asyncio.TimerHandle, Completion] = {}
@@ -141,11 +147,17 @@ class Completer:
         self._idle.clear()
         if self._active:
             self._kick()  # it rides the flush after the one in flight (or a second one)
+        elif self._last >= DEFER_BELOW:
+            # Nothing in flight, but the last flush was large: many steps are running,
+            # and starting now overlaps this commit with the computing of the others'
+            # steps (waiting for all of them would make the two take turns).
+            self._kick()
         elif not self._soon:
-            # Nothing in flight: flush after the steps already runnable on the loop had
-            # their turn. Steps that a commit (or a pick) released together end in the
-            # same turn of the loop, so their outcomes share this flush instead of the
-            # first one going alone and the rest waiting for it.
+            # Nothing in flight and few steps running: flush after the steps already
+            # runnable on the loop had their turn. Steps that a commit (or a pick)
+            # released together end in the same turn of the loop, so their outcomes
+            # share this flush instead of the first one going alone and the rest
+            # waiting for it.
             self._soon = True
             loop.call_soon(self._kick_soon)
         return await item.future
@@ -166,6 +178,7 @@ class Completer:
         ):
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
+            self._last = len(batch)
             self._start(batch)
 
     def _start(self, batch: list[Completion]) -> None:
