@@ -5,7 +5,7 @@ A *setting* is one name for every system, so a row of the report compares like w
 like:
 
 - ``defaults`` — each library as a new user gets it: gen_durable ``Engine(dsn)``
-  (concurrency 10, no prefetch), PgQueuer one consumer with ``run``'s defaults,
+  (concurrency 10, its adaptive buffer), PgQueuer one consumer with ``run``'s defaults,
   Procrastinate ``concurrency=1`` with the connector's own pool, DBOS a queue with its
   1 s polling and no limit;
 - ``c10``, ``c32``, ``c500`` — N steps or jobs in flight in one worker process: each

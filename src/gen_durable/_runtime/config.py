@@ -127,7 +127,7 @@ class Config:
         30.0, "seconds between expired-lease sweeps", unit=SECONDS, low=0, cli=True
     )
     prefetch: int | None = opt(
-        None, "rows claimed beyond the running slots (unset: the queue's concurrency)",
+        None, "rows claimed beyond the running slots (unset: adapts, from the concurrency)",
         unit=COUNT, low=0, strict=False, cli=True,
     )  # fmt: skip
     min_demand: int | None = opt(
@@ -171,18 +171,20 @@ class Config:
     gc: bool = opt(True, "run the retention sweep on this node")
 
     def prefetch_for(self, concurrency: int) -> int:
-        """The buffer of a queue of ``concurrency`` slots: by default as many rows as
-        slots, so the steps that replace a finished batch are already claimed while
-        that batch's outcomes commit, and the next pick overlaps the next commit."""
+        """The buffer of a queue of ``concurrency`` slots when it starts: the given
+        ``prefetch``, or as many rows as slots — from there an unset one adapts to the
+        rate steps start at (``slots.Prefetch``)."""
         return concurrency if self.prefetch is None else self.prefetch
 
-    def min_demand_for(self, concurrency: int) -> int:
+    def min_demand_for(self, concurrency: int, prefetch: int | None = None) -> int:
         """Free slots a queue waits for before it picks: by default a tenth of what it
-        may hold, so a busy queue claims in batches rather than a row per finished
-        step (an idle queue picks at once whatever this says)."""
+        may hold (``prefetch``: the buffer's current size), so a busy queue claims in
+        batches rather than a row per finished step (an idle queue picks at once
+        whatever this says)."""
         if self.min_demand is not None:
             return self.min_demand
-        return max(1, (concurrency + self.prefetch_for(concurrency)) // 10)
+        held = concurrency + (self.prefetch_for(concurrency) if prefetch is None else prefetch)
+        return max(1, held // 10)
 
 
 def options() -> list[dataclasses.Field[Any]]:

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _trace, telemetry
 from .. import outcomes as oc
@@ -39,6 +39,9 @@ from .encode import describe_error, encode, seen_ids
 from .history import error_entry, log_step_error
 from .stats import Stats
 from .threads import DaemonThreadPool
+
+if TYPE_CHECKING:
+    from .slots import Slots
 
 log = logging.getLogger("gen_durable")
 
@@ -86,6 +89,7 @@ class Executor:
         machine: type[Machine],
         may_keep: Callable[[int], bool] = lambda priority: False,
         queue: str = "",
+        slots: Slots | None = None,
     ) -> str | None:
         """Run a claim's step to a committed outcome; the final status (None: stale).
 
@@ -96,6 +100,9 @@ class Executor:
         instances must get their turn in order, SPEC §9) nor a ``rate_limit`` one (each
         step start takes a token at the pick, §23), and only while ``may_keep``
         says the scheduler has nothing more urgent waiting and is not draining.
+
+        ``slots``: the queue's step slots; the step gives its slot up while its outcome
+        commits and takes one again before a continuation or a ``handle`` runs.
         """
         state: Any = _UNLOADED
         chained = 0
@@ -105,10 +112,16 @@ class Executor:
             completion, state = run.completion, run.state
             if chained < self._run_ahead and _may_chain(claim, completion, may_keep):
                 completion.keep = True
+            if slots is not None:
+                slots.computed(claim.id)
             try:
                 committed = await self._commit(claim, completion)
             except OutcomeRefused as exc:
+                if slots is not None:
+                    await slots.resume(claim.id)  # handle is the user's code: it runs in a slot
                 committed = await self._refused(claim, machine, run, exc)
+                if slots is not None:
+                    slots.computed(claim.id)
             finally:
                 if span is not None:
                     span.end(completion.kind)
@@ -116,6 +129,8 @@ class Executor:
             if committed is None or committed[0] != "executing":
                 return None if committed is None else committed[0]
             chained += 1
+            if slots is not None:
+                await slots.resume(claim.id)
             claim = _chained(claim, completion, committed[1])
             # Reuse the validated model the step returned (no pydantic round trip);
             # otherwise — state kept, or a plain dict that must not alias the step's

@@ -1,13 +1,12 @@
 """The per-queue feeder (SPEC §8, §9).
 
-One scheduler serves one queue: at most ``concurrency`` steps running, at most
-``concurrency + prefetch`` rows claimed (running + buffered, plus claims waiting for a
-rate-limit token), and a pick only when ``min_demand`` of those slots are free, unless
-fully idle. The buffer defaults to the concurrency (``Config.prefetch_for``): a slot is
-taken until its outcome commits, so a finished step's task starts the next buffered
-claim itself and the refill pick runs beside the next commit. A finished step sets
-``wake`` so the refill happens at once; an empty pick doubles the idle wait up to
-``max_poll_interval``; a LISTEN nudge also sets ``wake`` (polling stays the truth).
+One scheduler serves one queue: at most ``concurrency`` steps running (``slots.py``: a
+step gives its slot up while its outcome commits), at most ``concurrency + prefetch``
+rows claimed (started, buffered, waiting for a rate-limit token; an unset ``prefetch``
+adapts to the rate steps start at), and a pick only when ``min_demand`` of those are
+free, unless fully idle. A step that returns starts the next buffered claim itself; a
+finished task sets ``wake`` so the refill pick runs beside the commits; an empty pick
+doubles the idle wait up to ``max_poll_interval``; a LISTEN nudge also sets ``wake``.
 
 A scheduler is a service of its node (``service.py``): the supervisor runs its loop and
 restarts it if it raises. Its wiring is explicit (statements, database, executor,
@@ -37,6 +36,7 @@ from .executor import Claim, Executor
 from .handback import UnknownMachines
 from .limits import UnknownLimits, contended_key, report_held
 from .service import Service
+from .slots import Prefetch, Slots
 from .stats import Stats
 
 log = logging.getLogger("gen_durable")
@@ -71,10 +71,10 @@ class QueueScheduler(Service):
         self._cfg = wiring.config
         self.queue = queue
         self.concurrency = concurrency
-        self.prefetch = wiring.config.prefetch_for(concurrency)
-        self.min_demand = wiring.config.min_demand_for(concurrency)
+        self._prefetch = Prefetch(wiring.config.prefetch, concurrency)
         self.wake = asyncio.Event()
-        self.running: dict[int, Claim] = {}
+        self._slots = Slots(concurrency, self._start_buffered)
+        self.running = self._slots.running  # steps whose code runs now
         self._buffer = ClaimBuffer()  # the machine is resolved once, at pick
         self._releases: set[asyncio.Task[int]] = set()
         self._waiting = TokenWaits()  # a timer moves each into the buffer when due (§23)
@@ -99,7 +99,7 @@ class QueueScheduler(Service):
 
     def held(self) -> list[Claim]:
         """Every row this scheduler holds a claim on: running, buffered, waiting."""
-        return [*self.running.values(), *self._buffer.claims(), *self._waiting.claims()]
+        return [*self._slots.claims(), *self._buffer.claims(), *self._waiting.claims()]
 
     async def drain(self, deadline: float, cancel_loop: Callable[[], Awaitable[None]]) -> None:
         """Stop picking, hand buffered rows back at once, give running steps until
@@ -127,7 +127,7 @@ class QueueScheduler(Service):
         _, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
         if not pending:
             return
-        stragglers = list(self.running.values())
+        stragglers = self._slots.claims()
         log.warning(
             "queue %s: %d step(s) still running at the drain limit; handing them back "
             "(they will run again)",
@@ -150,10 +150,12 @@ class QueueScheduler(Service):
         error_delay = 0.1
         while not self._stopping:
             self._start_buffered()
-            held = len(self.running) + len(self._buffer) + len(self._waiting)
-            capacity = self.concurrency + self.prefetch - held
+            held = len(self._slots) + len(self._buffer) + len(self._waiting)
+            prefetch = self._prefetch.update(self._slots.started)
+            capacity = self.concurrency + prefetch - held
             idle = held == 0
-            if capacity <= 0 or (capacity < self.min_demand and not idle):
+            min_demand = cfg.min_demand_for(self.concurrency, prefetch)
+            if capacity <= 0 or (capacity < min_demand and not idle):
                 await self._wait(cfg.poll_interval)
                 continue
             try:
@@ -284,7 +286,7 @@ class QueueScheduler(Service):
                 "in_flight": len(self.running),
                 "buffer": len(self._buffer),
                 "concurrency": self.concurrency,
-                "prefetch": self.prefetch,
+                "prefetch": self._prefetch.size,
             },
             {"queue": self.queue},
         )
@@ -324,12 +326,12 @@ class QueueScheduler(Service):
         now = time.monotonic()
         for claim, machine, lease_until in self._waiting.pop_due(now):
             self._buffer.push(claim, machine, lease_until)
-        while self._buffer and len(self.running) < self.concurrency and not self._stopping:
+        while self._buffer and self._slots.free() and not self._stopping:
             claim, machine, leased = self._buffer.pop(now)
             if not leased:
                 lapsed.append(claim)
                 continue
-            self.running[claim.id] = claim
+            self._slots.start(claim)
             task = asyncio.create_task(
                 self._run(claim, machine), name=f"gen_durable.step.{claim.id}"
             )
@@ -367,7 +369,7 @@ class QueueScheduler(Service):
 
     async def _run(self, claim: Claim, machine: Any) -> None:
         try:
-            await self._w.executor.run(claim, machine, self._may_keep, self.queue)
+            await self._w.executor.run(claim, machine, self._may_keep, self.queue, self._slots)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -375,8 +377,7 @@ class QueueScheduler(Service):
             # the outcome is not committed, the lease will expire, the step re-runs.
             log.exception("instance %s: outcome could not be committed", claim.id)
         finally:
-            if self.running.get(claim.id) is claim:
-                del self.running[claim.id]
+            self._slots.finished(claim)
             if self._task_of.get(claim.id) is asyncio.current_task():
                 del self._task_of[claim.id]
             # The freed slot takes the next buffered claim now, not a loop turn later;
