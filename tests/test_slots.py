@@ -18,17 +18,31 @@ from gen_durable._runtime.slots import CEILING, HORIZON, Prefetch
 from .conftest import wait_for
 from .test_effects import _status
 from .test_engine_basics import finished
+from .test_pipeline import GATES, Gated, _executing
 
-GATES: dict[str, asyncio.Event] = {}
 LIVE = {"now": 0, "peak": 0}
 
 
-class Held(gd.FSM):
-    """Waits for the test's gate, then finishes."""
+class Samples:
+    """The test's observer counts its samples; a step body stays open until the next
+    one, so bodies overlap for as long as the observer takes to look at them."""
 
-    async def step(self, step: str, ctx: gd.Context[dict[str, Any]]) -> gd.Outcome:
-        await GATES.setdefault(ctx.state["gate"], asyncio.Event()).wait()
-        return gd.Done()
+    def __init__(self) -> None:
+        self.n = 0
+        self.taken = asyncio.Condition()
+
+    async def took(self) -> None:
+        async with self.taken:
+            self.n += 1
+            self.taken.notify_all()
+
+    async def next(self) -> None:
+        async with self.taken:
+            seen = self.n
+            await self.taken.wait_for(lambda: self.n > seen)
+
+
+SAMPLES: list[Samples] = []
 
 
 class Quick(gd.FSM):
@@ -43,21 +57,11 @@ class Counted(gd.FSM):
         LIVE["now"] += 1
         LIVE["peak"] = max(LIVE["peak"], LIVE["now"])
         try:
-            for _ in range(3):  # let other tasks interleave inside the body
-                await asyncio.sleep(0)
+            await SAMPLES[0].next()
         finally:
             LIVE["now"] -= 1
         n = int(step[1:]) if step != "start" else 0
         return gd.Next(f"s{n + 1}") if n < 3 else gd.Done()
-
-
-async def _executing(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
-    cur = await conn.execute(
-        f"SELECT count(*) FROM \"{schema}\".gen_durable WHERE status = 'executing'"
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_a_step_whose_outcome_waits_gives_its_slot_to_the_next_row(
@@ -67,7 +71,7 @@ async def test_a_step_whose_outcome_waits_gives_its_slot_to_the_next_row(
     the outcome cannot commit; the buffered row still runs to its end meanwhile."""
     GATES["slot"] = asyncio.Event()
     async with make_engine(queues={"default": 1}, prefetch=1) as engine:
-        first = await engine.insert(Held, state={"gate": "slot"})
+        first = await engine.insert(Gated, state={"gate": "slot"})
         await wait_for(lambda: _status(engine, first, "executing"))
         client = await psycopg.AsyncConnection.connect(dsn)
         try:
@@ -92,12 +96,14 @@ async def test_steps_never_outnumber_the_slots_nor_claims_the_bound(
     three step bodies ever run at once, no more than 3 + 2 rows are ever claimed, and
     continuations did have to wait for a slot (the race this guards was run)."""
     LIVE.update(now=0, peak=0)
+    SAMPLES[:] = [Samples()]
     async with make_engine(queues={"default": 3}, prefetch=2) as engine:
         ids = await engine.insert_all([Counted] * 120)
         claimed: list[int] = []
 
         async def all_done() -> bool:
             claimed.append(await _executing(conn, schema))
+            await SAMPLES[0].took()
             return engine.stats.steps >= 480
 
         await wait_for(all_done, timeout=60, interval=0.005)

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import _trace, telemetry
 from .. import outcomes as oc
@@ -37,11 +37,9 @@ from ..machine import Context, Job, Machine, Signal
 from .completer import Committed, Completer, Completion
 from .encode import describe_error, encode, seen_ids
 from .history import error_entry, log_step_error
+from .slots import UNBOUNDED, Slots
 from .stats import Stats
 from .threads import DaemonThreadPool
-
-if TYPE_CHECKING:
-    from .slots import Slots
 
 log = logging.getLogger("gen_durable")
 
@@ -89,7 +87,7 @@ class Executor:
         machine: type[Machine],
         may_keep: Callable[[int], bool] = lambda priority: False,
         queue: str = "",
-        slots: Slots | None = None,
+        slots: Slots = UNBOUNDED,
     ) -> str | None:
         """Run a claim's step to a committed outcome; the final status (None: stale).
 
@@ -101,8 +99,9 @@ class Executor:
         step start takes a token at the pick, §23), and only while ``may_keep``
         says the scheduler has nothing more urgent waiting and is not draining.
 
-        ``slots``: the queue's step slots; the step gives its slot up while its outcome
-        commits and takes one again before a continuation or a ``handle`` runs.
+        ``slots``: the queue's step slots (none to keep outside a scheduler); the step
+        gives its slot up while its outcome commits and takes one again before a
+        continuation or a ``handle`` runs.
         """
         state: Any = _UNLOADED
         chained = 0
@@ -112,16 +111,13 @@ class Executor:
             completion, state = run.completion, run.state
             if chained < self._run_ahead and _may_chain(claim, completion, may_keep):
                 completion.keep = True
-            if slots is not None:
-                slots.computed(claim.id)
+            slots.computed(claim.id)
             try:
                 committed = await self._commit(claim, completion)
             except OutcomeRefused as exc:
-                if slots is not None:
-                    await slots.resume(claim.id)  # handle is the user's code: it runs in a slot
+                await slots.resume(claim.id)  # handle is the user's code: it runs in a slot
                 committed = await self._refused(claim, machine, run, exc)
-                if slots is not None:
-                    slots.computed(claim.id)
+                slots.computed(claim.id)
             finally:
                 if span is not None:
                     span.end(completion.kind)
@@ -129,8 +125,7 @@ class Executor:
             if committed is None or committed[0] != "executing":
                 return None if committed is None else committed[0]
             chained += 1
-            if slots is not None:
-                await slots.resume(claim.id)
+            await slots.resume(claim.id)
             claim = _chained(claim, completion, committed[1])
             # Reuse the validated model the step returned (no pydantic round trip);
             # otherwise — state kept, or a plain dict that must not alias the step's

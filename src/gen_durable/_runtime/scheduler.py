@@ -377,13 +377,10 @@ class QueueScheduler(Service):
             # the outcome is not committed, the lease will expire, the step re-runs.
             log.exception("instance %s: outcome could not be committed", claim.id)
         finally:
-            self._slots.finished(claim)
             if self._task_of.get(claim.id) is asyncio.current_task():
                 del self._task_of[claim.id]
-            # The freed slot takes the next buffered claim now, not a loop turn later;
-            # the feeder is woken to refill the buffer.
-            self._start_buffered()
-            self.wake.set()
+            self._slots.finished(claim)  # starts the next buffered claim in its slot
+            self.wake.set()  # and the feeder refills the buffer
 
     def abandon(self, instance_id: int) -> bool:
         """The row was cancelled (SPEC §21): drop its buffered claim, or cancel the

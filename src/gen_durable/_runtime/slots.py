@@ -16,11 +16,12 @@ served, since their instances are already under way.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
 
-from .executor import Claim
+from .._db.statements.pick import Claim
 
 
 class Slots:
@@ -60,7 +61,7 @@ class Slots:
 
     async def resume(self, instance_id: int) -> None:
         """Take a slot again for a kept claim's next step; waits while all are taken."""
-        if len(self.running) < self.concurrency and not self._resumers:
+        if self.free():
             self._take(instance_id)
             return
         future = asyncio.get_running_loop().create_future()
@@ -71,12 +72,14 @@ class Slots:
     # -- the scheduler's side ----------------------------------------------------------
 
     def finished(self, claim: Claim) -> None:
-        """The claim's task ended: whatever it held is released."""
+        """The claim's task ended: whatever it held is released, and the slot goes to
+        a waiting continuation or the next buffered claim now, not a loop turn later."""
         if self.running.get(claim.id) is claim:
             del self.running[claim.id]
         if self.committing.get(claim.id) is claim:
             del self.committing[claim.id]
         self._hand_over()
+        self._on_free()
 
     def _take(self, instance_id: int) -> None:
         claim = self.committing.pop(instance_id, None)
@@ -91,6 +94,11 @@ class Slots:
                 continue
             self._take(instance_id)
             future.set_result(None)
+
+
+UNBOUNDED = Slots(sys.maxsize, lambda: None)
+"""The slots of a run outside any queue scheduler (``testing.drain``): never full, and,
+since nothing is ever started in it, never holding a claim."""
 
 
 HORIZON = 0.05
