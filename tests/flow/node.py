@@ -32,6 +32,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schema", required=True)
     p.add_argument("--node-id", required=True)
     p.add_argument("--concurrency", type=int, default=6)
+    p.add_argument("--prefetch", type=int, default=None)
     p.add_argument("--lease-ttl", type=float, default=2.5)
     p.add_argument("--hang", action="store_true")
     p.add_argument("--schedule", action="store_true")
@@ -45,6 +46,7 @@ async def run(args: argparse.Namespace) -> None:
         args.dsn,
         schema=args.schema,
         queues={"default": args.concurrency},
+        prefetch=args.prefetch,
         fsms=[Span, Call, Tick],
         schedules=[TICK] if args.schedule else [],
         node_id=args.node_id,
